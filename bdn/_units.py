@@ -1,0 +1,56 @@
+"""Human byte sizes for flags and reports.
+
+>>> parse_size("64MiB"), parse_size("1.5G"), parse_size("4096")
+(67108864, 1500000000, 4096)
+>>> format_bytes(3 * 1024**3)
+'3.00 GiB'
+"""
+
+from __future__ import annotations
+
+import re
+
+from bdn.errors import ConfigError
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "t": 10**12,
+    "tb": 10**12,
+    "ki": 2**10,
+    "kib": 2**10,
+    "mi": 2**20,
+    "mib": 2**20,
+    "gi": 2**30,
+    "gib": 2**30,
+    "ti": 2**40,
+    "tib": 2**40,
+}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
+
+
+def parse_size(text: str, *, field: str | None = None) -> int:
+    """Parse ``512``, ``64MiB``, ``1.5G`` (SI and IEC units) into bytes."""
+    m = _SIZE.fullmatch(text)
+    unit = m.group(2).lower() if m else None
+    if m is None or unit not in _UNITS:
+        raise ConfigError(
+            f"{text!r} is not a size; use a number of bytes or a unit, e.g. 64MiB or 2G",
+            field=field,
+        )
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def format_bytes(n: float) -> str:
+    """Format a byte count with a binary unit, two decimals."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} B" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
