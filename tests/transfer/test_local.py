@@ -1,0 +1,108 @@
+"""LocalFileReader: ranges of a local file, alone and through the engine."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from bdn._http import RetryPolicy
+from bdn.digest import chunk_bounds, xxh3_128_hex
+from bdn.errors import NotFound, SourceError
+from bdn.transfer import FileTask, LocalFileReader, RangeReader, TransferConfig, TransferEngine
+
+
+async def _read(reader: LocalFileReader, start: int, end: int) -> list[bytes]:
+    return [bytes(piece) async for piece in reader.open_range(start, end)]
+
+
+@pytest.fixture
+def blob(tmp_path: Path) -> tuple[Path, bytes]:
+    data = os.urandom(100_003)
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    return path, data
+
+
+async def test_ranges_and_pieces(blob: tuple[Path, bytes]) -> None:
+    path, data = blob
+    reader = LocalFileReader(path, len(data), piece_size=4096)
+    assert isinstance(reader, RangeReader)
+    assert reader.supports_ranges is True
+    assert reader.describe() == str(path)
+    for start, end in [(0, len(data)), (1, 2), (4095, 8193), (len(data) - 1, len(data))]:
+        pieces = await _read(reader, start, end)
+        assert b"".join(pieces) == data[start:end]
+        assert all(0 < len(p) <= 4096 for p in pieces)
+    assert await _read(reader, 7, 7) == []
+    with pytest.raises(ValueError):
+        await _read(reader, 0, len(data) + 1)
+    await reader.close()
+    await reader.close()
+
+
+async def test_size_changed_before_read(blob: tuple[Path, bytes]) -> None:
+    path, data = blob
+    reader = LocalFileReader(path, len(data) + 1)
+    with pytest.raises(SourceError, match="changed while being read"):
+        await _read(reader, 0, 10)
+
+
+async def test_truncated_while_reading(blob: tuple[Path, bytes]) -> None:
+    path, data = blob
+    reader = LocalFileReader(path, len(data), piece_size=10_000)
+    stream = reader.open_range(0, len(data))
+    first = await anext(stream)
+    assert first == data[:10_000]
+    os.truncate(path, 15_000)
+    with pytest.raises(SourceError, match=r"changed while being read \(short read"):
+        async for _ in stream:
+            pass
+
+
+async def test_missing_file(tmp_path: Path) -> None:
+    reader = LocalFileReader(tmp_path / "nope", 10)
+    with pytest.raises(NotFound):
+        await _read(reader, 0, 10)
+
+
+async def test_through_engine(blob: tuple[Path, bytes], tmp_path: Path) -> None:
+    path, data = blob
+    chunk = 8192
+    expected = [xxh3_128_hex(data[a:b]) for a, b in chunk_bounds(len(data), chunk)]
+    config = TransferConfig(segment_size=3000, retry=RetryPolicy(max_attempts=2, base_delay=0.001))
+    async with TransferEngine(config) as eng:
+        res = await eng.fetch(
+            FileTask(
+                LocalFileReader(path, len(data), piece_size=5000),
+                len(data),
+                tmp_path / "copy.part",
+                chunk,
+                expected_chunks=expected,
+                compute_sha256=True,
+            )
+        )
+    assert (tmp_path / "copy.part").read_bytes() == data
+    assert res.sha256 == hashlib.sha256(data).hexdigest()
+    assert eng.stats.range_fallbacks == 0
+
+
+async def test_engine_does_not_retry_a_changed_source(
+    blob: tuple[Path, bytes], tmp_path: Path
+) -> None:
+    path, data = blob
+    os.truncate(path, 50)
+    async with TransferEngine(TransferConfig(retry=RetryPolicy(base_delay=0.001))) as eng:
+        with pytest.raises(SourceError, match="local/blob: chunk 0"):
+            await eng.fetch(
+                FileTask(
+                    LocalFileReader(path, len(data)),
+                    len(data),
+                    tmp_path / "copy.part",
+                    65536,
+                    label="local/blob",
+                )
+            )
+        assert eng.stats.retries == 0
