@@ -1,0 +1,347 @@
+"""Mirror one weights entry: resolve, list, filter, dedup, copy new blobs, write the manifest.
+
+Dedup is decided from metadata before any byte moves: a published SHA-256
+(Hugging Face LFS) or the store's index from source object identity to blob
+digest. Only the rest is read, through the transfer engine, hashed while it
+streams, and stored; the manifest and then the ref are written last, so a
+crash at any point leaves nothing that points at a missing blob.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bdn import patterns
+from bdn._http import HttpClient
+from bdn.config import WeightsEntry
+from bdn.digest import DEFAULT_CHUNK_SIZE, Digest
+from bdn.errors import ConfigError
+from bdn.manifest import FileEntry, Filters, Manifest, SourceRef
+from bdn.secrets import SecretResolver
+from bdn.sources import open_source
+from bdn.sources.base import Source, SourceObject
+from bdn.store.base import BlobStore
+from bdn.store.file import staging_name
+from bdn.store.layout import Store, blob_key
+from bdn.store.verify import digest_stream
+from bdn.transfer.engine import DEFAULT_TRANSFER_CONFIG, FileTask, TransferConfig, TransferEngine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorOptions:
+    """How a mirror runs.
+
+    Attributes:
+        chunk_size: manifest chunk size in bytes (the unit of verification and
+            of peer ownership later on).
+        transfer: engine limits (connections, segment size, retries).
+        endpoint_url: S3-compatible endpoint for ``s3://`` sources.
+        max_files_in_flight: files transferred at once; bounds the staging
+            space (a file is staged whole before it is committed).
+        spool_dir: where files are staged for stores that cannot rename into
+            place (``s3://``); default: the system temp dir.
+    """
+
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    transfer: TransferConfig = DEFAULT_TRANSFER_CONFIG
+    endpoint_url: str | None = None
+    max_files_in_flight: int = 8
+    spool_dir: Path | None = None
+
+
+DEFAULT_MIRROR_OPTIONS = MirrorOptions()
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorPlan:
+    """What a mirror will do, known once the source is listed (for progress bars)."""
+
+    files: int
+    total_bytes: int
+    bytes_to_transfer: int
+
+
+@dataclass(slots=True)
+class MirrorResult:
+    """Outcome of one mirror.
+
+    ``bytes_transferred`` counts bytes read from the source (retries included);
+    ``bytes_deduplicated`` counts bytes of files whose content the store already
+    held, so they were not stored again; ``bytes_stored`` is new blob bytes.
+    """
+
+    manifest_id: str
+    files: int
+    total_bytes: int
+    bytes_transferred: int = 0
+    bytes_deduplicated: int = 0
+    bytes_stored: int = 0
+    seconds: float = 0.0
+    revision: str | None = None
+    config_hash: str = ""
+    stored_paths: list[str] = field(default_factory=list)
+    # Digests this run has claimed for storing: two paths with identical new
+    # content are both read, but the blob is stored (and counted) once.
+    _claimed: set[Digest] = field(default_factory=set, repr=False)
+
+    def summary(self) -> dict[str, object]:
+        """The ``--json`` summary of DESIGN.md's interface."""
+        return {
+            "manifest_id": self.manifest_id,
+            "files": self.files,
+            "total_bytes": self.total_bytes,
+            "bytes_transferred": self.bytes_transferred,
+            "bytes_deduplicated": self.bytes_deduplicated,
+            "bytes_stored": self.bytes_stored,
+            "revision": self.revision,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass(slots=True)
+class _Known:
+    """A listed object whose blob the store already holds."""
+
+    obj: SourceObject
+    digest: Digest
+    chunks: tuple[str, ...] | None  # None: blob held, chunk list for this size missing
+
+
+async def run_mirror(
+    entry: WeightsEntry,
+    *,
+    store: BlobStore,
+    secrets: SecretResolver,
+    options: MirrorOptions = DEFAULT_MIRROR_OPTIONS,
+    on_progress: Callable[[int], None] | None = None,
+    on_plan: Callable[[MirrorPlan], None] | None = None,
+    http: HttpClient | None = None,
+) -> MirrorResult:
+    """Mirror ``entry`` into ``store`` and return the manifest id and byte counts.
+
+    Raises:
+        ConfigError: the filters select no file, or the source kind is unsupported.
+        SecretError / AuthError: credentials are missing, malformed or refused.
+        SourceNotFound: the source does not exist.
+        TransferError / StoreError: bytes could not be read or stored.
+    """
+    started = time.monotonic()
+    own_http = http is None
+    client = http or HttpClient()
+    layout = Store(store)
+    try:
+        source = open_source(entry, secrets=secrets, endpoint_url=options.endpoint_url, http=client)
+        try:
+            result = await _mirror(entry, source, layout, options, on_progress, on_plan)
+        finally:
+            await source.close()
+    finally:
+        if own_http:
+            await client.close()
+    result.seconds = time.monotonic() - started
+    return result
+
+
+async def _mirror(
+    entry: WeightsEntry,
+    source: Source,
+    layout: Store,
+    options: MirrorOptions,
+    on_progress: Callable[[int], None] | None,
+    on_plan: Callable[[MirrorPlan], None] | None,
+) -> MirrorResult:
+    revision = await source.resolve()
+    listed = await source.list()
+    selected = _select(entry, source, listed)
+    known, unknown = await _partition(layout, selected, options.chunk_size)
+    if on_plan:
+        on_plan(
+            MirrorPlan(len(selected), sum(o.size for o in selected), sum(o.size for o in unknown))
+        )
+
+    entries: dict[str, FileEntry] = {}
+    result = MirrorResult(
+        manifest_id="",
+        files=len(selected),
+        total_bytes=sum(o.size for o in selected),
+        revision=revision,
+        config_hash=entry.config_hash(),
+    )
+    for k in known:
+        chunks = k.chunks
+        if chunks is None:
+            chunks = await _recompute_chunks(layout, k.digest, k.obj.size, options.chunk_size)
+        entries[k.obj.path] = FileEntry(k.obj.path, k.obj.size, k.digest, chunks, k.obj.etag)
+
+    if unknown:
+        await _transfer(source, layout, unknown, options, on_progress, entries, result)
+
+    manifest = Manifest.build(
+        source=SourceRef(uri=source.uri, kind=source.kind, revision=revision),
+        filters=Filters(entry.allow_patterns, entry.ignore_patterns),
+        chunk_size=options.chunk_size,
+        files=list(entries.values()),
+    )
+    result.manifest_id = await layout.put_manifest(manifest)
+    await layout.put_ref(result.config_hash, result.manifest_id)
+    result.bytes_deduplicated = result.total_bytes - result.bytes_stored
+    log.info(
+        "mirrored %s -> %s (%d files, %d bytes read, %d bytes stored)",
+        source.uri,
+        result.manifest_id,
+        result.files,
+        result.bytes_transferred,
+        result.bytes_stored,
+    )
+    return result
+
+
+def _select(entry: WeightsEntry, source: Source, listed: list[SourceObject]) -> list[SourceObject]:
+    if not listed:
+        raise ConfigError(
+            f"source {source.uri} has no files; check the bucket, prefix or directory"
+        )
+    paths = patterns.select([o.path for o in listed], entry.allow_patterns, entry.ignore_patterns)
+    if not paths:
+        shown = ", ".join(o.path for o in listed[:5]) + (", …" if len(listed) > 5 else "")
+        raise ConfigError(
+            f"allow_patterns {list(entry.allow_patterns or [])} / ignore_patterns "
+            f"{list(entry.ignore_patterns or [])} select none of the {len(listed)} files in "
+            f"{source.uri} ({shown}); note that '*.ext' matches the top level only, "
+            "use '**/*.ext' to recurse",
+            field="allow_patterns",
+        )
+    keep = set(paths)
+    return [o for o in listed if o.path in keep]
+
+
+async def _partition(
+    layout: Store, objects: list[SourceObject], chunk_size: int
+) -> tuple[list[_Known], list[SourceObject]]:
+    """Split objects into those the store already holds (from metadata) and the rest."""
+
+    async def lookup(obj: SourceObject) -> _Known | None:
+        digest: Digest | None = None
+        if obj.sha256:
+            digest = Digest.parse(obj.sha256)
+        else:
+            for key in (obj.identity, obj.content_id):
+                hit = await layout.lookup_index(key) if key else None
+                if hit is not None and hit.size == obj.size:
+                    digest = hit.digest
+                    break
+        if digest is None or not await layout.has_blob(digest):
+            return None
+        return _Known(obj, digest, await layout.get_chunks(digest, obj.size, chunk_size))
+
+    sem = asyncio.Semaphore(32)
+
+    async def bounded(obj: SourceObject) -> _Known | None:
+        async with sem:
+            return await lookup(obj)
+
+    found = await asyncio.gather(*(bounded(o) for o in objects))
+    known = [k for k in found if k is not None]
+    held = {k.obj.path for k in known}
+    return known, [o for o in objects if o.path not in held]
+
+
+async def _recompute_chunks(
+    layout: Store, digest: Digest, size: int, chunk_size: int
+) -> tuple[str, ...]:
+    """Chunk digests for a held blob mirrored earlier with another chunk size."""
+    reader = layout.backend.reader(blob_key(digest), size)
+    try:
+        sha, chunks = await digest_stream(reader, size, chunk_size)
+    finally:
+        await reader.close()
+    if sha != digest.hex:
+        raise ConfigError(f"stored blob {digest} does not hash to its name; run `bdn store check`")
+    await layout.put_chunks(digest, size, chunk_size, chunks)
+    return chunks
+
+
+async def _transfer(
+    source: Source,
+    layout: Store,
+    objects: list[SourceObject],
+    options: MirrorOptions,
+    on_progress: Callable[[int], None] | None,
+    entries: dict[str, FileEntry],
+    result: MirrorResult,
+) -> None:
+    staging = layout.backend.staging_dir()
+    spool_ctx: contextlib.AbstractContextManager[str | None]
+    spool_ctx = (
+        contextlib.nullcontext(None)
+        if staging is not None
+        else tempfile.TemporaryDirectory(prefix="bdn-mirror-", dir=options.spool_dir)
+    )
+    files_sem = asyncio.Semaphore(options.max_files_in_flight)
+    with spool_ctx as spool:
+        stage_dir = staging if staging is not None else Path(str(spool))
+        async with TransferEngine(options.transfer, on_progress=on_progress) as engine:
+
+            async def one(obj: SourceObject) -> None:
+                async with files_sem:
+                    await _transfer_one(
+                        engine, source, layout, obj, stage_dir, options, entries, result
+                    )
+
+            await asyncio.gather(*(one(o) for o in objects))
+
+
+async def _transfer_one(
+    engine: TransferEngine,
+    source: Source,
+    layout: Store,
+    obj: SourceObject,
+    stage_dir: Path,
+    options: MirrorOptions,
+    entries: dict[str, FileEntry],
+    result: MirrorResult,
+) -> None:
+    # Unique per host, process and call (several mirrors may share one store),
+    # and recognisable, so the next writer can sweep what a killed one left.
+    dest = stage_dir / staging_name()
+    reader = source.reader(obj)
+    try:
+        fetched = await engine.fetch(
+            FileTask(
+                reader=reader,
+                size=obj.size,
+                dest=dest,
+                chunk_size=options.chunk_size,
+                expected_sha256=obj.sha256,
+                compute_sha256=True,
+                label=obj.path,
+            )
+        )
+        result.bytes_transferred += fetched.bytes_fetched
+        assert fetched.sha256 is not None  # compute_sha256=True guarantees it
+        digest = Digest(fetched.sha256)
+        # Claim before the first await so a twin task cannot slip in between.
+        if digest not in result._claimed:
+            result._claimed.add(digest)
+            if not await layout.has_blob(digest):
+                await layout.backend.put_file(blob_key(digest), dest, move=True)
+                result.bytes_stored += obj.size
+                result.stored_paths.append(obj.path)
+        await layout.put_chunks(digest, obj.size, options.chunk_size, fetched.chunks)
+        await layout.put_index(obj.identity, digest, obj.size)
+        if obj.content_id:
+            await layout.put_index(obj.content_id, digest, obj.size)
+        entries[obj.path] = FileEntry(obj.path, obj.size, digest, fetched.chunks, obj.etag)
+    finally:
+        await reader.close()
+        with contextlib.suppress(FileNotFoundError):
+            dest.unlink()
