@@ -1,0 +1,75 @@
+"""``bdn bench``: speed measured, not asserted.
+
+Every BDN figure is printed next to reference tools measured in the same run
+on the same data, as ratios (``bdn bench transfer``: curl, aria2c and the
+page-cache write ceiling; ``bdn bench mirror``: ``cp -r``). Only the argument
+definitions live here; the bench modules are imported when a bench runs, so
+``bdn --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from bdn._units import format_bytes
+from bdn.bench.harness import GiB, MiB
+
+__all__ = ["register"]
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", metavar="DIR",
+                   help="make the fresh work directory inside DIR (default: the system temp "
+                        "dir, i.e. /tmp's filesystem); it is removed at the end unless --keep")
+    p.add_argument("--keep", action="store_true", help="keep the work directory afterwards")
+    p.add_argument("--repeat", type=int, default=2, metavar="N",
+                   help="timed runs per tool; best and median are reported (default 2)")
+    p.add_argument("--shards", type=int, default=8, metavar="N",
+                   help="files in the sharded tree (default 8)")
+    p.add_argument("--shard-size", default="256MiB", metavar="SIZE",
+                   help=f"bytes per shard (default {format_bytes(256 * MiB)})")
+    p.add_argument("--json", action="store_true", help="print results as JSON on stdout")
+    p.add_argument("--no-install", action="store_true",
+                   help="never apt-get install missing reference tools; exit 2 naming the "
+                        "command instead")
+
+
+def _transfer(args: argparse.Namespace) -> int:
+    from bdn.bench.transfer import transfer_command
+
+    return transfer_command(args)
+
+
+def _mirror(args: argparse.Namespace) -> int:
+    from bdn.bench.mirror import mirror_command
+
+    return mirror_command(args)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``bench`` with sub-commands ``transfer`` and ``mirror`` to the ``bdn`` parser.
+
+    Each sub-command sets ``func``: a callable taking the parsed arguments and
+    returning the exit status (0 ok, 1 a run failed, 2 a reference tool missing).
+    """
+    bench = subparsers.add_parser(
+        "bench", help="measure BDN against reference tools (curl, aria2c, cp) in the same run",
+        description="Measure BDN against reference tools in the same run; print ratios.")
+    sub = bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
+
+    t = sub.add_parser(
+        "transfer", help="engine vs curl, aria2c and the page-cache write ceiling, over nginx",
+        description="Serve random data with a throwaway nginx on loopback and download it "
+                    "with BDN's engine, curl and aria2c; also time raw page-cache writes. "
+                    "Aims: BDN >= 3x aria2c and >= 1.3x curl.")
+    _add_common(t)
+    t.add_argument("--size", default="2GiB", metavar="SIZE",
+                   help=f"bytes of the single-file workload (default {format_bytes(2 * GiB)})")
+    t.set_defaults(func=_transfer)
+
+    m = sub.add_parser(
+        "mirror", help="file -> file mirror through run_mirror vs cp -r",
+        description="Mirror a random tree into a fresh file:// store and copy it with cp -r; "
+                    "then re-mirror unchanged (0 bytes expected). Aim: >= 0.8x cp -r.")
+    _add_common(m)
+    m.set_defaults(func=_mirror)
