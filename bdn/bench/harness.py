@@ -87,6 +87,7 @@ TOOLS: dict[str, Tool] = {
         Tool("curl", "curl", "curl", ("curl", "--version"), r"curl (\S+)"),
         Tool("aria2c", "aria2c", "aria2", ("aria2c", "--version"), r"aria2 version (\S+)"),
         Tool("cp", "cp", "coreutils", ("cp", "--version"), r"coreutils\)? (\S+)"),
+        Tool("sync", "sync", "coreutils", ("sync", "--version"), r"coreutils\)? (\S+)"),
     )
 }
 """Every external program a bench may run, by name (policy as data, not branches)."""

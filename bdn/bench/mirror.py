@@ -55,7 +55,7 @@ from bdn.secrets import SecretResolver
 from bdn.store import open_store
 from bdn.store.layout import blob_key
 
-REFERENCE_TOOLS = ("cp",)
+REFERENCE_TOOLS = ("cp", "sync")
 AIMS = (Aim("cp", 0.8, "cp -r"),)
 """The issue's target: a mirror at >= 0.8x the speed of ``cp -r`` while hashing."""
 
@@ -103,11 +103,31 @@ def _run_cp(r: Result, *, src: Path, files: list[DataFile], dest: Path) -> Timed
         remove_outputs(dest)
 
 
+def _run_cp_sync(r: Result, *, src: Path, files: list[DataFile], dest: Path) -> Timed:
+    """``cp -r`` then ``sync -f``: the copy made as durable as the mirror's store.
+
+    The store fsyncs every blob before publishing its name (so a power loss
+    never leaves a short file under a real key); plain ``cp -r`` leaves its
+    bytes in the page cache. This row compares like with like. Dirty data of
+    earlier runs is flushed first, untimed, so only this copy is timed.
+    """
+    try:
+        run_timed(["sync"], timeout=timeout_for(r.nbytes))
+        seconds = run_timed(["cp", "-r", str(src), str(dest)], timeout=timeout_for(r.nbytes))
+        seconds += run_timed(["sync", "-f", str(dest)], timeout=timeout_for(r.nbytes))
+        for f in files:
+            verify_file(dest / f.path.name, f)
+        return Timed(seconds)
+    finally:
+        remove_outputs(dest)
+
+
 async def _mirror_twice(src: Path, store_dir: Path) -> tuple[float, MirrorResult, float,
                                                              MirrorResult]:
     """A cold mirror into a fresh store, then the same mirror again (unchanged source)."""
-    store = open_store(store_dir.as_uri())
-    entry = WeightsEntry(source=src.as_uri())
+    # Plain file:// URIs: BDN takes file paths literally (no percent-decoding).
+    store = open_store(f"file://{store_dir}")
+    entry = WeightsEntry(source=f"file://{src}")
     secrets = SecretResolver(secrets_dir=None, environ={})
     try:
         start = time.perf_counter()
@@ -179,12 +199,16 @@ def run_mirror_bench(options: MirrorBenchOptions = DEFAULT_MIRROR_BENCH_OPTIONS,
         section = Section(title, "bdn", [
             Result("bdn", "bdn mirror (sha256 + xxh3-128)", "bdn", options.nbytes),
             Result("cp", "cp -r", "reference", options.nbytes, error=missing.get("cp")),
+            Result("cp_sync", "cp -r + sync (durable, like the store)", "reference",
+                   options.nbytes, error=missing.get("cp") or missing.get("sync")),
             again,
         ], AIMS)
         runners: dict[str, Callable[[Result], Timed]] = {
             "bdn": functools.partial(_run_bdn, src=src, files=files, store_dir=wd / "store",
                                      again_row=again),
             "cp": functools.partial(_run_cp, src=src, files=files, dest=wd / "cp-copy"),
+            "cp_sync": functools.partial(_run_cp_sync, src=src, files=files,
+                                         dest=wd / "cp-sync-copy"),
         }
         warm_up_writes(wd / "warm-up", options.nbytes)
         measure_rounds(section, runners, repeat=options.repeat, console=console)

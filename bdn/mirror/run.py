@@ -324,6 +324,9 @@ async def _transfer_one(
                 expected_sha256=obj.sha256,
                 compute_sha256=True,
                 label=obj.path,
+                # Stores flush a file before publishing its name; flushing here
+                # overlaps that with the SHA-256 pass.
+                durable=True,
             )
         )
         result.bytes_transferred += fetched.bytes_fetched

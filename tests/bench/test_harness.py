@@ -296,7 +296,7 @@ def test_mirror_bench_smoke(tmp_path: Path) -> None:
     report = run_mirror_bench(MirrorBenchOptions(shards=2, shard_size=3 * MiB, repeat=1,
                                                  workdir=tmp_path), console=_console())
     rows = {r.key: r for r in report.sections[0].results}
-    assert set(rows) == {"bdn", "cp", "again"}
+    assert set(rows) == {"bdn", "cp", "cp_sync", "again"}
     assert all(len(r.seconds) == 1 and r.error is None for r in rows.values())
     assert rows["again"].note == "bytes_transferred 0"
     assert list(tmp_path.iterdir()) == []

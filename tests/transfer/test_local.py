@@ -10,7 +10,7 @@ import pytest
 
 from bdn._http import RetryPolicy
 from bdn.digest import chunk_bounds, xxh3_128_hex
-from bdn.errors import NotFound, SourceError
+from bdn.errors import IntegrityError, NotFound, SourceError
 from bdn.transfer import FileTask, LocalFileReader, RangeReader, TransferConfig, TransferEngine
 
 
@@ -106,3 +106,40 @@ async def test_engine_does_not_retry_a_changed_source(
                 )
             )
         assert eng.stats.retries == 0
+
+
+async def test_engine_local_path_rejects_bytes_that_fail_their_digest(
+    blob: tuple[Path, bytes], tmp_path: Path
+) -> None:
+    # The local fast path digests what landed in the destination, so a source
+    # whose bytes differ from the manifest is refused, as on the network path.
+    path, data = blob
+    chunk = 8192
+    expected = [xxh3_128_hex(data[a:b]) for a, b in chunk_bounds(len(data), chunk)]
+    expected[3] = "0" * 32
+    config = TransferConfig(retry=RetryPolicy(max_attempts=2, base_delay=0.001))
+    async with TransferEngine(config) as eng:
+        with pytest.raises(IntegrityError, match="chunk 3"):
+            await eng.fetch(FileTask(LocalFileReader(path, len(data)), len(data),
+                                     tmp_path / "copy.part", chunk, expected_chunks=expected))
+        assert eng.stats.corrupt_chunks == 2  # Both attempts were refused.
+
+
+def test_copy_fallback_without_copy_file_range(blob: tuple[Path, bytes], tmp_path: Path) -> None:
+    # Where the kernel cannot copy_file_range between two files, copy_to falls
+    # back to pread + pwrite with the same result.
+    path, data = blob
+    reader = LocalFileReader(path, len(data), piece_size=4096)
+    dest = tmp_path / "dest"
+    fd = os.open(dest, os.O_RDWR | os.O_CREAT)
+    try:
+        os.ftruncate(fd, len(data))
+        src = os.open(path, os.O_RDONLY)
+        try:
+            reader._copy_by_pread(src, fd, 10, len(data))
+        finally:
+            os.close(src)
+        reader.copy_to(fd, 0, 10)
+    finally:
+        os.close(fd)
+    assert dest.read_bytes() == data
