@@ -14,9 +14,9 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bdn import __version__
 from bdn._progress import ByteProgress
@@ -27,9 +27,11 @@ from bdn.errors import BdnError, ConfigError, SecretError
 from bdn.mirror import MirrorOptions, MirrorPlan, MirrorResult, run_mirror
 from bdn.secrets import SecretResolver
 from bdn.store import open_store
+from bdn.store.base import BlobStore
 from bdn.store.layout import Store
 
 DEFAULT_STORE_DIR = "~/.cache/bdn/store"
+T = TypeVar("T")
 
 # Exit statuses: a table, not branches scattered over commands.
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -135,43 +137,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_mirror(args: argparse.Namespace) -> int:
-    env: Mapping[str, str] = args.environ
     entries = _mirror_entries(args)
     chunk_size = (
         parse_size(args.chunk_size, field="--chunk-size") if args.chunk_size else DEFAULT_CHUNK_SIZE
     )
     if chunk_size < 1:
         raise ConfigError("must be at least 1 byte", field="--chunk-size")
-    endpoint = args.endpoint_url or env.get("AWS_ENDPOINT_URL") or None
-    options = MirrorOptions(chunk_size=chunk_size, endpoint_url=endpoint)
-    secrets = SecretResolver.from_env(env)
-    store_uri = args.store or default_store_uri(env)
+    options = MirrorOptions(chunk_size=chunk_size, endpoint_url=_endpoint(args))
+    secrets = SecretResolver.from_env(args.environ)
 
-    async def go() -> list[MirrorResult]:
-        store = open_store(store_uri, endpoint_url=endpoint)
+    async def mirror_all(store: BlobStore) -> list[MirrorResult]:
         results = []
-        try:
-            for entry in entries:
-                with ByteProgress(f"mirror {entry.source}") as bar:
+        for entry in entries:
+            with ByteProgress(f"mirror {entry.source}") as bar:
 
-                    def plan(p: MirrorPlan, bar: ByteProgress = bar) -> None:
-                        bar.set_total(p.bytes_to_transfer)
+                def plan(p: MirrorPlan, bar: ByteProgress = bar) -> None:
+                    bar.set_total(p.bytes_to_transfer)
 
-                    results.append(
-                        await run_mirror(
-                            entry,
-                            store=store,
-                            secrets=secrets,
-                            options=options,
-                            on_progress=bar.advance,
-                            on_plan=plan,
-                        )
+                results.append(
+                    await run_mirror(
+                        entry,
+                        store=store,
+                        secrets=secrets,
+                        options=options,
+                        on_progress=bar.advance,
+                        on_plan=plan,
                     )
-        finally:
-            await store.close()
+                )
         return results
 
-    results = _run(go)
+    results = _with_store(args, mirror_all)
     if args.json:
         summaries = []
         for entry, res in zip(entries, results, strict=True):
@@ -221,17 +216,7 @@ def _mirror_entries(args: argparse.Namespace) -> tuple[WeightsEntry, ...]:
 
 
 def cmd_manifest_show(args: argparse.Namespace) -> int:
-    env: Mapping[str, str] = args.environ
-    endpoint = args.endpoint_url or env.get("AWS_ENDPOINT_URL") or None
-
-    async def go() -> Any:
-        store = open_store(args.store or default_store_uri(env), endpoint_url=endpoint)
-        try:
-            return await Store(store).get_manifest(args.manifest_id)
-        finally:
-            await store.close()
-
-    manifest = _run(go)
+    manifest = _with_store(args, lambda store: Store(store).get_manifest(args.manifest_id))
     if args.json:
         sys.stdout.write(manifest.canonical_bytes().decode() + "\n")
         return EXIT_OK
@@ -264,17 +249,7 @@ def cmd_manifest_show(args: argparse.Namespace) -> int:
 
 
 def cmd_store_check(args: argparse.Namespace) -> int:
-    env: Mapping[str, str] = args.environ
-    endpoint = args.endpoint_url or env.get("AWS_ENDPOINT_URL") or None
-
-    async def go() -> Any:
-        store = open_store(args.store or default_store_uri(env), endpoint_url=endpoint)
-        try:
-            return await Store(store).check(deep=args.deep)
-        finally:
-            await store.close()
-
-    report = _run(go)
+    report = _with_store(args, lambda store: Store(store).check(deep=args.deep))
     if args.json:
         print(
             json.dumps(
@@ -300,8 +275,23 @@ def cmd_store_check(args: argparse.Namespace) -> int:
 # -- plumbing -------------------------------------------------------------------
 
 
-def _run(make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
-    return asyncio.run(make())
+def _endpoint(args: argparse.Namespace) -> str | None:
+    return args.endpoint_url or args.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def _with_store(args: argparse.Namespace, use: Callable[[BlobStore], Awaitable[T]]) -> T:
+    """Open the store the flags and environment name, run ``use`` on it, close it."""
+
+    async def go() -> T:
+        store = open_store(
+            args.store or default_store_uri(args.environ), endpoint_url=_endpoint(args)
+        )
+        try:
+            return await use(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
