@@ -14,6 +14,9 @@ from typing import Any
 
 import pytest
 
+import bdn._auth
+import bdn._source_uri
+import bdn._validate
 import bdn.config
 from bdn.config import (
     AuthConfig,
@@ -712,4 +715,5 @@ def test_entries_are_frozen_and_hashable() -> None:
 
 
 def test_doctests() -> None:
-    assert doctest.testmod(bdn.config).failed == 0
+    for module in (bdn.config, bdn._source_uri, bdn._auth, bdn._validate):
+        assert doctest.testmod(module).failed == 0
