@@ -22,23 +22,12 @@ from rich.console import Console
 
 from bdn._units import format_bytes, parse_size
 from bdn.bench.harness import (
-    Aim,
     BenchAbort,
-    BenchReport,
     DataFile,
     MiB,
-    Result,
-    Section,
-    Timed,
     ToolFailed,
     bench_workdir,
-    emit_report,
-    ensure_tools,
     generate_files,
-    machine_facts,
-    measure_rounds,
-    missing_tools,
-    progress_console,
     remove_outputs,
     require_free_space,
     run_timed,
@@ -47,6 +36,17 @@ from bdn.bench.harness import (
     verify_file,
     warm_up_writes,
 )
+from bdn.bench.report import (
+    Aim,
+    BenchReport,
+    Result,
+    Section,
+    Timed,
+    emit_report,
+    measure_rounds,
+    progress_console,
+)
+from bdn.bench.tools import ensure_tools, machine_facts, missing_tools
 from bdn.config import WeightsEntry
 from bdn.digest import DEFAULT_CHUNK_SIZE, Digest
 from bdn.errors import BdnError, ConfigError
@@ -122,8 +122,9 @@ def _run_cp_sync(r: Result, *, src: Path, files: list[DataFile], dest: Path) -> 
         remove_outputs(dest)
 
 
-async def _mirror_twice(src: Path, store_dir: Path) -> tuple[float, MirrorResult, float,
-                                                             MirrorResult]:
+async def _mirror_twice(
+    src: Path, store_dir: Path
+) -> tuple[float, MirrorResult, float, MirrorResult]:
     """A cold mirror into a fresh store, then the same mirror again (unchanged source)."""
     # Plain file:// URIs: BDN takes file paths literally (no percent-decoding).
     store = open_store(f"file://{store_dir}")
@@ -133,26 +134,31 @@ async def _mirror_twice(src: Path, store_dir: Path) -> tuple[float, MirrorResult
         start = time.perf_counter()
         cold = await run_mirror(entry, store=store, secrets=secrets, options=DEFAULT_MIRROR_OPTIONS)
         middle = time.perf_counter()
-        again = await run_mirror(entry, store=store, secrets=secrets,
-                                 options=DEFAULT_MIRROR_OPTIONS)
+        again = await run_mirror(
+            entry, store=store, secrets=secrets, options=DEFAULT_MIRROR_OPTIONS
+        )
         end = time.perf_counter()
     finally:
         await store.close()
     return middle - start, cold, end - middle, again
 
 
-def _check_store(store_dir: Path, files: list[DataFile], cold: MirrorResult, *,
-                 sha256: bool) -> None:
+def _check_store(
+    store_dir: Path, files: list[DataFile], cold: MirrorResult, *, sha256: bool
+) -> None:
     """The mirror's blobs must be the source's bytes, under their SHA-256 keys."""
     if cold.files != len(files) or cold.total_bytes != sum(f.size for f in files):
-        raise ToolFailed(f"mirror reported {cold.files} files / {cold.total_bytes} bytes, "
-                         f"expected {len(files)} / {sum(f.size for f in files)}")
+        raise ToolFailed(
+            f"mirror reported {cold.files} files / {cold.total_bytes} bytes, "
+            f"expected {len(files)} / {sum(f.size for f in files)}"
+        )
     for f in files:
         verify_file(store_dir / blob_key(Digest(f.sha256)), f, sha256=sha256)
 
 
-def _run_bdn(r: Result, *, src: Path, files: list[DataFile], store_dir: Path,
-             again_row: Result) -> Timed:
+def _run_bdn(
+    r: Result, *, src: Path, files: list[DataFile], store_dir: Path, again_row: Result
+) -> Timed:
     """Mirror into a fresh ``file://`` store and re-mirror unchanged; verify; remove the store.
 
     The re-mirror's time lands in ``again_row``; its bytes_transferred in its note.
@@ -168,12 +174,15 @@ def _run_bdn(r: Result, *, src: Path, files: list[DataFile], store_dir: Path,
     again_row.seconds.append(again_s)
     moved = again.bytes_transferred
     again_row.note = f"bytes_transferred {moved}" + ("" if moved == 0 else " (expected 0!)")
-    return Timed(cold_s, f"bytes_transferred {cold.bytes_transferred} "
-                         f"({format_bytes(cold.bytes_transferred)})")
+    return Timed(
+        cold_s,
+        f"bytes_transferred {cold.bytes_transferred} ({format_bytes(cold.bytes_transferred)})",
+    )
 
 
-def run_mirror_bench(options: MirrorBenchOptions = DEFAULT_MIRROR_BENCH_OPTIONS, *,
-                     console: Console | None = None) -> BenchReport:
+def run_mirror_bench(
+    options: MirrorBenchOptions = DEFAULT_MIRROR_BENCH_OPTIONS, *, console: Console | None = None
+) -> BenchReport:
     """Run ``bdn bench mirror`` and return its report (the function API; installs nothing).
 
     Raises:
@@ -192,30 +201,51 @@ def run_mirror_bench(options: MirrorBenchOptions = DEFAULT_MIRROR_BENCH_OPTIONS,
         width = len(str(options.shards))
         console.print(f"generating {format_bytes(options.nbytes)} of random data in {src}")
         files = generate_files(
-            [(src / f"model-{i + 1:0{width}d}-of-{options.shards}.safetensors", options.shard_size)
-             for i in range(options.shards)], chunk_size=DEFAULT_CHUNK_SIZE)
+            [
+                (
+                    src / f"model-{i + 1:0{width}d}-of-{options.shards}.safetensors",
+                    options.shard_size,
+                )
+                for i in range(options.shards)
+            ],
+            chunk_size=DEFAULT_CHUNK_SIZE,
+        )
         title = f"file -> file mirror, {options.shards} files of {format_bytes(options.shard_size)}"
         again = Result("again", "bdn re-mirror, unchanged", "info", options.nbytes)
-        section = Section(title, "bdn", [
-            Result("bdn", "bdn mirror (sha256 + xxh3-128)", "bdn", options.nbytes),
-            Result("cp", "cp -r", "reference", options.nbytes, error=missing.get("cp")),
-            Result("cp_sync", "cp -r + sync (durable, like the store)", "reference",
-                   options.nbytes, error=missing.get("cp") or missing.get("sync")),
-            again,
-        ], AIMS)
+        section = Section(
+            title,
+            "bdn",
+            [
+                Result("bdn", "bdn mirror (sha256 + xxh3-128)", "bdn", options.nbytes),
+                Result("cp", "cp -r", "reference", options.nbytes, error=missing.get("cp")),
+                Result(
+                    "cp_sync",
+                    "cp -r + sync (durable, like the store)",
+                    "reference",
+                    options.nbytes,
+                    error=missing.get("cp") or missing.get("sync"),
+                ),
+                again,
+            ],
+            AIMS,
+        )
         runners: dict[str, Callable[[Result], Timed]] = {
-            "bdn": functools.partial(_run_bdn, src=src, files=files, store_dir=wd / "store",
-                                     again_row=again),
+            "bdn": functools.partial(
+                _run_bdn, src=src, files=files, store_dir=wd / "store", again_row=again
+            ),
             "cp": functools.partial(_run_cp, src=src, files=files, dest=wd / "cp-copy"),
-            "cp_sync": functools.partial(_run_cp_sync, src=src, files=files,
-                                         dest=wd / "cp-sync-copy"),
+            "cp_sync": functools.partial(
+                _run_cp_sync, src=src, files=files, dest=wd / "cp-sync-copy"
+            ),
         }
         warm_up_writes(wd / "warm-up", options.nbytes)
         measure_rounds(section, runners, repeat=options.repeat, console=console)
         report.sections.append(section)
-    report.notes.append("each run mirrors into a fresh file:// store on the workdir's "
-                        "filesystem; blobs verified (size + xxh3-128, sha256 once) outside "
-                        "the timing; an untimed warm-up write of the same size precedes the runs")
+    report.notes.append(
+        "each run mirrors into a fresh file:// store on the workdir's "
+        "filesystem; blobs verified (size + xxh3-128, sha256 once) outside "
+        "the timing; an untimed warm-up write of the same size precedes the runs"
+    )
     if "expected 0" in again.note:
         report.notes.append("an unchanged re-mirror transferred bytes; dedup is not working")
     return report
@@ -238,8 +268,7 @@ def mirror_command(args: argparse.Namespace) -> int:
     console = progress_console()
     try:
         with sigterm_as_exit():
-            ensure_tools(REFERENCE_TOOLS, allow_install=not args.no_install,
-                         console=console)
+            ensure_tools(REFERENCE_TOOLS, allow_install=not args.no_install, console=console)
             report = run_mirror_bench(options, console=console)
     except BenchAbort as err:
         print(f"bdn bench mirror: {err}", file=sys.stderr)

@@ -27,26 +27,13 @@ from rich.console import Console
 from bdn._http import DEFAULT_HTTP_CONFIG, HttpClient, HttpRangeReader
 from bdn._units import format_bytes, parse_size
 from bdn.bench.harness import (
-    Aim,
     BenchAbort,
-    BenchReport,
     DataFile,
     GiB,
     MiB,
-    Nginx,
-    Result,
-    Role,
-    Section,
-    Timed,
     ToolFailed,
     bench_workdir,
-    emit_report,
-    ensure_tools,
     generate_files,
-    machine_facts,
-    measure_rounds,
-    missing_tools,
-    progress_console,
     remove_outputs,
     require_free_space,
     run_timed,
@@ -56,6 +43,19 @@ from bdn.bench.harness import (
     warm_up_writes,
     write_ceiling,
 )
+from bdn.bench.nginx import Nginx
+from bdn.bench.report import (
+    Aim,
+    BenchReport,
+    Result,
+    Role,
+    Section,
+    Timed,
+    emit_report,
+    measure_rounds,
+    progress_console,
+)
+from bdn.bench.tools import ensure_tools, machine_facts, missing_tools
 from bdn.digest import DEFAULT_CHUNK_SIZE
 from bdn.errors import ConfigError
 from bdn.transfer.engine import DEFAULT_TRANSFER_CONFIG, FileTask, TransferEngine
@@ -140,14 +140,26 @@ class Contender:
 def _run_curl(w: Workload, nginx: Nginx, out: Path, _: TransferBenchOptions) -> Timed:
     start = time.perf_counter()
     for f in w.files:
-        run_timed(["curl", "-sS", "--fail", "-o", str(out / f.path.name), w.url(nginx, f)],
-                  timeout=timeout_for(f.size))
+        run_timed(
+            ["curl", "-sS", "--fail", "-o", str(out / f.path.name), w.url(nginx, f)],
+            timeout=timeout_for(f.size),
+        )
     return Timed(time.perf_counter() - start)
 
 
 def _run_aria2c(w: Workload, nginx: Nginx, out: Path, _: TransferBenchOptions) -> Timed:
-    argv = ["aria2c", "-x16", "-s16", "-k1M", "--file-allocation=none", "--quiet=true",
-            "--allow-overwrite=true", "--auto-file-renaming=false", "-d", str(out)]
+    argv = [
+        "aria2c",
+        "-x16",
+        "-s16",
+        "-k1M",
+        "--file-allocation=none",
+        "--quiet=true",
+        "--allow-overwrite=true",
+        "--auto-file-renaming=false",
+        "-d",
+        str(out),
+    ]
     if len(w.files) == 1:
         argv += ["-o", w.files[0].path.name, w.url(nginx, w.files[0])]
         note = ""
@@ -165,9 +177,17 @@ async def _engine_fetch(w: Workload, nginx: Nginx, out: Path, chunk_size: int) -
     client = HttpClient(DEFAULT_HTTP_CONFIG)
     readers = [HttpRangeReader(client, w.url(nginx, f), f.size) for f in w.files]
     try:
-        tasks = [FileTask(reader, f.size, out / f.path.name, chunk_size,
-                          expected_chunks=f.chunks, label=f.path.name)
-                 for reader, f in zip(readers, w.files, strict=True)]
+        tasks = [
+            FileTask(
+                reader,
+                f.size,
+                out / f.path.name,
+                chunk_size,
+                expected_chunks=f.chunks,
+                label=f.path.name,
+            )
+            for reader, f in zip(readers, w.files, strict=True)
+        ]
         async with TransferEngine(DEFAULT_TRANSFER_CONFIG) as engine:
             results = await engine.fetch_all(tasks)
     finally:
@@ -177,8 +197,7 @@ async def _engine_fetch(w: Workload, nginx: Nginx, out: Path, chunk_size: int) -
     seconds = time.perf_counter() - start
     for f, r in zip(w.files, results, strict=True):
         if r.size != f.size:
-            raise ToolFailed(f"engine reported {r.size} bytes for {f.path.name}, "
-                             f"expected {f.size}")
+            raise ToolFailed(f"engine reported {r.size} bytes for {f.path.name}, expected {f.size}")
     retries = sum(r.retries for r in results)
     fetched = sum(r.bytes_fetched for r in results)
     extra = f", fetched {format_bytes(fetched)}" if fetched != w.nbytes else ""
@@ -201,12 +220,18 @@ def contenders(options: TransferBenchOptions) -> tuple[Contender, ...]:
     """The rows of each workload's table, BDN first."""
     return (
         Contender("bdn", "bdn engine (xxh3-128 chunk verify)", "bdn", None, _run_bdn, "content"),
-        Contender("curl", "curl (1 stream per file, in turn)", "reference", "curl", _run_curl,
-                  "content"),
-        Contender("aria2c", "aria2c -x16 -s16 -k1M", "reference", "aria2c", _run_aria2c,
-                  "content"),
-        Contender("ceiling", f"page-cache write ceiling (pwrite, {options.ceiling_threads} "
-                  "threads)", "ceiling", None, _run_ceiling, "size"),
+        Contender(
+            "curl", "curl (1 stream per file, in turn)", "reference", "curl", _run_curl, "content"
+        ),
+        Contender("aria2c", "aria2c -x16 -s16 -k1M", "reference", "aria2c", _run_aria2c, "content"),
+        Contender(
+            "ceiling",
+            f"page-cache write ceiling (pwrite, {options.ceiling_threads} threads)",
+            "ceiling",
+            None,
+            _run_ceiling,
+            "size",
+        ),
     )
 
 
@@ -222,13 +247,17 @@ def _make_workloads(data: Path, options: TransferBenchOptions) -> list[Workload]
     files = generate_files(specs, chunk_size=options.chunk_size)
     return [
         Workload(f"(a) one {format_bytes(options.size)} file", "single", (files[0],)),
-        Workload(f"(b) {options.shards} files of {format_bytes(options.shard_size)}", "shards",
-                 tuple(files[1:])),
+        Workload(
+            f"(b) {options.shards} files of {format_bytes(options.shard_size)}",
+            "shards",
+            tuple(files[1:]),
+        ),
     ]
 
 
-def _run_once(c: Contender, r: Result, *, w: Workload, nginx: Nginx, out: Path,
-              options: TransferBenchOptions) -> Timed:
+def _run_once(
+    c: Contender, r: Result, *, w: Workload, nginx: Nginx, out: Path, options: TransferBenchOptions
+) -> Timed:
     """One timed run of ``c``, then its output check (outside the timing) and cleanup."""
     out.mkdir(parents=True)
     try:
@@ -246,24 +275,42 @@ def _run_once(c: Contender, r: Result, *, w: Workload, nginx: Nginx, out: Path,
         remove_outputs(out)
 
 
-def _measure(w: Workload, nginx: Nginx, out: Path, options: TransferBenchOptions,
-             missing: Mapping[str, str], console: Console) -> Section:
+def _measure(
+    w: Workload,
+    nginx: Nginx,
+    out: Path,
+    options: TransferBenchOptions,
+    missing: Mapping[str, str],
+    console: Console,
+) -> Section:
     """Every contender over workload ``w``, ``repeat`` rounds."""
     rows = contenders(options)
-    section = Section(w.title, "bdn", [
-        Result(c.key, c.label, c.role, w.nbytes, error=missing.get(c.needs) if c.needs else None)
-        for c in rows], AIMS)
+    section = Section(
+        w.title,
+        "bdn",
+        [
+            Result(
+                c.key, c.label, c.role, w.nbytes, error=missing.get(c.needs) if c.needs else None
+            )
+            for c in rows
+        ],
+        AIMS,
+    )
     runners: dict[str, Callable[[Result], Timed]] = {
         c.key: functools.partial(_run_once, c, w=w, nginx=nginx, out=out, options=options)
-        for c in rows}
+        for c in rows
+    }
     warm_up_writes(out, w.nbytes)
     measure_rounds(section, runners, repeat=options.repeat, console=console)
     return section
 
 
-def run_transfer_bench(options: TransferBenchOptions = DEFAULT_TRANSFER_BENCH_OPTIONS, *,
-                       console: Console | None = None,
-                       unavailable: Mapping[str, str] | None = None) -> BenchReport:
+def run_transfer_bench(
+    options: TransferBenchOptions = DEFAULT_TRANSFER_BENCH_OPTIONS,
+    *,
+    console: Console | None = None,
+    unavailable: Mapping[str, str] | None = None,
+) -> BenchReport:
     """Run ``bdn bench transfer`` and return its report (the function API; installs nothing).
 
     Args:
@@ -286,19 +333,21 @@ def run_transfer_bench(options: TransferBenchOptions = DEFAULT_TRANSFER_BENCH_OP
     data_bytes = options.size + options.shards * options.shard_size
     with bench_workdir(options.workdir, keep=options.keep, console=console) as wd:
         # Source data, plus one output tree at a time, plus room for write-back lag.
-        require_free_space(wd, data_bytes + max(options.size, options.shards * options.shard_size)
-                           + 256 * MiB)
+        require_free_space(
+            wd, data_bytes + max(options.size, options.shards * options.shard_size) + 256 * MiB
+        )
         report = BenchReport("transfer", machine_facts(REFERENCE_TOOLS, wd), options.repeat)
         console.print(f"generating {format_bytes(data_bytes)} of random data in {wd}")
         workloads = _make_workloads(wd / "data", options)
         with Nginx(wd / "data", wd / "nginx") as nginx:
             console.print(f"nginx serving {wd / 'data'} on 127.0.0.1:{nginx.port}")
             for w in workloads:
-                report.sections.append(
-                    _measure(w, nginx, wd / "out", options, missing, console))
-    report.notes.append("outputs verified (size + xxh3-128 per chunk; BDN also sha256 once) "
-                        "outside the timing; source data served from the page cache; an "
-                        "untimed warm-up write of each workload's size precedes its runs")
+                report.sections.append(_measure(w, nginx, wd / "out", options, missing, console))
+    report.notes.append(
+        "outputs verified (size + xxh3-128 per chunk; BDN also sha256 once) "
+        "outside the timing; source data served from the page cache; an "
+        "untimed warm-up write of each workload's size precedes its runs"
+    )
     return report
 
 
@@ -320,8 +369,9 @@ def transfer_command(args: argparse.Namespace) -> int:
     console = progress_console()
     try:
         with sigterm_as_exit():
-            unavailable = ensure_tools(REFERENCE_TOOLS, allow_install=not args.no_install,
-                                       console=console)
+            unavailable = ensure_tools(
+                REFERENCE_TOOLS, allow_install=not args.no_install, console=console
+            )
             report = run_transfer_bench(options, console=console, unavailable=unavailable)
     except BenchAbort as err:
         print(f"bdn bench transfer: {err}", file=sys.stderr)

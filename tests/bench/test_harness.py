@@ -20,32 +20,37 @@ from rich.console import Console
 
 from bdn.bench import register
 from bdn.bench.harness import (
-    Aim,
     BenchAbort,
-    BenchReport,
-    MachineFacts,
     MiB,
-    Nginx,
-    Result,
-    Section,
     ToolFailed,
-    aim_text,
-    build_table,
-    ensure_tools,
-    format_gbps,
-    format_ratio,
-    format_seconds,
     generate_files,
-    missing_tools,
-    nginx_config,
-    ratio,
     verify_file,
     write_ceiling,
 )
+from bdn.bench.nginx import Nginx, nginx_config
+from bdn.bench.report import (
+    Aim,
+    BenchReport,
+    Result,
+    Section,
+    aim_text,
+    build_table,
+    format_gbps,
+    format_ratio,
+    format_seconds,
+    ratio,
+)
+from bdn.bench.tools import MachineFacts, ensure_tools, missing_tools
 from bdn.digest import xxh3_128_hex
 
-FACTS = MachineFacts(cores=2, ram_bytes=8 << 30, kernel="6.1", python="3.11.7",
-                     filesystem="ext4 (/dev/x)", tools={"curl": "8.0"})
+FACTS = MachineFacts(
+    cores=2,
+    ram_bytes=8 << 30,
+    kernel="6.1",
+    python="3.11.7",
+    filesystem="ext4 (/dev/x)",
+    tools={"curl": "8.0"},
+)
 
 
 def _console() -> Console:
@@ -61,12 +66,17 @@ def _rendered(section: Section) -> str:
 
 
 def _section() -> Section:
-    return Section("(a) one file", "bdn", [
-        Result("bdn", "bdn engine", "bdn", 2_000_000_000, seconds=[1.0, 2.0]),
-        Result("curl", "curl", "reference", 2_000_000_000, seconds=[1.5, 1.6, 1.7]),
-        Result("aria2c", "aria2c", "reference", 2_000_000_000, error="aria2c not on PATH"),
-        Result("ceiling", "ceiling", "ceiling", 2_000_000_000, seconds=[0.5]),
-    ], (Aim("aria2c", 3.0), Aim("curl", 1.3)))
+    return Section(
+        "(a) one file",
+        "bdn",
+        [
+            Result("bdn", "bdn engine", "bdn", 2_000_000_000, seconds=[1.0, 2.0]),
+            Result("curl", "curl", "reference", 2_000_000_000, seconds=[1.5, 1.6, 1.7]),
+            Result("aria2c", "aria2c", "reference", 2_000_000_000, error="aria2c not on PATH"),
+            Result("ceiling", "ceiling", "ceiling", 2_000_000_000, seconds=[0.5]),
+        ],
+        (Aim("aria2c", 3.0), Aim("curl", 1.3)),
+    )
 
 
 # -- formatting and ratios ---------------------------------------------------
@@ -141,7 +151,7 @@ def test_generate_files_sizes_digests_and_incompressible(tmp_path: Path) -> None
         data = path.read_bytes()
         assert len(data) == size == f.size
         assert f.sha256 == hashlib.sha256(data).hexdigest()
-        assert f.chunks == tuple(xxh3_128_hex(data[i:i + chunk]) for i in range(0, size, chunk))
+        assert f.chunks == tuple(xxh3_128_hex(data[i : i + chunk]) for i in range(0, size, chunk))
         verify_file(path, f, sha256=True)
     a = (tmp_path / "a").read_bytes()
     assert len(zlib.compress(a[:chunk], 1)) > 0.99 * chunk
@@ -176,13 +186,13 @@ def test_write_ceiling_writes_exact_sizes(tmp_path: Path) -> None:
 
 
 def test_missing_tool_names_install_command_and_never_installs(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # nothing on PATH, apt-get included
     reasons = missing_tools(["curl", "aria2c"])
     assert "apt-get install -y --no-install-recommends aria2" in reasons["aria2c"]
     with pytest.raises(BenchAbort) as info:
-        ensure_tools(["nginx", "aria2c"], allow_install=False,
-                     console=_console())
+        ensure_tools(["nginx", "aria2c"], allow_install=False, console=_console())
     assert info.value.exit_code == 2
     assert "apt-get install -y --no-install-recommends nginx aria2" in str(info.value)
     assert "\n" not in str(info.value)
@@ -194,9 +204,16 @@ def test_missing_tool_names_install_command_and_never_installs(
 def test_nginx_config_keeps_everything_in_the_workdir(tmp_path: Path) -> None:
     state, root = tmp_path / "state", tmp_path / "data"
     conf = nginx_config(port=18080, root=root, state_dir=state, as_root=False)
-    for line in ("daemon off;", "worker_processes auto;", "sendfile on;", "access_log off;",
-                 f"pid {state / 'nginx.pid'};", f"error_log {state / 'error.log'}",
-                 "listen 127.0.0.1:18080;", f"root {root};"):
+    for line in (
+        "daemon off;",
+        "worker_processes auto;",
+        "sendfile on;",
+        "access_log off;",
+        f"pid {state / 'nginx.pid'};",
+        f"error_log {state / 'error.log'}",
+        "listen 127.0.0.1:18080;",
+        f"root {root};",
+    ):
         assert line in conf
     for temp in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         assert f"{temp}_temp_path {state / temp};" in conf
@@ -258,11 +275,14 @@ def test_transfer_bench_smoke(tmp_path: Path) -> None:
     _need("nginx", "curl")
     from bdn.bench.transfer import TransferBenchOptions, run_transfer_bench
 
-    options = TransferBenchOptions(size=8 * MiB, shards=2, shard_size=4 * MiB, repeat=1,
-                                   workdir=tmp_path, ceiling_threads=2)
+    options = TransferBenchOptions(
+        size=8 * MiB, shards=2, shard_size=4 * MiB, repeat=1, workdir=tmp_path, ceiling_threads=2
+    )
     report = run_transfer_bench(options, console=_console())
-    assert [s.title for s in report.sections] == ["(a) one 8.00 MiB file",
-                                                  "(b) 2 files of 4.00 MiB"]
+    assert [s.title for s in report.sections] == [
+        "(a) one 8.00 MiB file",
+        "(b) 2 files of 4.00 MiB",
+    ]
     for section in report.sections:
         rows = {r.key: r for r in section.results}
         assert set(rows) == {"bdn", "curl", "aria2c", "ceiling"}
@@ -278,14 +298,19 @@ def test_unavailable_reference_is_shown_not_skipped(tmp_path: Path) -> None:
     _need("nginx", "curl")
     from bdn.bench.transfer import TransferBenchOptions, run_transfer_bench
 
-    options = TransferBenchOptions(size=1 * MiB, shards=1, shard_size=1 * MiB, repeat=1,
-                                   workdir=tmp_path)
-    report = run_transfer_bench(options, console=_console(),
-                                unavailable={"aria2c": "apt-get install failed: no network"})
+    options = TransferBenchOptions(
+        size=1 * MiB, shards=1, shard_size=1 * MiB, repeat=1, workdir=tmp_path
+    )
+    report = run_transfer_bench(
+        options, console=_console(), unavailable={"aria2c": "apt-get install failed: no network"}
+    )
     for section in report.sections:
         aria = section.get("aria2c")
         assert (aria.error, aria.failed, aria.seconds) == (
-            "apt-get install failed: no network", False, [])
+            "apt-get install failed: no network",
+            False,
+            [],
+        )
         assert "not available (apt-get install failed: no network)" in _rendered(section)
     assert report.exit_code == 2
 
@@ -293,8 +318,10 @@ def test_unavailable_reference_is_shown_not_skipped(tmp_path: Path) -> None:
 def test_mirror_bench_smoke(tmp_path: Path) -> None:
     from bdn.bench.mirror import MirrorBenchOptions, run_mirror_bench
 
-    report = run_mirror_bench(MirrorBenchOptions(shards=2, shard_size=3 * MiB, repeat=1,
-                                                 workdir=tmp_path), console=_console())
+    report = run_mirror_bench(
+        MirrorBenchOptions(shards=2, shard_size=3 * MiB, repeat=1, workdir=tmp_path),
+        console=_console(),
+    )
     rows = {r.key: r for r in report.sections[0].results}
     assert set(rows) == {"bdn", "cp", "cp_sync", "again"}
     assert all(len(r.seconds) == 1 and r.error is None for r in rows.values())
