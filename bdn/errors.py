@@ -17,6 +17,9 @@ subclass also inherits the builtin a generic caller would expect, so
     │   └── SourceNotFound                 the source (bucket, prefix, dir) does not exist
     ├── SourceError(OSError)               a source could not be listed or read
     ├── StoreError(OSError)                a store operation failed for a non-404 reason
+    ├── CacheError(OSError)                the node cache could not do what was asked
+    │   └── InsufficientSpace              blobs do not fit the disk or byte budget
+    ├── MountConflict(FileExistsError)     a mount location holds a directory we did not make
     └── TransferError(OSError)             a byte transfer failed after all retries
         ├── HTTPStatusError                an HTTP answer we cannot use (carries status)
         │   └── RetryableHTTPError         429/5xx: retried by policy before it surfaces
@@ -29,6 +32,8 @@ that talks to them and chained with ``raise ... from err``.
 """
 
 from __future__ import annotations
+
+import errno
 
 
 class BdnError(Exception):
@@ -152,3 +157,37 @@ class IntegrityError(TransferError):
         super().__init__(message, url=url)
         self.expected = expected
         self.actual = actual
+
+
+class CacheError(BdnError, OSError):
+    """The node cache failed for a reason other than a missing blob; ``path`` names where."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class InsufficientSpace(CacheError):
+    """A pull's blobs do not fit, even after evicting every evictable blob.
+
+    All three fields are byte counts: ``needed`` what the pull must add, ``free``
+    what the disk and the byte budget allow now, ``evictable`` what eviction
+    could still free (so ``needed > free + evictable``).
+    """
+
+    def __init__(
+        self, message: str, *, needed: int, free: int, evictable: int, path: str | None = None
+    ) -> None:
+        super().__init__(message, path=path)
+        self.errno = errno.ENOSPC  # Generic OSError handlers branch on this.
+        self.needed = needed
+        self.free = free
+        self.evictable = evictable
+
+
+class MountConflict(BdnError, FileExistsError):
+    """A mount location is a non-empty directory (or a file) that BDN did not materialize."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path

@@ -1,0 +1,33 @@
+"""The node cache: node-local content-addressed blobs that pulls read and fill.
+
+Pulls look blobs up here, fetch missing ones into resumable partial files under
+a per-blob cross-process lock, commit them atomically, and materialize
+read-only trees from hardlinks. Least recently used blobs that no live tree
+references are evicted to respect the disk and a byte budget (DESIGN.md,
+"Pull (node agent)" and "Eviction").
+"""
+
+from __future__ import annotations
+
+from bdn.cache.evict import BlobInfo
+from bdn.cache.materialize import Materialized
+from bdn.cache.node import (
+    DEFAULT_PARTIAL_MAX_AGE_S,
+    CorruptBlob,
+    GcReport,
+    NodeCache,
+    VerifyReport,
+)
+from bdn.cache.partial import Partial, PartialInfo
+
+__all__ = [
+    "DEFAULT_PARTIAL_MAX_AGE_S",
+    "BlobInfo",
+    "CorruptBlob",
+    "GcReport",
+    "Materialized",
+    "NodeCache",
+    "Partial",
+    "PartialInfo",
+    "VerifyReport",
+]
