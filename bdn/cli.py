@@ -9,53 +9,28 @@ line on stderr naming the fix and exit status 2; failures of the world
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from bdn import __version__
+from bdn._cli_common import add_store_flags, settings, with_store
 from bdn._progress import ByteProgress
 from bdn._units import format_bytes, parse_size
 from bdn.config import WeightsEntry, load_config, parse_entry, source_from_cli
 from bdn.digest import DEFAULT_CHUNK_SIZE
-from bdn.errors import BdnError, ConfigError, SecretError
+from bdn.errors import BdnError, ConfigError, MountConflict, SecretError
 from bdn.mirror import MirrorOptions, MirrorPlan, MirrorResult, run_mirror
-from bdn.secrets import SecretResolver
-from bdn.store import open_store
 from bdn.store.base import BlobStore
 from bdn.store.layout import Store
 
-DEFAULT_STORE_DIR = "~/.cache/bdn/store"
-T = TypeVar("T")
-
 # Exit statuses: a table, not branches scattered over commands.
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-_USAGE_ERRORS: tuple[type[BaseException], ...] = (ConfigError, SecretError)
-
-
-def default_store_uri(environ: Mapping[str, str]) -> str:
-    """``BDN_STORE`` or the embedded default ``file://~/.cache/bdn/store``."""
-    uri = environ.get("BDN_STORE")
-    return uri if uri else "file://" + str(Path(DEFAULT_STORE_DIR).expanduser())
-
-
-def _add_store_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--store",
-        metavar="URI",
-        help="blob store: file:///dir, s3://bucket/prefix or http(s)://host/prefix "
-        "(env BDN_STORE; default file://~/.cache/bdn/store)",
-    )
-    p.add_argument(
-        "--endpoint-url",
-        metavar="URL",
-        help="S3-compatible endpoint for s3:// stores and sources (env AWS_ENDPOINT_URL)",
-    )
+_USAGE_ERRORS: tuple[type[BaseException], ...] = (ConfigError, SecretError, MountConflict)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"manifest chunk size (default {format_bytes(DEFAULT_CHUNK_SIZE)})",
     )
-    _add_store_flags(m)
+    add_store_flags(m)
     m.add_argument("--json", action="store_true", help="print a JSON summary instead of the id")
     m.set_defaults(func=cmd_mirror)
 
@@ -115,19 +90,22 @@ def build_parser() -> argparse.ArgumentParser:
     man_sub = man.add_subparsers(dest="manifest_command", metavar="ACTION")
     show = man_sub.add_parser("show", help="print a manifest")
     show.add_argument("manifest_id", metavar="ID", help="manifest id (sha256:<hex>)")
-    _add_store_flags(show)
+    add_store_flags(show)
     show.add_argument("--json", action="store_true", help="print the canonical manifest JSON")
     show.set_defaults(func=cmd_manifest_show)
 
     st = sub.add_parser("store", help="inspect the blob store")
     st_sub = st.add_subparsers(dest="store_command", metavar="ACTION")
     check = st_sub.add_parser("check", help="verify every manifest and the blobs it names")
-    _add_store_flags(check)
+    add_store_flags(check)
     check.add_argument("--deep", action="store_true", help="also re-hash every blob")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(func=cmd_store_check)
 
+    from bdn._cli_pull import register as register_pull
     from bdn.bench import register as register_bench
+
+    register_pull(sub)
 
     register_bench(sub)
     return parser
@@ -143,8 +121,9 @@ def cmd_mirror(args: argparse.Namespace) -> int:
     )
     if chunk_size < 1:
         raise ConfigError("must be at least 1 byte", field="--chunk-size")
-    options = MirrorOptions(chunk_size=chunk_size, endpoint_url=_endpoint(args))
-    secrets = SecretResolver.from_env(args.environ)
+    conf = settings(args)
+    options = MirrorOptions(chunk_size=chunk_size, endpoint_url=conf.endpoint_url)
+    secrets = conf.secrets()
 
     async def mirror_all(store: BlobStore) -> list[MirrorResult]:
         results = []
@@ -166,7 +145,7 @@ def cmd_mirror(args: argparse.Namespace) -> int:
                 )
         return results
 
-    results = _with_store(args, mirror_all)
+    results = with_store(args, mirror_all)
     if args.json:
         summaries = []
         for entry, res in zip(entries, results, strict=True):
@@ -216,7 +195,7 @@ def _mirror_entries(args: argparse.Namespace) -> tuple[WeightsEntry, ...]:
 
 
 def cmd_manifest_show(args: argparse.Namespace) -> int:
-    manifest = _with_store(args, lambda store: Store(store).get_manifest(args.manifest_id))
+    manifest = with_store(args, lambda store: Store(store).get_manifest(args.manifest_id))
     if args.json:
         sys.stdout.write(manifest.canonical_bytes().decode() + "\n")
         return EXIT_OK
@@ -249,7 +228,7 @@ def cmd_manifest_show(args: argparse.Namespace) -> int:
 
 
 def cmd_store_check(args: argparse.Namespace) -> int:
-    report = _with_store(args, lambda store: Store(store).check(deep=args.deep))
+    report = with_store(args, lambda store: Store(store).check(deep=args.deep))
     if args.json:
         print(
             json.dumps(
@@ -273,25 +252,6 @@ def cmd_store_check(args: argparse.Namespace) -> int:
 
 
 # -- plumbing -------------------------------------------------------------------
-
-
-def _endpoint(args: argparse.Namespace) -> str | None:
-    return args.endpoint_url or args.environ.get("AWS_ENDPOINT_URL") or None
-
-
-def _with_store(args: argparse.Namespace, use: Callable[[BlobStore], Awaitable[T]]) -> T:
-    """Open the store the flags and environment name, run ``use`` on it, close it."""
-
-    async def go() -> T:
-        store = open_store(
-            args.store or default_store_uri(args.environ), endpoint_url=_endpoint(args)
-        )
-        try:
-            return await use(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(go())
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

@@ -63,6 +63,8 @@ class FaultPlan:
         content_encoding: label every body with this ``Content-Encoding``
             (the bytes are not actually encoded).
         path: restrict all faults to this object name (``None``: any object).
+        bytes_per_second: throttle every GET body to this rate (per response;
+            not consumed), so a test can kill a client mid-transfer.
     """
 
     status: int = 503
@@ -81,6 +83,7 @@ class FaultPlan:
     wrong_range_count: int = 0
     content_encoding: str | None = None
     path: str | None = None
+    bytes_per_second: float | None = None
 
 
 @dataclass
@@ -316,6 +319,7 @@ class FaultServer:
                 await resp.write(piece)
                 sent += len(piece)
                 self._count(name, len(piece))
+                await self._throttle(len(piece))
             if d.reset_after is not None:
                 await asyncio.sleep(0.01)  # Let the bytes leave before the RST.
                 _reset(request)
@@ -332,10 +336,16 @@ class FaultServer:
                 await resp.write(piece)
                 sent += len(piece)
                 self._count(name, len(piece))
+                await self._throttle(len(piece))
             await resp.write_eof()
         except (ConnectionError, asyncio.CancelledError, RuntimeError):
             # The client went away (expected after a stall timeout or a reset).
             return
+
+    async def _throttle(self, n: int) -> None:
+        rate = self.faults.bytes_per_second
+        if rate:
+            await asyncio.sleep(n / rate)
 
     def _count(self, name: str, n: int) -> None:
         with self._lock:
