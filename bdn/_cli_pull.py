@@ -70,6 +70,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="also verify every file's SHA-256 (chunks are always verified)",
     )
     p.add_argument(
+        "--fsync",
+        action="store_true",
+        help="flush every blob to disk before committing it (default: blobs are marked "
+        "unflushed and re-verified after a reboot, which keeps the flush off the cold start)",
+    )
+    p.add_argument(
         "--json",
         action="store_true",
         help="print bytes per tier (node cache, peers, origin) and seconds as JSON",
@@ -132,7 +138,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
                     mount,
                     store=store,
                     cache=cache,
-                    options=PullOptions(strict=args.strict),
+                    options=PullOptions(strict=args.strict, fsync=args.fsync),
                     on_progress=bar.advance,
                     on_plan=bar.set_total,
                 )

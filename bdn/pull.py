@@ -21,11 +21,11 @@ from pathlib import Path
 
 from bdn.cache import NodeCache
 from bdn.config import WeightsEntry
-from bdn.digest import Digest
+from bdn.digest import Digest, xxh3_128_hex
 from bdn.errors import (
-    BdnError,
     BlobNotFound,
     CacheError,
+    InsufficientSpace,
     IntegrityError,
     ManifestInvalid,
     RefNotFound,
@@ -51,10 +51,15 @@ class PullOptions:
         transfer: engine limits (connections, segment size, retries).
         strict: also check every file's SHA-256 (the chunk digests are the
             check otherwise; DESIGN.md, "Chunk").
+        fsync: flush every blob to disk before committing it. Off by default:
+            the cache marks such blobs as unflushed for this boot and verifies
+            them again after a reboot, which keeps a multi-GB flush (measured
+            at ~1 s per 2 GiB here) off the critical path of a cold start.
     """
 
     transfer: TransferConfig = DEFAULT_TRANSFER_CONFIG
     strict: bool = False
+    fsync: bool = False
 
 
 DEFAULT_PULL_OPTIONS = PullOptions()
@@ -189,6 +194,7 @@ async def _fill_cache(
 ) -> None:
     """Make every blob of ``manifest`` present in the node cache."""
     blobs = _unique_blobs(manifest)
+    await _recheck_after_reboot(blobs, manifest.chunk_size, cache)
     missing = [e for e in blobs if not cache.has_blob(e.sha256, e.size)]
     # Most recently used now, so a concurrent pull's eviction takes others first.
     cache.touch(e.sha256 for e in blobs)
@@ -209,6 +215,47 @@ async def _fill_cache(
 
         await asyncio.gather(*(one(e) for e in missing))
     cache.touch(e.sha256 for e in missing)
+
+
+async def _recheck_after_reboot(blobs: list[FileEntry], chunk_size: int, cache: NodeCache) -> None:
+    """Verify held blobs committed without fsync in an earlier boot (see PullOptions.fsync).
+
+    The chunk digests are the check (xxh3-128, several GB/s); a blob that
+    fails is removed so this pull fetches it again.
+    """
+    held = [e for e in blobs if cache.has_blob(e.sha256, e.size)]
+    suspects = cache.unflushed_earlier(e.sha256 for e in held)
+    for entry in (e for e in held if e.sha256 in suspects):
+        path = cache.blob_path(entry.sha256)
+        if await asyncio.to_thread(_chunks_match, path, chunk_size, entry.chunks):
+            cache.mark_verified(entry.sha256)
+        else:
+            log.warning(
+                "%s: cached blob %s was damaged by an unclean shutdown; refetching",
+                entry.path,
+                entry.sha256,
+            )
+            cache.remove_blob(entry.sha256)
+
+
+def _disk_full(err: BaseException) -> bool:
+    """ENOSPC, directly or as the cause of a wrapped cache error."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            return True
+        err = err.__cause__  # type: ignore[assignment]
+    return False
+
+
+def _chunks_match(path: Path, chunk_size: int, chunks: tuple[str, ...]) -> bool:
+    try:
+        with open(path, "rb") as f:
+            for expected in chunks:
+                if xxh3_128_hex(f.read(chunk_size)) != expected:
+                    return False
+            return f.read(1) == b""
+    except OSError:
+        return False
 
 
 def _unique_blobs(manifest: Manifest) -> list[FileEntry]:
@@ -232,9 +279,9 @@ async def _fetch_blob(
         # Single-flight: whoever held the lock before us may have committed it.
         if cache.has_blob(entry.sha256, entry.size):
             return False
-        partial = cache.open_partial(entry.sha256, entry.size, chunk_size, entry.chunks)
         reader = store.reader(blob_key(entry.sha256), entry.size)
         try:
+            partial = cache.open_partial(entry.sha256, entry.size, chunk_size, entry.chunks)
             fetched = await engine.fetch(
                 FileTask(
                     reader=reader,
@@ -255,7 +302,7 @@ async def _fetch_blob(
                 partial.discard()
             raise
         except OSError as err:
-            if err.errno != errno.ENOSPC or isinstance(err, BdnError):
+            if not _disk_full(err) or isinstance(err, InsufficientSpace):
                 raise
             # Someone else filled the disk after the space check. The partial
             # keeps its verified chunks, so a later pull resumes from there.
@@ -267,6 +314,6 @@ async def _fetch_blob(
             ) from err
         finally:
             await reader.close()
-        await asyncio.to_thread(partial.commit)
+        await asyncio.to_thread(partial.commit, sync=options.fsync)
         result.bytes_from_origin += fetched.bytes_fetched
         return True

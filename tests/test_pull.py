@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from bdn._http import HttpClient, HttpConfig, RetryPolicy
 from bdn.cache import NodeCache
 from bdn.config import WeightsEntry
-from bdn.errors import AuthError, NotFound
+from bdn.errors import AuthError, CacheError, InsufficientSpace, NotFound
 from bdn.manifest import Manifest
 from bdn.mirror import MirrorOptions, run_mirror
 from bdn.pull import PullOptions, PullResult, pull_manifest
@@ -326,3 +327,91 @@ def test_sixteen_pulls_from_four_processes_fetch_the_model_once(
         n for name, n in fault_server.stats.bytes_by_object.items() if name.startswith("blobs/")
     )
     assert blob_bytes == unique
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs, so a pull can run out of disk for real."""
+    import subprocess
+
+    root = tmp_path / "small"
+    root.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(root)],
+                         capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        reason = f"cannot mount a tmpfs here ({res.stderr.strip() or res.returncode})"
+        print(f"SKIP disk-full tests: {reason}")
+        pytest.skip(reason)
+    try:
+        yield root
+    finally:
+        subprocess.run(["umount", "-l", str(root)], check=False)
+
+
+async def test_pull_larger_than_the_disk_fails_up_front(tmp_path: Path, small_fs: Path) -> None:
+    files = {f"shard-{i}.bin": pattern_bytes(i, 1024 * 1024) for i in range(6)}
+    store_root, manifest = await mirror_model(tmp_path, files)
+    with pytest.raises(InsufficientSpace) as info:
+        await pull(manifest, small_fs / "m", f"file://{store_root}", small_fs / "cache")
+    err = info.value
+    assert err.needed == 6 * 1024 * 1024 and err.free < err.needed
+    assert str(err.needed) in str(err) or "MiB" in str(err)
+    assert not (small_fs / "m").exists()
+    with NodeCache(small_fs / "cache") as cache:
+        assert cache.verify().ok and cache.ls() == []
+
+
+async def test_disk_filling_up_mid_pull_is_a_clear_error_and_resumable(
+    tmp_path: Path, small_fs: Path, fault_server: FaultServer
+) -> None:
+    files = {f"shard-{i:02d}.bin": pattern_bytes(i, 96 * 1024) for i in range(24)}
+    store_root, manifest = await mirror_model(tmp_path, files)
+    base = serve_store(fault_server, store_root)
+    fault_server.faults = FaultPlan(bytes_per_second=1024 * 1024)
+    hog = small_fs / "hog"
+
+    def fill_disk(_delta: int) -> None:
+        # Another writer takes every free byte once the pull is under way.
+        if not hog.exists():
+            free = os.statvfs(small_fs).f_bavail * os.statvfs(small_fs).f_frsize
+            with open(hog, "wb") as f:
+                f.write(b"\0" * max(free - 4096, 0))
+
+    store, cache = open_store(base), NodeCache(small_fs / "cache")
+    try:
+        with pytest.raises(CacheError, match="disk filled up") as info:
+            await pull_manifest(manifest, small_fs / "m", store=store, cache=cache,
+                                options=FAST, on_progress=fill_disk)
+        assert "free space" in str(info.value)
+        assert not (small_fs / "m").exists()
+        assert cache.verify().ok
+        hog.unlink()
+        fault_server.faults = FaultPlan()
+        await pull_manifest(manifest, small_fs / "m", store=store, cache=cache, options=FAST)
+    finally:
+        cache.close()
+        await store.close()
+    assert_tree(small_fs / "m", files)
+
+
+async def test_blobs_unflushed_before_a_reboot_are_verified_before_use(tmp_path: Path) -> None:
+    # Blobs are committed without fsync (a marker per boot says so). After a
+    # reboot, a blob torn by a power cut must be caught, not linked into a tree.
+    store_root, manifest = await mirror_model(tmp_path)
+    cache_dir = tmp_path / "cache"
+    await pull(manifest, tmp_path / "m1", f"file://{store_root}", cache_dir)
+    boots = list((cache_dir / "unflushed").iterdir())
+    marked = {p.name for p in boots[0].iterdir()}
+    assert len(boots) == 1 and {f.sha256.hex for f in manifest.files if f.size} <= marked
+    boots[0].rename(boots[0].with_name("an-earlier-boot"))  # as if the node rebooted
+    torn = next(f for f in manifest.files if f.path.startswith("model-00001"))
+    blob = cache_dir / "blobs" / "sha256" / torn.sha256.hex[:2] / torn.sha256.hex
+    blob.chmod(0o644)
+    with open(blob, "r+b") as f:  # The page cache never reached the disk: zeros.
+        f.seek(CHUNK)
+        f.write(b"\0" * CHUNK)
+
+    again = await pull(manifest, tmp_path / "m2", f"file://{store_root}", cache_dir)
+    assert again.bytes_from_origin == torn.size  # Only the torn blob came again.
+    assert_tree(tmp_path / "m2")
+    assert list((cache_dir / "unflushed" / "an-earlier-boot").iterdir()) == []

@@ -8,6 +8,7 @@
     locks/<hex>.lock               flock targets: single-flight per blob
     locks/tree-<sha256>.lock       flock targets: one materialize per mount path (hashed)
     locks/evict.lock               serializes eviction; locks/index.lock: index.db creation
+    unflushed/<boot id>/<hex>      a blob committed without fsync during that boot
     index.db                       sqlite (WAL): LRU times and materialized trees
 
 Nothing here does I/O except :meth:`CacheLayout.ensure_dirs` (``mkdir``).
@@ -53,6 +54,10 @@ class CacheLayout:
     @property
     def locks(self) -> Path:
         return self.root / "locks"
+
+    @property
+    def unflushed(self) -> Path:
+        return self.root / "unflushed"
 
     @property
     def index_db(self) -> Path:
@@ -102,9 +107,22 @@ class CacheLayout:
                 continue
             for entry in entries:
                 digest = digest_of_name(entry.name)
-                if (digest is not None and digest.hex[:2] == shard.name
-                        and entry.is_file(follow_symlinks=False)):
+                if (
+                    digest is not None
+                    and digest.hex[:2] == shard.name
+                    and entry.is_file(follow_symlinks=False)
+                ):
                     yield digest, entry
+
+
+def current_boot_id() -> str | None:
+    """This boot's id (Linux), or ``None`` where the kernel does not say."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            boot = f.read().strip()
+    except OSError:
+        return None
+    return boot if boot and "/" not in boot else None
 
 
 def digest_of_name(name: str, suffix: str = "") -> Digest | None:

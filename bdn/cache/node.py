@@ -25,7 +25,7 @@ from bdn._units import format_bytes
 from bdn.cache import evict as _evict
 from bdn.cache.evict import BlobInfo
 from bdn.cache.index import CacheIndex
-from bdn.cache.layout import LOCK_SUFFIX, CacheLayout
+from bdn.cache.layout import LOCK_SUFFIX, CacheLayout, current_boot_id
 from bdn.cache.lock import async_file_lock, try_file_lock, try_remove_lock_file
 from bdn.cache.materialize import Materialized, materialize, try_sweep_leftovers
 from bdn.cache.partial import Partial, PartialInfo, discard_files, list_partials, open_partial
@@ -69,11 +69,13 @@ class GcReport:
 
     def describe(self) -> str:
         """A one-line summary for people."""
-        return (f"evicted {len(self.evicted)} blobs ({format_bytes(self.bytes_freed)}), "
-                f"dropped {len(self.trees_dropped)} records of deleted trees, removed "
-                f"{len(self.partials_removed)} stale partials, {self.leftovers_removed} "
-                f"leftover temp trees and {self.locks_removed} idle lock files, swept "
-                f"{self.index_rows_swept} index rows of vanished blobs")
+        return (
+            f"evicted {len(self.evicted)} blobs ({format_bytes(self.bytes_freed)}), "
+            f"dropped {len(self.trees_dropped)} records of deleted trees, removed "
+            f"{len(self.partials_removed)} stale partials, {self.leftovers_removed} "
+            f"leftover temp trees and {self.locks_removed} idle lock files, swept "
+            f"{self.index_rows_swept} index rows of vanished blobs"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,11 +123,15 @@ class VerifyReport:
         if self.ok:
             summary += "all intact"
         elif len(self.removed) == len(self.corrupt):
-            summary += (f"{len(self.corrupt)} corrupt, removed; pull the affected models "
-                        "again to refetch them and rebuild their trees")
+            summary += (
+                f"{len(self.corrupt)} corrupt, removed; pull the affected models "
+                "again to refetch them and rebuild their trees"
+            )
         else:
-            summary += (f"{len(self.corrupt)} corrupt; run `bdn cache verify --fix` to remove "
-                        "them, then pull the affected models again")
+            summary += (
+                f"{len(self.corrupt)} corrupt; run `bdn cache verify --fix` to remove "
+                "them, then pull the affected models again"
+            )
         return "\n".join([*lines, summary])
 
 
@@ -150,8 +156,9 @@ class NodeCache:
 
     def __init__(self, root: Path, *, max_bytes: int | None = None) -> None:
         if max_bytes is not None and max_bytes < 0:
-            raise ConfigError(f"the cache byte budget must be >= 0, got {max_bytes}",
-                              field="max_cache_bytes")
+            raise ConfigError(
+                f"the cache byte budget must be >= 0, got {max_bytes}", field="max_cache_bytes"
+            )
         self.root = Path(os.path.abspath(Path(root).expanduser()))
         self.max_bytes = max_bytes
         self._layout = CacheLayout(self.root)
@@ -191,6 +198,48 @@ class NodeCache:
         if rows:
             self._index.put_blobs(rows)
 
+    def unflushed_earlier(self, digests: Iterable[Digest]) -> set[Digest]:
+        """Those of ``digests`` committed without fsync during an earlier boot.
+
+        Their bytes may not have reached the disk before a power cut, so they
+        must be re-verified (:meth:`mark_verified`) or refetched
+        (:meth:`remove_blob`) before they are trusted. Markers of this boot
+        are fine: the page cache still holds what was written.
+        """
+        current = current_boot_id()
+        try:
+            boots = [
+                e.path
+                for e in os.scandir(self._layout.unflushed)
+                if e.is_dir(follow_symlinks=False) and e.name != current
+            ]
+        except FileNotFoundError:
+            return set()
+        wanted = {d.hex: d for d in digests}
+        found: set[Digest] = set()
+        for boot in boots:
+            with contextlib.suppress(FileNotFoundError):
+                found.update(wanted[n] for n in os.listdir(boot) if n in wanted)
+        return found
+
+    def mark_verified(self, digest: Digest) -> None:
+        """Forget ``digest``'s unflushed markers: its bytes were read back from disk intact."""
+        with contextlib.suppress(FileNotFoundError):
+            for boot in os.scandir(self._layout.unflushed):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(boot.path, digest.hex))
+
+    def remove_blob(self, digest: Digest) -> None:
+        """Drop a blob that failed verification, so the next pull fetches it again.
+
+        Trees that hardlink it keep their (bad) copy until re-materialized,
+        which a pull does since the new blob is a different file.
+        """
+        with self._os_errors("remove a blob"):
+            self.blob_path(digest).unlink(missing_ok=True)
+        self._index.delete_blobs([digest.hex])
+        self.mark_verified(digest)
+
     def lock(self, digest: Digest) -> AbstractAsyncContextManager[None]:
         """Single-flight lock of one blob, across tasks, threads and processes.
 
@@ -200,8 +249,9 @@ class NodeCache:
         """
         return async_file_lock(self._layout.blob_lock(digest))
 
-    def open_partial(self, digest: Digest, size: int, chunk_size: int,
-                     chunks: Sequence[str]) -> Partial:
+    def open_partial(
+        self, digest: Digest, size: int, chunk_size: int, chunks: Sequence[str]
+    ) -> Partial:
         """Start or resume fetching blob ``digest``; call only under :meth:`lock`.
 
         ``done_chunks`` of the result lists the chunks a previous attempt
@@ -230,8 +280,9 @@ class NodeCache:
                 little; carries ``needed``, ``free`` and ``evictable``.
             CacheError: the cache could not be scanned or a blob not removed.
         """
-        await asyncio.to_thread(_evict.ensure_space, self._layout, self._index,
-                                self.max_bytes, needed, keep)
+        await asyncio.to_thread(
+            _evict.ensure_space, self._layout, self._index, self.max_bytes, needed, keep
+        )
 
     def evict(self, nbytes: int, *, keep: Collection[Digest] = ()) -> int:
         """Evict unreferenced blobs not in ``keep``, LRU first, until ``nbytes`` are
@@ -311,8 +362,9 @@ class NodeCache:
         report = VerifyReport()
         with self._os_errors("verify"):
             blobs = [(d, Path(e.path)) for d, e in self._layout.iter_blob_files()]
-            with ThreadPoolExecutor(threads or _default_verify_threads(),
-                                    thread_name_prefix="bdn-verify") as pool:
+            with ThreadPoolExecutor(
+                threads or _default_verify_threads(), thread_name_prefix="bdn-verify"
+            ) as pool:
                 results = list(pool.map(lambda b: _hash_file(b[1]), blobs))
             trees = self._index.blob_trees()
             bad: list[str] = []
@@ -324,8 +376,11 @@ class NodeCache:
                 report.bytes_checked += size
                 if actual == digest.hex:
                     continue
-                linked = tuple(t.path for t in trees.get(digest.hex, ())
-                               if t.mode == "hardlink" and t.path.is_dir())
+                linked = tuple(
+                    t.path
+                    for t in trees.get(digest.hex, ())
+                    if t.mode == "hardlink" and t.path.is_dir()
+                )
                 report.corrupt.append(CorruptBlob(digest, path, actual, error, linked))
                 if fix:
                     path.unlink(missing_ok=True)
@@ -364,7 +419,10 @@ class NodeCache:
         log.warning(
             "node cache %s is on another filesystem than %s, so trees are copied (or "
             "reflinked) instead of hardlinked, costing disk space and time; put "
-            "BDN_CACHE_DIR on the same filesystem as the mount locations", self.root, path)
+            "BDN_CACHE_DIR on the same filesystem as the mount locations",
+            self.root,
+            path,
+        )
 
     def close(self) -> None:
         """Close the index connection; idempotent (a later call reopens it)."""
@@ -378,8 +436,10 @@ class NodeCache:
             raise
         except OSError as err:
             where = err.filename if isinstance(err.filename, str) else str(self.root)
-            wrapped = CacheError(f"cannot {action} node cache {self.root}: {where}: "
-                                 f"{err.strerror or err}", path=where)
+            wrapped = CacheError(
+                f"cannot {action} node cache {self.root}: {where}: {err.strerror or err}",
+                path=where,
+            )
             wrapped.errno = err.errno
             raise wrapped from err
 

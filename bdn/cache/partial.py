@@ -34,7 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from bdn.cache.index import CacheIndex
-from bdn.cache.layout import BLOB_MODE, PART_SUFFIX, RECORD_SUFFIX, CacheLayout, digest_of_name
+from bdn.cache.layout import (
+    BLOB_MODE,
+    PART_SUFFIX,
+    RECORD_SUFFIX,
+    CacheLayout,
+    current_boot_id,
+    digest_of_name,
+)
 from bdn.digest import Digest, chunk_count
 from bdn.errors import CacheError
 
@@ -69,8 +76,11 @@ class PartialInfo:
 def record_header(size: int, chunk_size: int, chunks: Sequence[str]) -> dict[str, Any]:
     """The header line a record for this request must start with."""
     joined = "\n".join(chunks).encode("ascii")
-    return {"size": size, "chunk_size": chunk_size,
-            "chunks_digest": hashlib.sha256(joined).hexdigest()}
+    return {
+        "size": size,
+        "chunk_size": chunk_size,
+        "chunks_digest": hashlib.sha256(joined).hexdigest(),
+    }
 
 
 def read_record(path: Path) -> tuple[dict[str, Any] | None, set[int]]:
@@ -109,8 +119,14 @@ class Partial:
         done_chunks: chunk indices verified before this open (resume).
     """
 
-    def __init__(self, layout: CacheLayout, index: CacheIndex, digest: Digest, size: int,
-                 done_chunks: frozenset[int]) -> None:
+    def __init__(
+        self,
+        layout: CacheLayout,
+        index: CacheIndex,
+        digest: Digest,
+        size: int,
+        done_chunks: frozenset[int],
+    ) -> None:
         self._layout = layout
         self._index = index
         self.digest = digest
@@ -135,17 +151,26 @@ class Partial:
         except OSError as err:
             if not self._record_warned:
                 self._record_warned = True
-                log.warning("cannot record progress of blob %s in %s (%s); the fetch goes "
-                            "on but will not resume after a crash",
-                            self.digest, self.record_path, err)
+                log.warning(
+                    "cannot record progress of blob %s in %s (%s); the fetch goes "
+                    "on but will not resume after a crash",
+                    self.digest,
+                    self.record_path,
+                    err,
+                )
 
-    def commit(self) -> Path:
+    def commit(self, *, sync: bool = True) -> Path:
         """Publish the finished partial as the blob; returns the blob's path.
 
-        fsyncs the data (a power cut must never leave a complete-looking blob
-        with missing bytes: blobs are trusted by size alone), makes it 0444,
-        renames it into ``blobs/`` (a blob already there is simply replaced by
-        identical content), drops the record and indexes the blob.
+        A power cut must never leave a complete-looking blob with missing bytes
+        (blobs are trusted by size alone). With ``sync`` the data is fsynced
+        first. Without it, which keeps a multi-GB flush off the pull's critical
+        path, a marker ``unflushed/<boot id>/<hex>`` is made durable *before*
+        the rename; a blob whose marker names an earlier boot is re-verified
+        before it is trusted again (:meth:`NodeCache.unflushed_earlier`).
+        Then the blob is made 0444 and renamed into ``blobs/`` (a blob already
+        there is replaced by identical content), the record is dropped and
+        the blob indexed.
 
         Raises:
             CacheError: the partial is missing, has the wrong size, or a
@@ -158,12 +183,17 @@ class Partial:
                 raise CacheError(
                     f"cannot commit blob {self.digest}: {self.path} has {st.st_size} bytes, "
                     f"expected {self.size}; it was changed outside BDN, fetch it again",
-                    path=str(self.path))
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+                    path=str(self.path),
+                )
+            boot = None if sync else current_boot_id()
+            if boot is None:
+                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            else:
+                _mark_unflushed(self._layout.unflushed / boot, self.digest)
             os.chmod(self.path, BLOB_MODE)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self.path, target)
@@ -173,8 +203,9 @@ class Partial:
         except OSError as err:
             if isinstance(err, CacheError):
                 raise
-            raise CacheError(f"cannot commit blob {self.digest} into {target}: {err}",
-                             path=str(target)) from err
+            raise CacheError(
+                f"cannot commit blob {self.digest} into {target}: {err}", path=str(target)
+            ) from err
         self._index.put_blobs([(self.digest.hex, self.size, time.time())])
         return target
 
@@ -193,8 +224,14 @@ def discard_files(layout: CacheLayout, digest: Digest) -> None:
             raise CacheError(f"cannot remove {path}: {err}", path=str(path)) from err
 
 
-def open_partial(layout: CacheLayout, index: CacheIndex, digest: Digest, size: int,
-                 chunk_size: int, chunks: Sequence[str]) -> Partial:
+def open_partial(
+    layout: CacheLayout,
+    index: CacheIndex,
+    digest: Digest,
+    size: int,
+    chunk_size: int,
+    chunks: Sequence[str],
+) -> Partial:
     """Resume or start the partial of ``digest``; call only while holding its lock.
 
     The record is rewritten (to a sibling name, then renamed over) with only
@@ -205,8 +242,9 @@ def open_partial(layout: CacheLayout, index: CacheIndex, digest: Digest, size: i
         CacheError: the incomplete/ directory cannot be written.
     """
     if len(chunks) != chunk_count(size, chunk_size):
-        raise ValueError(f"blob {digest}: {len(chunks)} chunk digests for {size} bytes in "
-                         f"chunks of {chunk_size}")
+        raise ValueError(
+            f"blob {digest}: {len(chunks)} chunk digests for {size} bytes in chunks of {chunk_size}"
+        )
     header = record_header(size, chunk_size, chunks)
     record = layout.record(digest)
     try:
@@ -215,8 +253,10 @@ def open_partial(layout: CacheLayout, index: CacheIndex, digest: Digest, size: i
         resumable = found == header and _size_of(layout.part(digest)) == size
         if not resumable:
             if found is not None:
-                log.info("discarding partial blob %s: it was started for other chunking or "
-                         "content", digest)
+                log.info(
+                    "discarding partial blob %s: it was started for other chunking or content",
+                    digest,
+                )
             discard_files(layout, digest)
             done = set()
         done = {i for i in done if 0 <= i < len(chunks)}
@@ -227,8 +267,10 @@ def open_partial(layout: CacheLayout, index: CacheIndex, digest: Digest, size: i
     except OSError as err:
         if isinstance(err, CacheError):
             raise
-        raise CacheError(f"cannot prepare partial blob {digest} in {layout.incomplete}: {err}",
-                         path=str(layout.incomplete)) from err
+        raise CacheError(
+            f"cannot prepare partial blob {digest} in {layout.incomplete}: {err}",
+            path=str(layout.incomplete),
+        ) from err
     return Partial(layout, index, digest, size, frozenset(done))
 
 
@@ -257,12 +299,17 @@ def list_partials(layout: CacheLayout) -> list[PartialInfo]:
         header, done = read_record(layout.record(digest))
         size = header.get("size") if header else None
         chunk_size = header.get("chunk_size") if header else None
-        total = (chunk_count(size, chunk_size)
-                 if isinstance(size, int) and isinstance(chunk_size, int) and chunk_size > 0
-                 else None)
+        total = (
+            chunk_count(size, chunk_size)
+            if isinstance(size, int) and isinstance(chunk_size, int) and chunk_size > 0
+            else None
+        )
         valid = frozenset(done if total is None else (i for i in done if i < total))
-        infos.append(PartialInfo(digest, on_disk, valid, total,
-                                 size if isinstance(size, int) else None, modified))
+        infos.append(
+            PartialInfo(
+                digest, on_disk, valid, total, size if isinstance(size, int) else None, modified
+            )
+        )
     return infos
 
 
@@ -271,3 +318,19 @@ def _size_of(path: Path) -> int | None:
         return os.stat(path).st_size
     except FileNotFoundError:
         return None
+
+
+def _mark_unflushed(directory: Path, digest: Digest) -> None:
+    """Durably note that ``digest`` is committed but not yet known to be on disk.
+
+    The directory is fsynced so the marker reaches the disk before the blob's
+    rename can; a crash then either loses the rename (a refetch) or keeps the
+    marker (a re-verification), never a trusted torn blob.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(directory / digest.hex, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
