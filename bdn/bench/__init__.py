@@ -2,7 +2,8 @@
 
 Every BDN figure is printed next to reference tools measured in the same run
 on the same data, as ratios (``bdn bench transfer``: curl, aria2c and the
-page-cache write ceiling; ``bdn bench mirror``: ``cp -r``). Only the argument
+page-cache write ceiling; ``bdn bench mirror``: ``cp -r``; ``bdn bench pull``:
+all of those, around a pull through the node cache). Only the argument
 definitions live here; the bench modules are imported when a bench runs, so
 ``bdn --help`` stays fast.
 """
@@ -46,8 +47,14 @@ def _mirror(args: argparse.Namespace) -> int:
     return mirror_command(args)
 
 
+def _pull(args: argparse.Namespace) -> int:
+    from bdn.bench.pull import pull_command
+
+    return pull_command(args)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``bench`` with sub-commands ``transfer`` and ``mirror`` to the ``bdn`` parser.
+    """Add ``bench`` with sub-commands ``transfer``, ``mirror`` and ``pull`` to the parser.
 
     Each sub-command sets ``func``: a callable taking the parsed arguments and
     returning the exit status (0 ok, 1 a run failed, 2 a reference tool missing).
@@ -73,3 +80,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "then re-mirror unchanged (0 bytes expected). Aim: >= 0.8x cp -r.")
     _add_common(m)
     m.set_defaults(func=_mirror)
+
+    p = sub.add_parser(
+        "pull", help="pull through the node cache: cold vs curl/aria2c, warm vs cp -r, the API",
+        description="Mirror a random model into a file:// store served by a throwaway nginx, "
+                    "then time cold pulls (empty node cache) against curl, aria2c and the "
+                    "page-cache write ceiling, warm pulls into a new and into the same "
+                    "mount against cp -r of the tree, and bdn.ensure_weights on the warm "
+                    "cache. Aims: cold BDN >= 3x aria2c, >= 1.3x curl, >= 0.85x the write "
+                    "ceiling; warm >= 100x cp -r and < 50 ms; ensure_weights < 50 ms.")
+    _add_common(p)
+    p.set_defaults(func=_pull)
