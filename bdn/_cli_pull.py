@@ -110,6 +110,9 @@ def cmd_pull(args: argparse.Namespace) -> int:
             field="--agent",
         )
     target: str | WeightsEntry = args.ref.strip()
+    if args.ref.startswith("sha256:") and not looks_like_manifest_id(args.ref):
+        raise ConfigError(f"{args.ref!r} is not a manifest id; ids are 'sha256:' and 64 hex "
+                          "characters, as printed by `bdn mirror`", field="bdn pull")
     if not looks_like_manifest_id(args.ref):
         target = _entry(args)
     elif args.allow or args.ignore or args.auth_secret:

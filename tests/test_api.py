@@ -11,6 +11,7 @@ import pytest
 import bdn
 from bdn.errors import ConfigError
 from tests.fixtures import make_model, pattern_bytes
+from tests.httpserver import FaultPlan, FaultServer
 
 FILES = {
     "config.json": b'{"a": 1}',
@@ -88,9 +89,19 @@ def test_works_from_inside_a_running_event_loop(env: Path) -> None:
     assert _tree(asyncio.run(load())) == FILES
 
 
-def test_threads_pulling_the_same_model_share_one_download(env: Path) -> None:
+def test_threads_pulling_the_same_model_share_one_download(
+    env: Path, fault_server: FaultServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     src = make_model(env / "src", FILES)
-    bdn.ensure_weights(str(src), env / "warm")  # Mirror once; the cache now holds it.
+    bdn.ensure_weights(str(src), env / "warm")  # Mirrors into the file store.
+    # Serve that store over HTTP (counting bytes) and pull from it, cold.
+    store_root = env / "store"
+    for path in store_root.rglob("*"):
+        if path.is_file() and ".incomplete" not in path.parts:
+            fault_server.put(path.relative_to(store_root).as_posix(), path)
+    monkeypatch.setenv("BDN_STORE", fault_server.base_url)
+    monkeypatch.setenv("BDN_CACHE_DIR", str(env / "cold-cache"))
+    fault_server.faults = FaultPlan(bytes_per_second=1024 * 1024)  # Make them overlap.
     results: list[Path] = []
     errors: list[BaseException] = []
 
@@ -105,7 +116,10 @@ def test_threads_pulling_the_same_model_share_one_download(env: Path) -> None:
         t.start()
     for t in threads:
         t.join()
-    assert not errors and all(_tree(p) == FILES for p in results)
+    assert not errors and len(results) == 4 and all(_tree(p) == FILES for p in results)
+    blob_bytes = sum(n for name, n in fault_server.stats.bytes_by_object.items()
+                     if name.startswith("blobs/"))
+    assert blob_bytes == sum(len(v) for v in FILES.values())
 
 
 def test_agent_seam_is_explicit(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -203,3 +203,33 @@ def test_runtime_errors_are_one_line_too(tmp_path: Path) -> None:
 
     res = run_bdn("manifest", "show", "sha256:" + "0" * 64, home=tmp_path)
     assert res.code == 1 and "not in store" in res.stderr
+
+
+def test_pull_and_cache_commands(tmp_path: Path) -> None:
+    src = make_model(tmp_path / "my-model", MODEL)
+    res = run_bdn("pull", str(src), "--to", str(tmp_path / "out"), "--json", home=tmp_path)
+    assert res.code == 0, res.stderr
+    first = json.loads(res.stdout)
+    assert first["bytes_from_origin"] == sum(len(v) for v in MODEL.values())
+    assert set(first) >= {"bytes_from_node_cache", "bytes_from_peers", "bytes_from_origin",
+                          "seconds"}
+    for rel, data in MODEL.items():
+        assert (tmp_path / "out" / rel).read_bytes() == data
+    again = run_bdn("pull", first["manifest_id"], "--to", str(tmp_path / "out2"), "--json",
+                    home=tmp_path)
+    assert json.loads(again.stdout)["bytes_from_origin"] == 0
+
+    ls = run_bdn("cache", "ls", "--json", home=tmp_path)
+    blobs = json.loads(ls.stdout)["blobs"]
+    assert len(blobs) == len(MODEL) and all(b["referenced"] for b in blobs)
+    verify = run_bdn("cache", "verify", home=tmp_path)
+    assert verify.code == 0 and "intact" in verify.stdout
+    assert run_bdn("cache", "gc", home=tmp_path).code == 0
+
+    bad = run_bdn("pull", "sha256:abc", "--to", str(tmp_path / "x"), home=tmp_path)
+    _assert_one_line_error(bad, "not a manifest id")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    conflict = run_bdn("pull", str(src), "--to", str(tmp_path / "mine"), home=tmp_path)
+    _assert_one_line_error(conflict, "did not materialize")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
