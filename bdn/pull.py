@@ -32,10 +32,12 @@ from bdn.errors import (
 )
 from bdn.manifest import FileEntry, Manifest
 from bdn.mirror import MirrorOptions, run_mirror
+from bdn.peer.tiered import TierConfig, TieredReader, TierStats
 from bdn.secrets import SecretResolver
 from bdn.store.base import BlobStore
 from bdn.store.layout import Store, blob_key
 from bdn.transfer.engine import DEFAULT_TRANSFER_CONFIG, FileTask, TransferConfig, TransferEngine
+from bdn.transfer.reader import RangeReader
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,8 @@ class PullResult:
     bytes_from_origin: int = 0
     seconds: float = 0.0
     materialized: str = ""
+    peer_failures: int = 0
+    corrupt_from_peers: int = 0
 
     def summary(self) -> dict[str, object]:
         return {
@@ -91,6 +95,14 @@ class PullResult:
             "seconds": round(self.seconds, 3),
             "materialized": self.materialized,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class _Peers:
+    """A pull's peer tier and the counters its readers share."""
+
+    config: TierConfig
+    stats: TierStats
 
 
 def looks_like_manifest_id(text: str) -> bool:
@@ -148,8 +160,12 @@ async def pull_manifest(
     options: PullOptions = DEFAULT_PULL_OPTIONS,
     on_progress: Callable[[int], None] | None = None,
     on_plan: Callable[[int], None] | None = None,
+    tiers: TierConfig | None = None,
 ) -> PullResult:
     """Make ``mount`` hold exactly ``manifest``'s tree, verified and read-only.
+
+    With ``tiers`` (the node agent), each missing chunk is read from its owner
+    on the ring (or this node's chunk service) before origin.
 
     ``on_plan(bytes_to_fetch)`` is called once the cache has been consulted;
     ``on_progress(delta)`` with bytes as they are fetched.
@@ -162,8 +178,11 @@ async def pull_manifest(
     started = time.monotonic()
     result = PullResult(manifest.id, mount, len(manifest.files), manifest.total_size)
     fetched: set[Digest] = set()
+    peers = _Peers(tiers, TierStats()) if tiers is not None else None
     for attempt in (1, 2):
-        await _fill_cache(manifest, store, cache, options, result, fetched, on_progress, on_plan)
+        await _fill_cache(
+            manifest, store, cache, options, result, fetched, on_progress, on_plan, peers
+        )
         try:
             done = await asyncio.to_thread(cache.materialize, manifest, mount)
             break
@@ -178,6 +197,11 @@ async def pull_manifest(
     # cache (blobs already held, and repeated paths of the same content).
     sizes = {e.sha256: e.size for e in manifest.files}
     result.bytes_from_node_cache = manifest.total_size - sum(sizes[d] for d in fetched)
+    if peers is not None:
+        result.bytes_from_peers = peers.stats.bytes_from_peers
+        result.bytes_from_origin = peers.stats.bytes_from_origin
+        result.peer_failures = peers.stats.peer_failures
+        result.corrupt_from_peers = peers.stats.corrupt_from_peers
     result.seconds = time.monotonic() - started
     return result
 
@@ -191,6 +215,7 @@ async def _fill_cache(
     fetched: set[Digest],
     on_progress: Callable[[int], None] | None,
     on_plan: Callable[[int], None] | None,
+    peers: _Peers | None,
 ) -> None:
     """Make every blob of ``manifest`` present in the node cache."""
     blobs = _unique_blobs(manifest)
@@ -209,7 +234,7 @@ async def _fill_cache(
         async def one(entry: FileEntry) -> None:
             async with slots:
                 if await _fetch_blob(
-                    entry, manifest.chunk_size, store, cache, engine, options, result
+                    entry, manifest.chunk_size, store, cache, engine, options, result, peers
                 ):
                     fetched.add(entry.sha256)
 
@@ -273,13 +298,24 @@ async def _fetch_blob(
     engine: TransferEngine,
     options: PullOptions,
     result: PullResult,
+    peers: _Peers | None = None,
 ) -> bool:
     """Fetch one blob into the cache; False when another task or process just did."""
     async with cache.lock(entry.sha256):
         # Single-flight: whoever held the lock before us may have committed it.
         if cache.has_blob(entry.sha256, entry.size):
             return False
-        reader = store.reader(blob_key(entry.sha256), entry.size)
+        reader: RangeReader = store.reader(blob_key(entry.sha256), entry.size)
+        if peers is not None:
+            reader = TieredReader(
+                reader,
+                entry.sha256,
+                entry.size,
+                chunk_size,
+                entry.chunks,
+                peers.config,
+                peers.stats,
+            )
         try:
             partial = cache.open_partial(entry.sha256, entry.size, chunk_size, entry.chunks)
             fetched = await engine.fetch(
@@ -315,5 +351,6 @@ async def _fetch_blob(
         finally:
             await reader.close()
         await asyncio.to_thread(partial.commit, sync=options.fsync)
-        result.bytes_from_origin += fetched.bytes_fetched
+        if peers is None:
+            result.bytes_from_origin += fetched.bytes_fetched
         return True

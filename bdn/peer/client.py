@@ -1,0 +1,89 @@
+"""The asking side of the peer tier: read a chunk from the node that owns it.
+
+Wire protocol (served by ``agent/server.py``)::
+
+    GET /v1/chunks/<sha256 hex>/<index>?size=<blob size>&chunk_size=<n>&xxh3=<32 hex>
+    Authorization: Bearer <token>
+    X-BDN-Forwarded: 1
+
+200 carries exactly the chunk's bytes. The owner answers from its node cache,
+its chunk cache or origin, and never forwards the request to another peer
+(the header says so explicitly, for any future proxy in between).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import aiohttp
+
+from bdn._http import HttpClient, raise_for_status, translate_client_error
+from bdn.errors import TransferError
+from bdn.peer.chunks import ChunkRef
+
+FORWARDED_HEADER = "X-BDN-Forwarded"
+DEFAULT_PEER_TIMEOUT = 2.0
+"""Seconds to connect to a peer and to get its answer's headers before going to origin."""
+
+
+def chunk_path(ref: ChunkRef) -> str:
+    """The request path and query of a chunk, as the peer server expects it."""
+    return (
+        f"/v1/chunks/{ref.digest.hex}/{ref.index}?size={ref.blob_size}"
+        f"&chunk_size={ref.chunk_size}&xxh3={ref.xxh3}"
+    )
+
+
+class PeerClient:
+    """Reads chunks from peers over HTTP. Coroutine-safe; does not own ``http``.
+
+    A peer that does not connect and answer within ``timeout`` seconds counts as
+    down for that request: the caller then reads the chunk from origin.
+    """
+
+    def __init__(
+        self, http: HttpClient, token: str | None, *, timeout: float = DEFAULT_PEER_TIMEOUT
+    ) -> None:
+        self.http = http
+        self.timeout = timeout
+        self._headers = {FORWARDED_HEADER: "1"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+
+    async def open_chunk(self, peer: str, ref: ChunkRef) -> AsyncIterator[bytes]:
+        """Stream the chunk's bytes from ``peer`` (``host:port``).
+
+        Raises:
+            TransferError (incl. StallError, HTTPStatusError, RetryableHTTPError):
+                the peer is down, slow, refused, or sent a short body.
+            AuthError: the peer rejected our token.
+        """
+        url = f"http://{peer}{chunk_path(ref)}"
+        session = await self.http.session()
+        try:
+            resp = await asyncio.wait_for(
+                session.get(url, headers=self._headers, allow_redirects=False), self.timeout
+            )
+        except TimeoutError:
+            raise TransferError(
+                f"peer {peer} did not answer within {self.timeout}s", url=url
+            ) from None
+        except aiohttp.ClientError as err:
+            raise translate_client_error(err, url, "chunk request to a peer") from None
+        async with resp:
+            raise_for_status(resp.status, url, resp.headers)
+            expected = ref.end - ref.start
+            got = 0
+            try:
+                async for piece in resp.content.iter_any():
+                    got += len(piece)
+                    if got > expected:
+                        raise TransferError(
+                            f"peer {peer} sent more than the chunk's {expected} bytes", url=url
+                        )
+                    yield piece
+            except (aiohttp.ClientError, TimeoutError) as err:
+                raise translate_client_error(err, url, "chunk body from a peer") from None
+            if got != expected:
+                raise TransferError(f"peer {peer} sent {got} of {expected} bytes", url=url)

@@ -1,0 +1,133 @@
+"""A chunk reader that goes owner peer first, origin second (DESIGN.md, "Pull", tiers 2-3).
+
+The transfer engine asks for one chunk per range request. For each, the ring
+names an owner: this node's own :class:`ChunkService` when it is the owner,
+else the owner peer. A peer that is down, slow or errs before sending a byte
+is skipped for origin at once; one that fails part-way, or whose bytes the
+engine rejects (it asks for the same chunk again), is not asked for that chunk
+a second time: the retry reads origin. So pulls complete while peers die, and
+a corrupt peer costs one chunk's bytes, counted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from bdn.digest import Digest
+from bdn.errors import AuthError, BdnError, TransferError
+from bdn.peer.chunks import ChunkRef, ChunkService
+from bdn.peer.client import PeerClient
+from bdn.ring import Ring
+from bdn.transfer.reader import RangeReader
+
+log = logging.getLogger(__name__)
+
+Buffer = bytes | bytearray | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class TierConfig:
+    """The peer tier of one node.
+
+    Attributes:
+        ring: the current ring over live members (addresses ``host:port``).
+        self_addr: this node's own ring address (its chunks go through ``local``).
+        peers: the client that asks other members.
+        local: this node's chunk service (``None``: read own chunks from origin).
+    """
+
+    ring: Ring
+    self_addr: str | None
+    peers: PeerClient
+    local: ChunkService | None = None
+
+
+@dataclass(slots=True)
+class TierStats:
+    """Bytes and failures per tier, summed over the readers that share it."""
+
+    bytes_from_peers: int = 0
+    bytes_from_origin: int = 0
+    peer_failures: int = 0
+    corrupt_from_peers: int = 0
+
+
+@dataclass(slots=True)
+class TieredReader:
+    """A :class:`RangeReader` of one blob through the tiers; see the module docstring."""
+
+    origin: RangeReader
+    digest: Digest
+    size: int
+    chunk_size: int
+    chunks: tuple[str, ...]
+    tiers: TierConfig
+    stats: TierStats
+    supports_ranges: bool | None = True
+    # Chunks a peer served in full (a second request means the engine rejected
+    # them) and chunks a peer failed: both go to origin from now on.
+    _peer_served: set[int] = field(default_factory=set)
+    _peer_failed: set[int] = field(default_factory=set)
+
+    def describe(self) -> str:
+        return f"{self.digest} via peers, origin {self.origin.describe()}"
+
+    async def close(self) -> None:
+        await self.origin.close()
+
+    async def open_range(self, start: int, end: int) -> AsyncIterator[Buffer]:
+        ref = self._chunk_ref(start, end)
+        owner = self.tiers.ring.owner(self.digest, ref.index) if ref is not None else None
+        if ref is None or owner is None:
+            async for piece in self._from_origin(start, end):
+                yield piece
+            return
+        if ref.index in self._peer_served:
+            self.stats.corrupt_from_peers += 1
+            self._peer_served.discard(ref.index)
+            self._peer_failed.add(ref.index)
+            log.warning(
+                "chunk %d of %s from peer %s failed verification; reading origin",
+                ref.index,
+                self.digest,
+                owner,
+            )
+        if owner == self.tiers.self_addr and self.tiers.local is not None:
+            data = await self.tiers.local.read(ref)
+            self.stats.bytes_from_origin += len(data)
+            yield data
+            return
+        if owner != self.tiers.self_addr and ref.index not in self._peer_failed:
+            sent = 0
+            try:
+                async for piece in self.tiers.peers.open_chunk(owner, ref):
+                    sent += len(piece)
+                    self.stats.bytes_from_peers += len(piece)
+                    yield piece
+                self._peer_served.add(ref.index)
+                return
+            except (TransferError, AuthError) as err:
+                self.stats.peer_failures += 1
+                self._peer_failed.add(ref.index)
+                log.info("peer %s failed chunk %d of %s: %s", owner, ref.index, self.digest, err)
+                if sent:
+                    raise  # Bytes already went to the engine: it retries, from origin.
+        async for piece in self._from_origin(start, end):
+            yield piece
+
+    async def _from_origin(self, start: int, end: int) -> AsyncIterator[Buffer]:
+        async for piece in self.origin.open_range(start, end):
+            self.stats.bytes_from_origin += len(piece)
+            yield piece
+
+    def _chunk_ref(self, start: int, end: int) -> ChunkRef | None:
+        """The chunk ``[start, end)`` is, or ``None`` for any other range (read from origin)."""
+        index, rest = divmod(start, self.chunk_size)
+        if rest or end != min(start + self.chunk_size, self.size) or index >= len(self.chunks):
+            return None
+        try:
+            return ChunkRef(self.digest, index, self.size, self.chunk_size, self.chunks[index])
+        except (ValueError, BdnError):
+            return None

@@ -1,0 +1,100 @@
+"""The owner side (ChunkService) and the tiered reader, against a real counting origin."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import pytest
+
+from bdn._http import HttpClient, RetryPolicy
+from bdn.cache import NodeCache
+from bdn.errors import IntegrityError
+from bdn.manifest import FileEntry, Manifest
+from bdn.peer import ChunkRef, ChunkService, PeerClient, TierConfig
+from bdn.pull import PullOptions, pull_manifest
+from bdn.ring import Ring
+from bdn.store import open_store
+from bdn.transfer import TransferConfig
+from tests.httpserver import FaultPlan, FaultServer
+from tests.test_pull import CHUNK, MODEL, assert_tree, mirror_model, serve_store
+
+FAST = RetryPolicy(max_attempts=3, base_delay=0.01)
+
+
+def _ref(entry: FileEntry, manifest: Manifest, index: int) -> ChunkRef:
+    return ChunkRef(entry.sha256, index, entry.size, manifest.chunk_size, entry.chunks[index])
+
+
+def _big(manifest: Manifest) -> FileEntry:
+    return next(f for f in manifest.files if f.path.startswith("model-00001"))
+
+
+async def test_concurrent_asks_for_one_chunk_fetch_it_from_origin_once(
+    tmp_path: Path, fault_server: FaultServer
+) -> None:
+    store_root, manifest = await mirror_model(tmp_path)
+    base = serve_store(fault_server, store_root)
+    fault_server.faults = FaultPlan(bytes_per_second=2 * 1024 * 1024)
+    big = _big(manifest)
+    origin = open_store(base)
+    with NodeCache(tmp_path / "cache") as cache:
+        service = ChunkService(cache, origin, chunk_cache_dir=tmp_path / "chunks", retry=FAST)
+        got = await asyncio.gather(*(service.read(_ref(big, manifest, 1)) for _ in range(8)))
+        want = MODEL[big.path][CHUNK : 2 * CHUNK]
+        assert all(g == want for g in got)
+        assert service.stats.origin_fetches == 1 and service.stats.coalesced_waiters == 7
+        # Now it is kept: a later ask is served from the chunk cache.
+        assert await service.read(_ref(big, manifest, 1)) == want
+        assert service.stats.from_chunk_cache == 1 and service.stats.origin_fetches == 1
+        await service.close()
+    await origin.close()
+    assert fault_server.stats.bytes_served == CHUNK
+
+
+async def test_corrupt_origin_bytes_are_never_kept(
+    tmp_path: Path, fault_server: FaultServer
+) -> None:
+    store_root, manifest = await mirror_model(tmp_path)
+    base = serve_store(fault_server, store_root)
+    big = _big(manifest)
+    fault_server.faults = FaultPlan(flip_offset=CHUNK + 3, flip_count=100)
+    origin = open_store(base)
+    with NodeCache(tmp_path / "cache") as cache:
+        service = ChunkService(cache, origin, chunk_cache_dir=tmp_path / "chunks", retry=FAST)
+        with pytest.raises(IntegrityError):
+            await service.read(_ref(big, manifest, 1))
+        fault_server.faults = FaultPlan()
+        assert await service.read(_ref(big, manifest, 1)) == MODEL[big.path][CHUNK : 2 * CHUNK]
+        await service.close()
+    await origin.close()
+
+
+def _dead_address() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"  # Closed when we return: nobody listens.
+
+
+async def test_pull_completes_when_every_owner_is_down(
+    tmp_path: Path, fault_server: FaultServer
+) -> None:
+    store_root, manifest = await mirror_model(tmp_path)
+    base = serve_store(fault_server, store_root)
+    http = HttpClient()
+    ring = Ring([_dead_address(), _dead_address(), "self:1"])
+    origin = open_store(base)
+    with NodeCache(tmp_path / "cache") as cache:
+        service = ChunkService(cache, origin, chunk_cache_dir=tmp_path / "chunks", retry=FAST)
+        tiers = TierConfig(ring, "self:1", PeerClient(http, "token", timeout=0.5), service)
+        opts = PullOptions(transfer=TransferConfig(retry=FAST))
+        res = await pull_manifest(manifest, tmp_path / "m", store=origin, cache=cache,
+                                  options=opts, tiers=tiers)
+        await service.close()
+    await origin.close()
+    await http.close()
+    assert_tree(tmp_path / "m")
+    assert res.bytes_from_peers == 0
+    assert res.bytes_from_origin == sum({f.sha256: f.size for f in manifest.files}.values())
+    assert res.peer_failures > 0
