@@ -79,6 +79,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Mirror a random tree into a fresh file:// store and copy it with cp -r; "
                     "then re-mirror unchanged (0 bytes expected). Aim: >= 0.8x cp -r.")
     _add_common(m)
+    m.add_argument("--source", choices=("file", "hf"), default="file",
+                   help="file: a random tree vs cp -r (default); hf: a local Hugging Face-"
+                        "compatible server (MiniLM-L6-v2 and --shards x --shard-size) vs "
+                        "huggingface_hub.snapshot_download, plus an unchanged re-mirror "
+                        "(needs a source checkout: the server lives in tests/)")
     m.set_defaults(func=_mirror)
 
     p = sub.add_parser(

@@ -263,7 +263,11 @@ def options_from_args(args: argparse.Namespace) -> MirrorBenchOptions:
 
 
 def mirror_command(args: argparse.Namespace) -> int:
-    """``bdn bench mirror``: run, print; the exit status."""
+    """``bdn bench mirror``: run, print; the exit status (``--source hf``: see mirror_hf)."""
+    if getattr(args, "source", "file") == "hf":
+        from bdn.bench.mirror_hf import mirror_hf_command
+
+        return mirror_hf_command(args)
     options = options_from_args(args)
     console = progress_console()
     try:
