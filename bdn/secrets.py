@@ -272,3 +272,96 @@ def _optional_string(data: Mapping[str, object], key: str, name: str) -> str | N
             secret_name=name,
         )
     return value.strip() or None
+
+
+# --------------------------------------------------------------------------- GCP
+
+__all__ += ["GCP_SERVICE_ACCOUNT_KEYS", "GcpServiceAccount", "load_gcp_service_account"]
+
+
+@dataclass(frozen=True, slots=True)
+class GcpServiceAccount:
+    """A GCP service-account key (the JSON file the Cloud console downloads).
+
+    ``info`` is the whole JSON object, handed to google-auth as is; it holds
+    the private key, so it is left out of ``repr``.
+    """
+
+    client_email: str
+    project_id: str | None
+    info: Mapping[str, object] = field(repr=False)
+
+
+#: Keys a service-account key must have for google-auth to sign token requests.
+GCP_SERVICE_ACCOUNT_KEYS: tuple[str, ...] = ("type", "client_email", "private_key", "token_uri")
+
+_GCP_FORMAT_HINT = (
+    "store the service account's JSON key file as downloaded from the Google Cloud console "
+    "(IAM > Service accounts > Keys > Add key > JSON); it has the keys type, project_id, "
+    "private_key_id, private_key, client_email and token_uri"
+)
+
+
+def _plain_word(text: str | None) -> bool:
+    """True for a short ``[a-z_]`` word (a credential type), safe to quote in a message."""
+    return bool(text) and len(str(text)) <= 40 and all(c.islower() or c == "_" for c in str(text))
+
+
+def load_gcp_service_account(resolver: SecretResolver, name: str) -> GcpServiceAccount:
+    """Read secret ``name`` as a GCP service-account key (JSON).
+
+    Only the shape is checked here (a JSON object of type ``service_account``
+    with :data:`GCP_SERVICE_ACCOUNT_KEYS` as non-empty strings and a PEM
+    private key); whether the key is genuine is for Google to say.
+
+    Args:
+        resolver: where to look the secret up.
+        name: the secret's name (the ``auth_secret_name`` of a ``gs://`` entry).
+
+    Returns:
+        The key; its ``repr`` shows only the account's email and project.
+
+    Raises:
+        SecretError: the secret is missing, is not a JSON object, is another
+            kind of credential, or lacks keys (all missing keys are named in
+            one line). No message contains a value other than ``type``.
+    """
+    raw = resolver.get(name)
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None  # Not chained: a JSONDecodeError holds the whole document.
+    if not isinstance(data, dict):
+        raise SecretError(
+            f"secret {name!r} is not valid JSON: a GCP service-account key must be a JSON "
+            f"object; {_GCP_FORMAT_HINT}",
+            secret_name=name,
+        )
+    values = {key: _optional_string(data, key, name) for key in GCP_SERVICE_ACCOUNT_KEYS}
+    missing = [key for key, value in values.items() if value is None]
+    if missing:
+        raise SecretError(
+            f"secret {name!r} is not a GCP service-account key: missing "
+            f"{', '.join(missing)}; {_GCP_FORMAT_HINT}",
+            secret_name=name,
+        )
+    kind = values["type"]
+    if kind != "service_account":
+        shown = repr(kind) if _plain_word(kind) else "another type"
+        raise SecretError(
+            f"secret {name!r} is a GCP credential of type {shown}, not 'service_account'; "
+            f"{_GCP_FORMAT_HINT}",
+            secret_name=name,
+        )
+    if "PRIVATE KEY-----" not in str(values["private_key"]):
+        raise SecretError(
+            f"secret {name!r}: private_key is not a PEM private key (it should start with "
+            "-----BEGIN PRIVATE KEY-----, with line breaks written as \\n in the JSON); "
+            f"{_GCP_FORMAT_HINT}",
+            secret_name=name,
+        )
+    email = values["client_email"]
+    assert email is not None  # Checked with the other required keys above.
+    return GcpServiceAccount(
+        client_email=email, project_id=_optional_string(data, "project_id", name), info=data
+    )

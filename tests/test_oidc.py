@@ -1,0 +1,142 @@
+"""OIDC auth (AWS_OIDC, GCP_OIDC): the plain error without a token file, and the real
+SDK exchanges against local servers (moto's STS; a small fake of Google's STS, IAM
+Credentials and GCS JSON APIs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bdn._gcp import SCOPE_READ_ONLY, gcp_oidc_credentials
+from bdn._http import HttpClient
+from bdn._oidc import OIDC_TOKEN_FILE_ENV, aws_oidc_credentials, oidc_token_file, read_oidc_token
+from bdn.config import AuthConfig
+from bdn.errors import AuthError, ConfigError
+from bdn.sources.gcs import GcsSource
+from bdn.sources.s3 import S3Source
+from tests.conftest import MotoS3
+from tests.gcsemulator import FakeGoogle
+
+TOKEN = "eyJhbGciOiJSUzI1NiJ9.zzFAKE-oidc-PAYLOAD.sig"  # must never appear in an error
+ROLE = "arn:aws:iam::123456789012:role/bdn-reader"
+SA = "bdn-reader@my-project.iam.gserviceaccount.com"
+PROVIDER = "projects/123456789/locations/global/workloadIdentityPools/pool/providers/prov"
+
+AWS_AUTH = AuthConfig(auth_method="AWS_OIDC", aws_oidc_role_arn=ROLE, aws_oidc_region="us-east-1")
+GCP_AUTH = AuthConfig(auth_method="GCP_OIDC", gcp_oidc_service_account=SA,
+                      gcp_oidc_workload_id_provider=PROVIDER)
+
+
+@pytest.fixture
+def token_file(tmp_path: Path) -> Path:
+    path = tmp_path / "token"
+    path.write_text(TOKEN + "\n")
+    return path
+
+
+def test_token_file_comes_from_the_environment_snapshot() -> None:
+    assert oidc_token_file({OIDC_TOKEN_FILE_ENV: "/t/token"}) == Path("/t/token")
+    assert oidc_token_file({OIDC_TOKEN_FILE_ENV: " "}) is None
+    assert oidc_token_file({}) is None
+
+
+@pytest.mark.parametrize("method", ["AWS_OIDC", "GCP_OIDC"])
+def test_no_token_file_is_one_plain_line(method: str, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    cases = {
+        None: "BDN_OIDC_TOKEN_FILE is not set",
+        tmp_path / "absent": "which does not exist",
+        empty: "which is empty",
+        tmp_path: "which cannot be read",  # a directory
+    }
+    for path, problem in cases.items():
+        with pytest.raises(AuthError) as info:
+            read_oidc_token(path, method)
+        text = str(info.value)
+        assert text.startswith(f"{method} needs a projected service-account token file")
+        assert problem in text and "CUSTOM_SECRET" in text and "\n" not in text
+
+
+def test_aws_oidc_without_token_file() -> None:
+    with pytest.raises(AuthError, match=r"AWS_OIDC needs a projected .* audience sts\.amazonaws"):
+        aws_oidc_credentials(AWS_AUTH, token_file=None)
+
+
+def test_oidc_functions_want_their_own_auth_blocks(token_file: Path) -> None:
+    with pytest.raises(ConfigError, match="AWS_OIDC"):
+        aws_oidc_credentials(GCP_AUTH, token_file=token_file)
+    with pytest.raises(ConfigError, match="GCP_OIDC"):
+        gcp_oidc_credentials(AWS_AUTH, token_file=token_file)
+
+
+async def test_aws_oidc_assumes_the_role_at_sts(moto_s3: MotoS3, s3_bucket: str,
+                                                token_file: Path) -> None:
+    creds = aws_oidc_credentials(AWS_AUTH, token_file=token_file,
+                                 sts_endpoint_url=moto_s3.endpoint_url)
+    assert creds.access_key_id.startswith("ASIA")  # temporary keys, as STS issues them
+    assert creds.session_token and creds.region == "us-east-1"
+    assert TOKEN not in repr(creds)
+    moto_s3.client().put_object(Bucket=s3_bucket, Key="m/w.bin", Body=b"abc")
+    src = S3Source(s3_bucket, "m", credentials=creds, endpoint_url=moto_s3.endpoint_url)
+    try:
+        assert [o.path for o in await src.list()] == ["w.bin"]
+    finally:
+        await src.close()
+
+
+def test_aws_oidc_unreachable_sts_is_auth_error(token_file: Path) -> None:
+    with pytest.raises(AuthError, match="cannot exchange the token") as info:
+        aws_oidc_credentials(AWS_AUTH, token_file=token_file,
+                             sts_endpoint_url="http://127.0.0.1:1")
+    assert TOKEN not in str(info.value)
+
+
+# -- GCP: google-auth's identity pool + impersonation, end to end on loopback -----
+
+
+async def test_gcp_oidc_exchanges_the_token_and_impersonates(fake_google: FakeGoogle,
+                                                             token_file: Path) -> None:
+    creds = gcp_oidc_credentials(GCP_AUTH, token_file=token_file,
+                                 sts_url=f"{fake_google.url}/v1/token",
+                                 iam_url=f"{fake_google.url}/v1")
+    http = HttpClient()
+    src = GcsSource("bkt", "m", credentials=creds, api_endpoint=fake_google.url, http=http)
+    try:
+        (obj,) = await src.list()
+        reader = src.reader(obj)
+        assert b"".join([bytes(p) async for p in reader.open_range(0, obj.size)]) == b"weights!"
+    finally:
+        await src.close()
+        await http.close()
+    # The projected token went to STS, for the workload identity provider
+    # (once per thread that found the token missing: the SDK's and ours)...
+    assert fake_google.sts_requests
+    for sts in fake_google.sts_requests:
+        assert sts["subject_token"] == TOKEN
+        assert sts["audience"] == f"//iam.googleapis.com/{PROVIDER}"
+        assert sts["subject_token_type"] == "urn:ietf:params:oauth:token-type:jwt"
+    # ...its federated token bought the service account's token...
+    (iam_path, iam_auth, iam_body), *_ = fake_google.iam_requests
+    assert iam_path == f"/v1/projects/-/serviceAccounts/{SA}:generateAccessToken"
+    assert iam_auth == "Bearer federated-token" and iam_body["scope"] == [SCOPE_READ_ONLY]
+    # ...which both the SDK's listing and the aiohttp data plane presented.
+    assert fake_google.storage_auth and set(fake_google.storage_auth) == {"Bearer sa-token"}
+    assert json.dumps(fake_google.storage_auth).count("sa-token") >= 2
+
+
+async def test_gcp_oidc_token_file_that_vanishes_later_fails_plainly(fake_google: FakeGoogle,
+                                                                   token_file: Path) -> None:
+    creds = gcp_oidc_credentials(GCP_AUTH, token_file=token_file,
+                                 sts_url=f"{fake_google.url}/v1/token",
+                                 iam_url=f"{fake_google.url}/v1")
+    token_file.unlink()  # e.g. the projected volume went away after start-up
+    src = GcsSource("bkt", "m", credentials=creds, api_endpoint=fake_google.url)
+    try:
+        with pytest.raises(AuthError, match=r"GCP_OIDC needs a projected .* does not exist"):
+            await src.list()
+    finally:
+        await src.close()
+    assert fake_google.sts_requests == []
