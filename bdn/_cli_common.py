@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TypeVar
 
 from bdn.settings import Settings
-from bdn.store import open_store
 from bdn.store.base import BlobStore
 
 T = TypeVar("T")
@@ -67,7 +66,7 @@ def with_store(args: argparse.Namespace, use: Callable[[BlobStore], Awaitable[T]
     conf = settings(args)
 
     async def go() -> T:
-        store = open_store(conf.store_uri, endpoint_url=conf.endpoint_url)
+        store = conf.open_store()
         try:
             return await use(store)
         finally:

@@ -16,7 +16,6 @@ from bdn._units import format_bytes
 from bdn.cache import NodeCache
 from bdn.config import WeightsEntry, parse_entry, source_from_cli
 from bdn.errors import ConfigError
-from bdn.mirror import MirrorOptions
 from bdn.pull import (
     PullOptions,
     PullResult,
@@ -24,7 +23,6 @@ from bdn.pull import (
     pull_manifest,
     resolve_manifest,
 )
-from bdn.store import open_store
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -124,7 +122,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     mount = Path(args.to).expanduser().absolute()
 
     async def go() -> PullResult:
-        store = open_store(conf.store_uri, endpoint_url=conf.endpoint_url)
+        store = conf.open_store()
         cache = NodeCache(conf.cache_dir, max_bytes=conf.cache_max_bytes)
         try:
             started = time.monotonic()
@@ -132,7 +130,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
                 target,
                 store,
                 secrets=conf.secrets(),
-                mirror_options=MirrorOptions(endpoint_url=conf.endpoint_url),
+                mirror_options=conf.mirror_options(),
                 mirror_if_missing=True,
             )
             with ByteProgress(f"pull {manifest.id[:19]}…") as bar:

@@ -25,10 +25,8 @@ from typing import Any, TypeVar
 from bdn.cache import NodeCache
 from bdn.config import WeightsEntry, load_config, parse_entry, source_from_cli
 from bdn.errors import ConfigError
-from bdn.mirror import MirrorOptions
 from bdn.pull import DEFAULT_PULL_OPTIONS, PullOptions, PullResult, pull_manifest, resolve_manifest
 from bdn.settings import Settings
-from bdn.store import open_store
 
 T = TypeVar("T")
 
@@ -173,7 +171,7 @@ async def pull_in_process(
     options: PullOptions = DEFAULT_PULL_OPTIONS,
 ) -> PullResult:
     """Resolve (mirroring first if needed) and pull ``entry`` with no agent."""
-    store = open_store(settings.store_uri, endpoint_url=settings.endpoint_url)
+    store = settings.open_store()
     cache = NodeCache(settings.cache_dir, max_bytes=settings.cache_max_bytes)
     mount = (
         Path(entry.mount_location)
@@ -185,7 +183,7 @@ async def pull_in_process(
             entry,
             store,
             secrets=settings.secrets(),
-            mirror_options=MirrorOptions(endpoint_url=settings.endpoint_url),
+            mirror_options=settings.mirror_options(),
             mirror_if_missing=True,
         )
         done, total = 0, 0

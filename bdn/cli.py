@@ -9,6 +9,7 @@ line on stderr naming the fix and exit status 2; failures of the world
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from bdn._units import format_bytes, parse_size
 from bdn.config import WeightsEntry, load_config, parse_entry, source_from_cli
 from bdn.digest import DEFAULT_CHUNK_SIZE
 from bdn.errors import BdnError, ConfigError, MountConflict, SecretError
-from bdn.mirror import MirrorOptions, MirrorPlan, MirrorResult, run_mirror
+from bdn.mirror import MirrorPlan, MirrorResult, run_mirror
 from bdn.store.base import BlobStore
 from bdn.store.layout import Store
 
@@ -122,7 +123,7 @@ def cmd_mirror(args: argparse.Namespace) -> int:
     if chunk_size < 1:
         raise ConfigError("must be at least 1 byte", field="--chunk-size")
     conf = settings(args)
-    options = MirrorOptions(chunk_size=chunk_size, endpoint_url=conf.endpoint_url)
+    options = dataclasses.replace(conf.mirror_options(), chunk_size=chunk_size)
     secrets = conf.secrets()
 
     async def mirror_all(store: BlobStore) -> list[MirrorResult]:

@@ -11,9 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bdn._units import parse_size
 from bdn.secrets import SecretResolver
+
+if TYPE_CHECKING:
+    from bdn.mirror import MirrorOptions
+    from bdn.store.base import BlobStore
 
 DEFAULT_STORE_DIR = "~/.cache/bdn/store"
 DEFAULT_CACHE_DIR = "~/.cache/bdn/node"
@@ -32,6 +37,10 @@ class Settings:
         agent: the node agent to use (``BDN_AGENT``, ``unix:///path.sock`` or
             ``http://host:port``); ``None`` means work in-process.
         endpoint_url: S3-compatible endpoint (``AWS_ENDPOINT_URL``).
+        hf_endpoint: the Hugging Face Hub (``HF_ENDPOINT``; default https://huggingface.co).
+        gcs_emulator_host: a GCS emulator (``STORAGE_EMULATOR_HOST``).
+        r2_endpoint_url: R2 endpoint override (``BDN_R2_ENDPOINT_URL``).
+        oidc_token_file: projected token for OIDC auth (``BDN_OIDC_TOKEN_FILE``).
         environ: the environment snapshot, for secrets given as ``BDN_SECRET_*``.
     """
 
@@ -41,6 +50,10 @@ class Settings:
     secrets_dir: Path | None = None
     agent: str | None = None
     endpoint_url: str | None = None
+    hf_endpoint: str | None = None
+    gcs_emulator_host: str | None = None
+    r2_endpoint_url: str | None = None
+    oidc_token_file: Path | None = None
     environ: Mapping[str, str] | None = None
 
     @classmethod
@@ -57,8 +70,31 @@ class Settings:
             secrets_dir=Path(secrets).expanduser() if secrets else None,
             agent=environ.get("BDN_AGENT") or None,
             endpoint_url=environ.get("AWS_ENDPOINT_URL") or None,
+            hf_endpoint=environ.get("HF_ENDPOINT") or None,
+            gcs_emulator_host=environ.get("STORAGE_EMULATOR_HOST") or None,
+            r2_endpoint_url=environ.get("BDN_R2_ENDPOINT_URL") or None,
+            oidc_token_file=Path(token) if (token := environ.get("BDN_OIDC_TOKEN_FILE")) else None,
             environ=dict(environ),
         )
+
+    def mirror_options(self) -> MirrorOptions:
+        """Mirror options that carry this environment's endpoints."""
+        from bdn.mirror import MirrorOptions
+
+        return MirrorOptions(
+            endpoint_url=self.endpoint_url,
+            hf_endpoint=self.hf_endpoint,
+            gcs_emulator_host=self.gcs_emulator_host,
+            r2_endpoint_url=self.r2_endpoint_url,
+            oidc_token_file=self.oidc_token_file,
+        )
+
+    def open_store(self) -> BlobStore:
+        """The blob store these settings name, with the platform's own credentials."""
+        from bdn.store import open_store
+
+        return open_store(self.store_uri, endpoint_url=self.endpoint_url,
+                          gcs_emulator_host=self.gcs_emulator_host)
 
     def secrets(self) -> SecretResolver:
         """The resolver for named secrets (directory first, then ``BDN_SECRET_*``)."""

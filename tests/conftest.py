@@ -11,13 +11,18 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+# GCS servers (gcp-storage-emulator, and a fake of Google's auth endpoints).
+from tests.gcsemulator import fake_google as fake_google
+from tests.gcsemulator import gcs_bucket as gcs_bucket
+from tests.gcsemulator import gcs_emulator as gcs_emulator
+
 # The fault-injecting HTTP origin, for every test module that needs it.
 from tests.httpserver import fault_server as fault_server
 from tests.httpserver import fault_server_session as fault_server_session
 
 # Variables that change where BDN or boto3 look for things; a test that needs
 # one sets it itself, so a developer's shell cannot leak into the suite.
-_CLEARED_PREFIXES = ("BDN_", "AWS_", "HF_", "STORAGE_EMULATOR_HOST")
+_CLEARED_PREFIXES = ("BDN_", "AWS_", "HF_", "STORAGE_EMULATOR_HOST", "GOOGLE_", "CLOUDSDK_")
 
 
 @pytest.fixture(autouse=True)

@@ -187,6 +187,13 @@ def test_bad_sources_and_secrets_give_one_line_errors(tmp_path: Path, moto_s3: M
         run_bdn("mirror", "bt://project/job", home=home),
         "Baseten Training sources are not available outside Baseten",
     )
+    _assert_one_line_error(
+        run_bdn("mirror", "gs://bucket/models", home=home),
+        "no credentials configured: need either OIDC config or secret_id",
+    )
+    _assert_one_line_error(
+        run_bdn("mirror", "r2://acct.bucket/models", home=home), "secret_id is required"
+    )
 
 
 def test_runtime_errors_are_one_line_too(tmp_path: Path) -> None:

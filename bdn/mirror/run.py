@@ -25,7 +25,7 @@ from bdn.digest import DEFAULT_CHUNK_SIZE, Digest
 from bdn.errors import ConfigError
 from bdn.manifest import FileEntry, Filters, Manifest, SourceRef
 from bdn.secrets import SecretResolver
-from bdn.sources import open_source
+from bdn.sources import SourceEnv, open_source
 from bdn.sources.base import Source, SourceObject
 from bdn.store.base import BlobStore
 from bdn.store.file import staging_name
@@ -49,6 +49,10 @@ class MirrorOptions:
             space (a file is staged whole before it is committed).
         spool_dir: where files are staged for stores that cannot rename into
             place (``s3://``); default: the system temp dir.
+        hf_endpoint: the Hugging Face Hub (``HF_ENDPOINT``); ``None`` means
+            https://huggingface.co.
+        gcs_emulator_host, r2_endpoint_url, oidc_token_file: see
+            :class:`bdn.sources.SourceEnv`.
     """
 
     chunk_size: int = DEFAULT_CHUNK_SIZE
@@ -56,6 +60,17 @@ class MirrorOptions:
     endpoint_url: str | None = None
     max_files_in_flight: int = 8
     spool_dir: Path | None = None
+    hf_endpoint: str | None = None
+    gcs_emulator_host: str | None = None
+    r2_endpoint_url: str | None = None
+    oidc_token_file: Path | None = None
+
+    def source_env(self) -> SourceEnv:
+        """The upstream endpoints these options carry."""
+        return SourceEnv(endpoint_url=self.endpoint_url, hf_endpoint=self.hf_endpoint,
+                         gcs_emulator_host=self.gcs_emulator_host,
+                         r2_endpoint_url=self.r2_endpoint_url,
+                         oidc_token_file=self.oidc_token_file)
 
 
 DEFAULT_MIRROR_OPTIONS = MirrorOptions()
@@ -139,7 +154,7 @@ async def run_mirror(
     client = http or HttpClient()
     layout = Store(store)
     try:
-        source = open_source(entry, secrets=secrets, endpoint_url=options.endpoint_url, http=client)
+        source = open_source(entry, secrets=secrets, http=client, env=options.source_env())
         try:
             result = await _mirror(entry, source, layout, options, on_progress, on_plan)
         finally:

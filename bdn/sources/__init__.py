@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from bdn._http import HttpClient
@@ -10,29 +11,52 @@ from bdn.errors import ConfigError
 from bdn.secrets import SecretResolver, load_s3_credentials
 from bdn.sources.base import Source, SourceObject
 
-__all__ = ["Source", "SourceObject", "open_source"]
+__all__ = ["DEFAULT_SOURCE_ENV", "Source", "SourceEnv", "SourceObject", "open_source"]
 
-# Kinds a later issue adds; until then a clear error rather than a stub.
-_NOT_YET = {
-    "hf": "hf:// sources",
-    "gcs": "gs:// sources",
-    "r2": "r2:// sources",
-}
+
+@dataclass(frozen=True, slots=True)
+class SourceEnv:
+    """Where the upstreams are, read once from the environment at the entry point.
+
+    Attributes:
+        endpoint_url: S3-compatible endpoint for ``s3://`` (``AWS_ENDPOINT_URL``).
+        hf_endpoint: the Hugging Face Hub (``HF_ENDPOINT``; default huggingface.co).
+        gcs_emulator_host: a GCS emulator (``STORAGE_EMULATOR_HOST``).
+        r2_endpoint_url: overrides ``https://<account>.r2.cloudflarestorage.com``
+            (``BDN_R2_ENDPOINT_URL``), e.g. for an S3-compatible test server.
+        oidc_token_file: the projected service-account token for ``AWS_OIDC`` and
+            ``GCP_OIDC`` (``BDN_OIDC_TOKEN_FILE``).
+    """
+
+    endpoint_url: str | None = None
+    hf_endpoint: str | None = None
+    gcs_emulator_host: str | None = None
+    r2_endpoint_url: str | None = None
+    oidc_token_file: Path | None = None
+
+
+DEFAULT_SOURCE_ENV = SourceEnv()
+
+_SECRET_REQUIRED = (
+    "secret_id is required: name a secret with the bucket's credentials, "
+    "e.g. `auth: {auth_method: CUSTOM_SECRET, auth_secret_name: aws_credentials}` "
+    "or `--auth-secret aws_credentials`"
+)
 
 
 def open_source(
     entry: WeightsEntry,
     *,
     secrets: SecretResolver,
-    endpoint_url: str | None = None,
     http: HttpClient,
+    env: SourceEnv = DEFAULT_SOURCE_ENV,
 ) -> Source:
     """Build the :class:`Source` for a weights entry, resolving its credentials.
 
     Raises:
-        ConfigError: the entry's auth does not fit its source, or the kind is
-            not available in this build.
+        ConfigError: the entry's auth does not fit its source.
         SecretError: the named secret is missing or malformed.
+        AuthError: OIDC was asked for but no token file is available.
     """
     parsed = entry.parsed_source
     if parsed.kind == "local":
@@ -41,33 +65,40 @@ def open_source(
         assert parsed.path is not None
         return LocalSource(Path(parsed.path), parsed.uri)
     if parsed.kind == "s3":
-        from bdn.sources.s3 import S3Source
+        return _s3_source(entry, secrets=secrets, http=http, env=env)
+    if parsed.kind == "hf":
+        from bdn.sources.hf import DEFAULT_HF_ENDPOINT, hf_source_from_entry
 
-        auth = entry.auth
-        if auth is None or (auth.auth_method == "CUSTOM_SECRET" and not auth.auth_secret_name):
-            raise ConfigError(
-                "secret_id is required: name a secret with the bucket's credentials, "
-                "e.g. `auth: {auth_method: CUSTOM_SECRET, auth_secret_name: aws_credentials}` "
-                "or `--auth-secret aws_credentials`",
-                field="auth",
-            )
-        if auth.auth_method != "CUSTOM_SECRET":
-            raise ConfigError(
-                f"{auth.auth_method} needs an OIDC token exchange, which this build cannot do; "
-                "use auth_method: CUSTOM_SECRET with an aws_credentials secret",
-                field="auth.auth_method",
-            )
-        assert parsed.bucket is not None and auth.auth_secret_name is not None
-        credentials = load_s3_credentials(secrets, auth.auth_secret_name)
-        return S3Source(
-            parsed.bucket,
-            parsed.prefix,
-            credentials=credentials,
-            endpoint_url=endpoint_url,
-            http=http,
+        return hf_source_from_entry(
+            entry, secrets=secrets, endpoint=env.hf_endpoint or DEFAULT_HF_ENDPOINT, http=http
         )
-    raise ConfigError(
-        f"{_NOT_YET.get(parsed.kind, parsed.kind)} are not supported by this build yet; "
-        "mirror from file:// or s3:// for now",
-        field="source",
-    )
+    if parsed.kind == "gcs":
+        from bdn.sources.gcs import gcs_source_from_entry
+
+        return gcs_source_from_entry(entry, secrets=secrets, emulator_host=env.gcs_emulator_host,
+                                     http=http, token_file=env.oidc_token_file)
+    if parsed.kind == "r2":
+        from bdn.sources.r2 import r2_source_from_entry
+
+        return r2_source_from_entry(entry, secrets=secrets, http=http,
+                                    endpoint_override=env.r2_endpoint_url)
+    raise ConfigError(f"{parsed.kind} sources are not supported", field="source")
+
+
+def _s3_source(entry: WeightsEntry, *, secrets: SecretResolver, http: HttpClient,
+               env: SourceEnv) -> Source:
+    from bdn.sources.s3 import S3Source
+
+    parsed, auth = entry.parsed_source, entry.auth
+    if auth is None or (auth.auth_method == "CUSTOM_SECRET" and not auth.auth_secret_name):
+        raise ConfigError(_SECRET_REQUIRED, field="auth")
+    assert parsed.bucket is not None
+    if auth.auth_method == "AWS_OIDC":
+        from bdn._oidc import aws_oidc_credentials
+
+        credentials = aws_oidc_credentials(auth, token_file=env.oidc_token_file)
+    else:
+        assert auth.auth_secret_name is not None
+        credentials = load_s3_credentials(secrets, auth.auth_secret_name)
+    return S3Source(parsed.bucket, parsed.prefix, credentials=credentials,
+                    endpoint_url=env.endpoint_url, http=http)
