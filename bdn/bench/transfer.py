@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from rich.console import Console
 
 from bdn._http import DEFAULT_HTTP_CONFIG, HttpClient, HttpRangeReader
 from bdn._units import format_bytes, parse_size
+from bdn.bench.command import common_options, run_command
 from bdn.bench.harness import (
     BenchAbort,
     DataFile,
@@ -37,7 +37,6 @@ from bdn.bench.harness import (
     remove_outputs,
     require_free_space,
     run_timed,
-    sigterm_as_exit,
     timeout_for,
     verify_file,
     warm_up_writes,
@@ -51,11 +50,10 @@ from bdn.bench.report import (
     Role,
     Section,
     Timed,
-    emit_report,
     measure_rounds,
     progress_console,
 )
-from bdn.bench.tools import ensure_tools, machine_facts, missing_tools
+from bdn.bench.tools import machine_facts, missing_tools
 from bdn.digest import DEFAULT_CHUNK_SIZE
 from bdn.errors import ConfigError
 from bdn.transfer.engine import DEFAULT_TRANSFER_CONFIG, FileTask, TransferEngine
@@ -353,28 +351,17 @@ def run_transfer_bench(
 
 def options_from_args(args: argparse.Namespace) -> TransferBenchOptions:
     """Build options from the parsed ``bdn bench transfer`` flags."""
-    return TransferBenchOptions(
-        size=parse_size(args.size, field="--size"),
-        shards=args.shards,
-        shard_size=parse_size(args.shard_size, field="--shard-size"),
-        repeat=args.repeat,
-        workdir=Path(args.workdir) if args.workdir else None,
-        keep=args.keep,
-    )
+    return TransferBenchOptions(size=parse_size(args.size, field="--size"), **common_options(args))
 
 
 def transfer_command(args: argparse.Namespace) -> int:
     """``bdn bench transfer``: install missing tools if allowed, run, print; the exit status."""
     options = options_from_args(args)
-    console = progress_console()
-    try:
-        with sigterm_as_exit():
-            unavailable = ensure_tools(
-                REFERENCE_TOOLS, allow_install=not args.no_install, console=console
-            )
-            report = run_transfer_bench(options, console=console, unavailable=unavailable)
-    except BenchAbort as err:
-        print(f"bdn bench transfer: {err}", file=sys.stderr)
-        return err.exit_code
-    emit_report(report, as_json=args.json)
-    return report.exit_code
+    return run_command(
+        "transfer",
+        args,
+        lambda console, unavailable: run_transfer_bench(
+            options, console=console, unavailable=unavailable
+        ),
+        tools=REFERENCE_TOOLS,
+    )
