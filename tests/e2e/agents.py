@@ -1,0 +1,345 @@
+"""Real ``bdn agent`` processes on loopback, and what tests need around them.
+
+- :func:`mirrored_model` mirrors a synthetic model into a ``file://`` store;
+  :func:`publish_store` puts that store's files on a :class:`FaultServer`, so
+  origin bytes are counted at the origin.
+- :class:`AgentProcess` / :func:`start_agent` run ``python -m bdn agent`` with
+  its own cache and a short unix socket path, and talk to it.
+- :class:`CorruptingProxy` sits in front of one agent's peer port and flips a
+  byte of every chunk it relays: a peer serving corrupt bytes, with no test
+  hook in the agent itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+
+from bdn.config import WeightsEntry
+from bdn.manifest import Manifest
+from bdn.mirror import MirrorOptions, run_mirror
+from bdn.secrets import SecretResolver
+from bdn.store import open_store
+from bdn.store.layout import Store
+from tests.fixtures import bdn_env, make_model
+from tests.httpserver import FaultServer
+
+TOKEN = "test-peer-token-0123456789abcdef"
+
+
+# -- the model and its origin -----------------------------------------------------------
+
+
+async def mirrored_model(
+    root: Path, files: Mapping[str, bytes], chunk_size: int
+) -> tuple[Path, Path, Manifest]:
+    """Mirror ``files`` into ``root/store``; returns (source dir, store root, manifest)."""
+    src = make_model(root / "src", files)
+    store_root = root / "store"
+    store = open_store(f"file://{store_root}")
+    try:
+        res = await run_mirror(
+            WeightsEntry(source=f"file://{src}"),
+            store=store,
+            secrets=SecretResolver(None, {}),
+            options=MirrorOptions(chunk_size=chunk_size),
+        )
+        manifest = await Store(store).get_manifest(res.manifest_id)
+    finally:
+        await store.close()
+    return src, store_root, manifest
+
+
+def publish_store(server: FaultServer, store_root: Path) -> str:
+    """Serve every key of a ``file://`` store from ``server``; returns the store URL."""
+    for path in store_root.rglob("*"):
+        if path.is_file() and ".incomplete" not in path.parts:
+            server.put(path.relative_to(store_root).as_posix(), path)
+    return server.base_url
+
+
+def origin_blob_bytes(server: FaultServer) -> int:
+    """Blob bytes the origin has sent since its counters were last reset."""
+    return sum(n for name, n in server.stats.bytes_by_object.items() if name.startswith("blobs/"))
+
+
+def assert_same_tree(mount: Path, files: Mapping[str, bytes]) -> None:
+    """``mount`` holds exactly ``files``, bit for bit."""
+    found = {p.relative_to(mount).as_posix(): p for p in mount.rglob("*") if p.is_file()}
+    assert set(found) == set(files), mount
+    for rel, p in found.items():
+        assert p.read_bytes() == files[rel], f"{mount}/{rel} differs"
+
+
+def unique_size(manifest: Manifest) -> int:
+    return sum({f.sha256: f.size for f in manifest.files}.values())
+
+
+# -- processes ----------------------------------------------------------------------------
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports free right now on 127.0.0.1 (held open until all are picked)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@contextlib.contextmanager
+def short_dir() -> Iterator[Path]:
+    """A directory with a short path: unix socket paths must fit in 108 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="bdn-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass
+class AgentProcess:
+    """One ``bdn agent`` subprocess and the addresses it serves."""
+
+    name: str
+    port: int
+    advertise: str
+    socket: Path
+    cache: Path
+    log: Path
+    proc: subprocess.Popen[bytes]
+    token: str | None = TOKEN
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def agent_address(self) -> str:
+        return f"unix://{self.socket}"
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM, wait; returns the exit status (SIGKILL after ``timeout``)."""
+        self.signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(10)
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    async def health(self) -> dict[str, Any] | None:
+        """The peer port's ``/healthz`` body, or None when it does not answer 200."""
+        try:
+            async with aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=2)
+            ) as s, s.get(self.url + "/healthz") as resp:
+                if resp.status != 200:
+                    return None
+                data: dict[str, Any] = await resp.json()
+                return data
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return None
+
+    async def metrics(self) -> dict[str, float]:
+        """Every sample on ``/metrics`` as ``name{label="v",...}`` -> value."""
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=5)
+        ) as s, s.get(self.url + "/metrics") as resp:
+            text = await resp.text()
+        return parse_metrics(text)
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text into ``{'name{a="b"}': value}`` (labels sorted), via the client parser."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out
+
+
+def start_agent(
+    base: Path,
+    name: str,
+    port: int,
+    *,
+    store: str,
+    peers: Sequence[str] = (),
+    advertise: str | None = None,
+    token: str | None = TOKEN,
+    extra: Sequence[str] = (),
+    home: Path | None = None,
+) -> AgentProcess:
+    """Start ``bdn agent`` as a subprocess; it is not ready until :func:`wait_ready`."""
+    root = base / name
+    root.mkdir(parents=True, exist_ok=True)
+    args = [
+        sys.executable, "-m", "bdn", "agent",
+        "--store", store,
+        "--cache", str(root / "cache"),
+        "--socket", str(root / "a.sock"),
+        "--listen", f"127.0.0.1:{port}",
+        # Short intervals: a dead or new peer is noticed within a fraction of a second.
+        "--probe-interval", "0.2",
+        "--peer-timeout", "5",
+        "--drain-timeout", "60",
+        *extra,
+    ]
+    if advertise:
+        args += ["--advertise", advertise]
+    if peers:
+        args += ["--peers", ",".join(peers)]
+    if token:
+        token_file = root / "token"
+        token_file.write_text(token + "\n")
+        args += ["--token-file", str(token_file)]
+    log = root / "agent.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            args, stdout=sink, stderr=subprocess.STDOUT, env=bdn_env(home or root),
+            start_new_session=True,  # A ^C in the test runner must not drain the agents first.
+        )
+    return AgentProcess(name, port, advertise or f"127.0.0.1:{port}", root / "a.sock",
+                        root / "cache", log, proc, token)
+
+
+async def wait_ready(
+    agents: Sequence[AgentProcess], *, members: int | None = None, timeout: float = 60
+) -> None:
+    """Wait until every agent answers ``/healthz`` (seeing ``members`` ring members, if given)."""
+    deadline = time.monotonic() + timeout
+    pending = list(agents)
+    while pending:
+        for agent in list(pending):
+            if agent.proc.poll() is not None:
+                raise AssertionError(f"agent {agent.name} exited {agent.proc.returncode}:\n"
+                                     + agent.logs()[-3000:])
+            body = await agent.health()
+            if body is not None and (members is None or len(body["members"]) == members):
+                pending.remove(agent)
+        if pending and time.monotonic() > deadline:
+            states = {a.name: await a.health() for a in pending}
+            raise AssertionError(f"agents not ready: {states}")
+        await asyncio.sleep(0.05)
+
+
+@contextlib.contextmanager
+def running(agents: list[AgentProcess]) -> Iterator[list[AgentProcess]]:
+    """Stop (and if need be kill) every agent in ``agents`` on the way out, even on failure."""
+    try:
+        yield agents
+    finally:
+        for agent in agents:
+            if agent.proc.poll() is None:
+                agent.proc.kill()
+                agent.proc.wait(10)
+
+
+async def http_json(address: str, method: str, path: str, body: Any = None,
+                    headers: Mapping[str, str] | None = None) -> tuple[int, Any]:
+    """One request to ``unix:///sock`` or ``http://host:port``: (status, decoded JSON or text)."""
+    connector: aiohttp.BaseConnector | None = None
+    base = address
+    if address.startswith("unix://"):
+        connector = aiohttp.UnixConnector(path=address[len("unix://"):])
+        base = "http://agent"
+    async with aiohttp.ClientSession(connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=10)) as s:
+        data = body if isinstance(body, bytes | str) else None
+        async with s.request(method, base + path, data=data,
+                             json=None if data is not None else body,
+                             headers=headers) as resp:
+            text = await resp.text()
+            try:
+                return resp.status, json.loads(text)
+            except json.JSONDecodeError:
+                return resp.status, text
+
+
+# -- a corrupting peer -----------------------------------------------------------------------
+
+
+@dataclass
+class CorruptingProxy:
+    """Relays HTTP to ``127.0.0.1:upstream_port``; flips byte 0 of every chunk body.
+
+    Runs its own event loop in a thread, like :class:`FaultServer`. ``flipped``
+    counts the chunks it corrupted.
+    """
+
+    upstream_port: int
+    port: int = 0
+    flipped: int = 0
+    _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
+    _runner: web.AppRunner | None = None
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> CorruptingProxy:
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+        self._loop.close()
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._relay)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        await site.start()
+
+    async def _relay(self, request: web.Request) -> web.Response:
+        url = f"http://127.0.0.1:{self.upstream_port}{request.path_qs}"
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+        try:
+            async with aiohttp.ClientSession() as s, s.request(
+                request.method, url, headers=headers, data=await request.read()
+            ) as up:
+                body = await up.read()
+                status, ctype = up.status, up.headers.get("Content-Type")
+        except aiohttp.ClientError:
+            return web.Response(status=502, text="upstream down\n")
+        if request.path.startswith("/v1/chunks/") and status == 200 and body:
+            body = bytes([body[0] ^ 0xFF]) + body[1:]
+            self.flipped += 1
+        return web.Response(status=status, body=body,
+                            headers={"Content-Type": ctype} if ctype else None)
+
