@@ -101,16 +101,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     conf = settings(args)
-    if conf.agent:
-        raise ConfigError(
-            f"{conf.agent} names a node agent, but this version of bdn has no agent client yet; "
-            "drop --agent / unset BDN_AGENT to pull in-process",
-            field="--agent",
-        )
     target: str | WeightsEntry = args.ref.strip()
     if args.ref.startswith("sha256:") and not looks_like_manifest_id(args.ref):
-        raise ConfigError(f"{args.ref!r} is not a manifest id; ids are 'sha256:' and 64 hex "
-                          "characters, as printed by `bdn mirror`", field="bdn pull")
+        raise ConfigError(
+            f"{args.ref!r} is not a manifest id; ids are 'sha256:' and 64 hex "
+            "characters, as printed by `bdn mirror`",
+            field="bdn pull",
+        )
     if not looks_like_manifest_id(args.ref):
         target = _entry(args)
     elif args.allow or args.ignore or args.auth_secret:
@@ -120,6 +117,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
             field="bdn pull",
         )
     mount = Path(args.to).expanduser().absolute()
+    if conf.agent:
+        return _pull_through_agent(args, conf.agent, target, mount)
 
     async def go() -> PullResult:
         store = conf.open_store()
@@ -154,6 +153,31 @@ def cmd_pull(args: argparse.Namespace) -> int:
         print(json.dumps(result.summary(), indent=2))
     else:
         print(result.path)
+    return 0
+
+
+def _pull_through_agent(
+    args: argparse.Namespace, agent: str, target: str | WeightsEntry, mount: Path
+) -> int:
+    """Hand the pull to the node agent and follow its progress."""
+    from bdn.agent_client import AgentClient, request_for, to_pull_result
+
+    client = AgentClient(agent)
+
+    async def go() -> dict[str, Any]:
+        with ByteProgress(f"pull via {agent}") as bar:
+            done = 0
+
+            def progress(now: int, total: int) -> None:
+                nonlocal done
+                bar.set_total(total)
+                bar.advance(now - done)
+                done = now
+
+            return await client.pull(request_for(target, mount), on_progress=progress)
+
+    result = to_pull_result(asyncio.run(go()))
+    print(json.dumps(result.summary(), indent=2) if args.json else result.path)
     return 0
 
 

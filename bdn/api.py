@@ -154,13 +154,32 @@ Backend = Callable[
 
 def _backend(settings: Settings) -> Backend:
     """Where the work happens: in-process, or the node agent named by ``BDN_AGENT``."""
-    if settings.agent:
+    return pull_through_agent if settings.agent else pull_in_process
+
+
+async def pull_through_agent(
+    entry: WeightsEntry,
+    settings: Settings,
+    on_progress: ProgressCallback | None = None,
+) -> PullResult:
+    """Have the node agent (``BDN_AGENT``) mirror-resolve and pull ``entry``.
+
+    The agent needs an absolute mount location it can write on the node; with
+    none given, this raises ConfigError rather than guessing a node path.
+    """
+    from bdn.agent_client import AgentClient, request_for, to_pull_result
+
+    assert settings.agent is not None
+    if not entry.mount_location:
         raise ConfigError(
-            f"BDN_AGENT={settings.agent} names a node agent, but this version of bdn has no "
-            "agent client yet; unset BDN_AGENT to pull in-process",
-            field="BDN_AGENT",
+            "is required when BDN_AGENT names a node agent: pass an absolute directory the "
+            "agent can write, e.g. ensure_weights(source, '/models/my-model')",
+            field="mount_location",
         )
-    return pull_in_process
+    status = await AgentClient(settings.agent).pull(
+        request_for(entry, entry.mount_location), on_progress=on_progress
+    )
+    return to_pull_result(status)
 
 
 async def pull_in_process(

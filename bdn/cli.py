@@ -103,10 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(func=cmd_store_check)
 
+    from bdn._cli_agent import register as register_agent
     from bdn._cli_pull import register as register_pull
     from bdn.bench import register as register_bench
 
     register_pull(sub)
+    register_agent(sub)
 
     register_bench(sub)
     return parser

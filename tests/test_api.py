@@ -122,7 +122,11 @@ def test_threads_pulling_the_same_model_share_one_download(
     assert blob_bytes == sum(len(v) for v in FILES.values())
 
 
-def test_agent_seam_is_explicit(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_with_bdn_agent_set_the_agent_needs_a_mount_location(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The agent writes on the node: it needs a path; the pull itself is tested
+    # against a real agent in tests/e2e/test_clients.py.
     monkeypatch.setenv("BDN_AGENT", "unix:///nonexistent.sock")
-    with pytest.raises(ConfigError, match="BDN_AGENT"):
-        bdn.ensure_weights(str(env), env / "m")
+    with pytest.raises(ConfigError, match="mount_location"):
+        bdn.ensure_weights(str(env))

@@ -121,7 +121,7 @@ class ChunkService:
             size_limit=chunk_cache_bytes,
             eviction_policy="least-recently-used",
         )
-        self._inflight: dict[str, asyncio.Future[bytes]] = {}
+        self._inflight: dict[str, asyncio.Future[tuple[bytes, Origin]]] = {}
 
     async def read(self, ref: ChunkRef) -> bytes:
         """The chunk's verified bytes (see :meth:`read_with_origin`)."""
@@ -136,6 +136,29 @@ class ChunkService:
             IntegrityError: origin's bytes keep failing the chunk digest.
             TransferError / AuthError: origin could not be read.
         """
+        # Join or register the flight before the first await: a caller that
+        # arrives while another looks in the caches or fetches must wait for
+        # that one, never start a second origin fetch.
+        waiting = self._inflight.get(ref.key)
+        if waiting is not None:
+            self.stats.coalesced_waiters += 1
+            data, _ = await asyncio.shield(waiting)
+            return data, "coalesced"
+        future: asyncio.Future[tuple[bytes, Origin]] = asyncio.get_running_loop().create_future()
+        self._inflight[ref.key] = future
+        try:
+            found = await self._resolve(ref)
+        except BaseException as err:
+            future.set_exception(err)
+            future.exception()  # Retrieved: waiters get it; no "never retrieved" warning.
+            raise
+        else:
+            future.set_result(found)
+        finally:
+            del self._inflight[ref.key]
+        return found
+
+    async def _resolve(self, ref: ChunkRef) -> tuple[bytes, Origin]:
         if self.cache.has_blob(ref.digest, ref.blob_size):
             data = await asyncio.to_thread(self._read_blob, ref)
             if data is not None:
@@ -145,23 +168,7 @@ class ChunkService:
         if isinstance(cached, bytes) and xxh3_of(cached) == ref.xxh3:
             self.stats.from_chunk_cache += 1
             return cached, "chunk_cache"
-        waiting = self._inflight.get(ref.key)
-        if waiting is not None:
-            self.stats.coalesced_waiters += 1
-            return await asyncio.shield(waiting), "coalesced"
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._inflight[ref.key] = future
-        try:
-            data = await self._fetch(ref)
-        except BaseException as err:
-            future.set_exception(err)
-            future.exception()  # Retrieved: waiters get it; no "never retrieved" warning.
-            raise
-        else:
-            future.set_result(data)
-        finally:
-            del self._inflight[ref.key]
-        return data, "origin"
+        return await self._fetch(ref), "origin"
 
     def _read_blob(self, ref: ChunkRef) -> bytes | None:
         try:

@@ -24,7 +24,12 @@ from bdn.peer.chunks import ChunkRef
 
 FORWARDED_HEADER = "X-BDN-Forwarded"
 DEFAULT_PEER_TIMEOUT = 2.0
-"""Seconds to connect to a peer and to get its answer's headers before going to origin."""
+"""Seconds to connect to a peer before counting it as down and going to origin."""
+
+DEFAULT_ANSWER_TIMEOUT = 120.0
+"""Seconds an owner may take to answer: it may first fetch the whole chunk from
+origin (64 MiB over a shared 100 MB/s link is seconds, more with a queue), and
+giving up early would send the asker to origin too, bringing the herd back."""
 
 
 def chunk_path(ref: ChunkRef) -> str:
@@ -38,15 +43,22 @@ def chunk_path(ref: ChunkRef) -> str:
 class PeerClient:
     """Reads chunks from peers over HTTP. Coroutine-safe; does not own ``http``.
 
-    A peer that does not connect and answer within ``timeout`` seconds counts as
-    down for that request: the caller then reads the chunk from origin.
+    A peer that does not connect within ``timeout`` seconds, or answer within
+    ``answer_timeout``, counts as down for that request: the caller then reads
+    the chunk from origin.
     """
 
     def __init__(
-        self, http: HttpClient, token: str | None, *, timeout: float = DEFAULT_PEER_TIMEOUT
+        self,
+        http: HttpClient,
+        token: str | None,
+        *,
+        timeout: float = DEFAULT_PEER_TIMEOUT,
+        answer_timeout: float = DEFAULT_ANSWER_TIMEOUT,
     ) -> None:
         self.http = http
         self.timeout = timeout
+        self.answer_timeout = answer_timeout
         self._headers = {FORWARDED_HEADER: "1"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
@@ -61,13 +73,15 @@ class PeerClient:
         """
         url = f"http://{peer}{chunk_path(ref)}"
         session = await self.http.session()
+        limits = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout)
         try:
             resp = await asyncio.wait_for(
-                session.get(url, headers=self._headers, allow_redirects=False), self.timeout
+                session.get(url, headers=self._headers, allow_redirects=False, timeout=limits),
+                self.answer_timeout,
             )
         except TimeoutError:
             raise TransferError(
-                f"peer {peer} did not answer within {self.timeout}s", url=url
+                f"peer {peer} did not answer within {self.answer_timeout}s", url=url
             ) from None
         except aiohttp.ClientError as err:
             raise translate_client_error(err, url, "chunk request to a peer") from None

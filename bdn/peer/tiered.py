@@ -12,7 +12,7 @@ a corrupt peer costs one chunk's bytes, counted.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from bdn.digest import Digest
@@ -32,16 +32,22 @@ class TierConfig:
     """The peer tier of one node.
 
     Attributes:
-        ring: the current ring over live members (addresses ``host:port``).
+        ring: the ring over live members (addresses ``host:port``), or a callable
+            returning the current one.
         self_addr: this node's own ring address (its chunks go through ``local``).
         peers: the client that asks other members.
         local: this node's chunk service (``None``: read own chunks from origin).
     """
 
-    ring: Ring
+    ring: Ring | Callable[[], Ring]
     self_addr: str | None
     peers: PeerClient
     local: ChunkService | None = None
+
+    def current_ring(self) -> Ring:
+        """The ring now: a callable ``ring`` is asked per chunk, so a pull follows
+        membership changes while it runs."""
+        return self.ring if isinstance(self.ring, Ring) else self.ring()
 
 
 @dataclass(slots=True)
@@ -79,7 +85,7 @@ class TieredReader:
 
     async def open_range(self, start: int, end: int) -> AsyncIterator[Buffer]:
         ref = self._chunk_ref(start, end)
-        owner = self.tiers.ring.owner(self.digest, ref.index) if ref is not None else None
+        owner = self.tiers.current_ring().owner(self.digest, ref.index) if ref is not None else None
         if ref is None or owner is None:
             async for piece in self._from_origin(start, end):
                 yield piece
