@@ -137,6 +137,14 @@ class AgentClient:
                                     f"agent {self.address}: {status.get('error')}")
                 await asyncio.sleep(self.poll_interval)
 
+    async def health(self) -> dict[str, Any] | None:
+        """The agent's ``/healthz`` body, or ``None`` while it is not (yet) answering."""
+        try:
+            async with self._session() as session:
+                return await self._call(session, "GET", "/healthz")
+        except BdnError:
+            return None
+
     def _session(self) -> aiohttp.ClientSession:
         connector: aiohttp.BaseConnector
         if self._socket is not None:

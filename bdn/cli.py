@@ -106,9 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     from bdn._cli_agent import register as register_agent
     from bdn._cli_pull import register as register_pull
     from bdn.bench import register as register_bench
+    from bdn.demo import register as register_demo
 
     register_pull(sub)
     register_agent(sub)
+    register_demo(sub)
 
     register_bench(sub)
     return parser

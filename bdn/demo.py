@@ -1,0 +1,362 @@
+"""``bdn demo``: the whole system on one machine, with no set-up, then cleaned away.
+
+It builds a synthetic model (safetensors-shaped shards) and a fine-tune that
+shares most of them, mirrors both into a store of its own, starts several node
+agents on loopback as one ring, has every agent pull both models at once, and
+prints where the bytes came from. Everything lives in one temporary directory
+that is removed at the end (``--keep`` leaves it for a look).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from bdn._units import format_bytes, parse_size
+from bdn.agent_client import AgentClient, request_for, to_pull_result
+from bdn.config import WeightsEntry
+from bdn.errors import BdnError, ConfigError
+from bdn.mirror import MirrorOptions, MirrorResult, run_mirror
+from bdn.pull import PullResult
+from bdn.secrets import SecretResolver
+from bdn.store import open_store
+
+MiB = 1024 * 1024
+SHARDS = 8
+SHARED = 6
+"""Shards the fine-tune shares with its base, as a LoRA-merged head would."""
+
+
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    """Knobs of ``bdn demo``: model size, agents, where to work, whether to keep it."""
+
+    size: int = 1024 * MiB
+    agents: int = 4
+    keep: bool = False
+    workdir: Path | None = None
+
+
+@dataclass
+class _Agent:
+    name: str
+    port: int
+    root: Path
+    socket: Path
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def address(self) -> str:
+        return f"unix://{self.socket}"
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``bdn demo`` to the ``bdn`` parser."""
+    p = sub.add_parser(
+        "demo",
+        help="mirror a synthetic model and a fine-tune, pull both on 4 local agents, report",
+        description="Build a synthetic model and a fine-tune sharing 6 of its 8 shards, mirror "
+        "both, start agents on loopback as a ring, pull both models on every agent at once, "
+        "print bytes per tier, then clean up. Needs ~4x the model size of free disk.",
+    )
+    p.add_argument("--size", default="1GiB", help="size of the base model (default 1GiB)")
+    p.add_argument("--agents", type=int, default=4, help="node agents in the ring (default 4)")
+    p.add_argument("--workdir", metavar="DIR", help="parent of the demo's temporary directory")
+    p.add_argument("--keep", action="store_true", help="keep the demo directory afterwards")
+    p.set_defaults(func=demo_command)
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    options = DemoOptions(
+        size=parse_size(args.size, field="--size"),
+        agents=args.agents,
+        keep=args.keep,
+        workdir=Path(args.workdir).expanduser() if args.workdir else None,
+    )
+    if options.agents < 1 or options.size < SHARDS * MiB:
+        raise ConfigError("needs at least 1 agent and 8MiB", field="bdn demo")
+    return run_demo(options, Console())
+
+
+def run_demo(options: DemoOptions, console: Console) -> int:
+    """Run the demo; returns 0 when every tree was materialized and verified."""
+    with _workdir(options) as work:
+        console.print(f"[bold]bdn demo[/] in {work}")
+        base, tuned = _make_models(work, options.size)
+        console.print(
+            f"built a {format_bytes(options.size)} model in {SHARDS} shards and a "
+            f"fine-tune sharing {SHARED} of them"
+        )
+        store = f"file://{work / 'store'}"
+        mirrored = asyncio.run(_mirror_both(store, base, tuned))
+        for label, res in zip(("base", "fine-tune"), mirrored, strict=True):
+            console.print(
+                f"mirrored {label}: {res.manifest_id[:19]}…  "
+                f"{format_bytes(res.bytes_stored)} stored, "
+                f"{format_bytes(res.bytes_deduplicated)} deduplicated"
+            )
+        with _agents(work, store, options.agents) as agents:
+            asyncio.run(_wait_ring(agents))
+            console.print(f"started {len(agents)} agents on loopback as one ring")
+            started = time.monotonic()
+            results = asyncio.run(_pull_everywhere(agents, mirrored))
+            wall = time.monotonic() - started
+        _verify(results, base, tuned)
+        _report(console, results, mirrored, wall, options)
+        if options.keep:
+            console.print(f"kept {work}")
+    return 0
+
+
+# -- building ----------------------------------------------------------------------
+
+
+def _make_models(work: Path, size: int) -> tuple[Path, Path]:
+    """Write the base model and its fine-tune (hardlinking the shared shards)."""
+    base, tuned = work / "models" / "base", work / "models" / "fine-tune"
+    base.mkdir(parents=True)
+    tuned.mkdir(parents=True)
+    shard = size // SHARDS
+    for i in range(SHARDS):
+        name = f"model-{i + 1:05d}-of-{SHARDS:05d}.safetensors"
+        _write_shard(base / name, shard, f"layer{i}")
+        if i < SHARED:
+            os.link(base / name, tuned / name)
+        else:
+            _write_shard(tuned / name, shard, f"layer{i}.tuned")
+    for root, arch in ((base, "base"), (tuned, "fine-tune")):
+        (root / "config.json").write_text(json.dumps({"model_type": "bdn-demo", "variant": arch}))
+    return base, tuned
+
+
+def _write_shard(path: Path, size: int, tensor: str) -> None:
+    """A safetensors-shaped file: an 8-byte header length, a JSON header, random data."""
+    body = max(size - 256, 0)
+    header = json.dumps(
+        {tensor: {"dtype": "BF16", "shape": [body // 2], "data_offsets": [0, body // 2 * 2]}}
+    ).encode()
+    header += b" " * (-len(header) % 8)
+    with open(path, "wb") as f:
+        f.write(len(header).to_bytes(8, "little") + header)
+        left = body
+        while left:
+            n = min(left, 16 * MiB)
+            f.write(os.urandom(n))
+            left -= n
+
+
+async def _mirror_both(store_uri: str, base: Path, tuned: Path) -> list[MirrorResult]:
+    store = open_store(store_uri)
+    try:
+        out = []
+        for src in (base, tuned):
+            out.append(
+                await run_mirror(
+                    WeightsEntry(source=f"file://{src}"),
+                    store=store,
+                    secrets=SecretResolver(None, {}),
+                    options=MirrorOptions(),
+                )
+            )
+        return out
+    finally:
+        await store.close()
+
+
+# -- agents ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _workdir(options: DemoOptions) -> Iterator[Path]:
+    parent = options.workdir or Path(tempfile.gettempdir())
+    work = Path(tempfile.mkdtemp(prefix="bdn-demo-", dir=parent))
+    try:
+        yield work
+    finally:
+        if not options.keep:
+            _remove_tree(work)
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a directory that holds read-only (0555) materialized trees."""
+    for root, dirs, _ in os.walk(path):
+        for d in dirs:
+            full = os.path.join(root, d)
+            if not os.path.islink(full):
+                os.chmod(full, stat.S_IRWXU)
+    shutil.rmtree(path)
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@contextlib.contextmanager
+def _agents(work: Path, store: str, count: int) -> Iterator[list[_Agent]]:
+    token = work / "token"
+    token.write_text(secrets.token_hex(16))
+    ports = _free_ports(count)
+    peers = ",".join(f"127.0.0.1:{p}" for p in ports)
+    agents: list[_Agent] = []
+    # Unix socket paths are limited to ~100 bytes, and the work dir may be deep.
+    sockets = Path(tempfile.mkdtemp(prefix="bdn-demo-"))
+    try:
+        for i, port in enumerate(ports):
+            root = work / f"agent-{i}"
+            root.mkdir()
+            sock = sockets / f"{i}.sock"
+            log = (root / "agent.log").open("wb")
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "bdn",
+                    "agent",
+                    "--store",
+                    store,
+                    "--cache",
+                    str(root / "cache"),
+                    "--socket",
+                    str(sock),
+                    "--listen",
+                    f"127.0.0.1:{port}",
+                    "--peers",
+                    peers,
+                    "--token-file",
+                    str(token),
+                    "--probe-interval",
+                    "0.5",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            log.close()
+            agents.append(_Agent(f"agent-{i}", port, root, sock, proc))
+        yield agents
+    finally:
+        for agent in agents:
+            if agent.proc.poll() is None:
+                agent.proc.send_signal(signal.SIGTERM)
+        for agent in agents:
+            try:
+                agent.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                agent.proc.kill()
+                agent.proc.wait(timeout=10)
+        shutil.rmtree(sockets, ignore_errors=True)
+
+
+async def _wait_ring(agents: list[_Agent], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    for agent in agents:
+        client = AgentClient(agent.address)
+        while True:
+            if agent.proc.poll() is not None:
+                log = (agent.root / "agent.log").read_text(errors="replace")[-2000:]
+                raise BdnError(f"{agent.name} exited with {agent.proc.returncode}: {log}")
+            health = await client.health() if agent.socket.exists() else None
+            if health and len(health.get("members", ())) == len(agents):
+                break
+            if time.monotonic() > deadline:
+                raise BdnError(
+                    f"{agent.name} did not join a ring of {len(agents)} in "
+                    f"{timeout:.0f}s; see {agent.root / 'agent.log'}"
+                )
+            await asyncio.sleep(0.1)
+
+
+async def _pull_everywhere(
+    agents: list[_Agent], mirrored: list[MirrorResult]
+) -> list[tuple[str, str, PullResult]]:
+    async def one(agent: _Agent, label: str, manifest_id: str) -> tuple[str, str, PullResult]:
+        mount = agent.root / "models" / label
+        status = await AgentClient(agent.address).pull(request_for(manifest_id, mount))
+        return agent.name, label, to_pull_result(status)
+
+    jobs = [
+        one(a, label, m.manifest_id)
+        for a in agents
+        for label, m in zip(("base", "fine-tune"), mirrored, strict=True)
+    ]
+    return list(await asyncio.gather(*jobs))
+
+
+# -- reporting ---------------------------------------------------------------------
+
+
+def _verify(results: list[tuple[str, str, PullResult]], base: Path, tuned: Path) -> None:
+    """Every materialized tree holds the source's files (sizes and a sample of bytes)."""
+    for _, label, res in results:
+        src = base if label == "base" else tuned
+        for f in src.rglob("*"):
+            if not f.is_file():
+                continue
+            got = res.path / f.relative_to(src)
+            if got.stat().st_size != f.stat().st_size:
+                raise BdnError(f"{got} has the wrong size")
+            with open(f, "rb") as a, open(got, "rb") as b:
+                if a.read(MiB) != b.read(MiB):
+                    raise BdnError(f"{got} differs from its source")
+
+
+def _report(
+    console: Console,
+    results: list[tuple[str, str, PullResult]],
+    mirrored: list[MirrorResult],
+    wall: float,
+    options: DemoOptions,
+) -> None:
+    table = Table(title="where every agent's bytes came from")
+    for col in ("agent", "model", "from origin", "from peers", "from node cache", "seconds"):
+        table.add_column(col, justify="left" if col in ("agent", "model") else "right")
+    for name, label, res in sorted(results, key=lambda r: (r[0], r[1])):
+        table.add_row(
+            name,
+            label,
+            format_bytes(res.bytes_from_origin),
+            format_bytes(res.bytes_from_peers),
+            format_bytes(res.bytes_from_node_cache),
+            f"{res.seconds:.2f}",
+        )
+    console.print(table)
+    unique = sum(m.bytes_stored for m in mirrored)
+    origin = sum(r.bytes_from_origin for _, _, r in results)
+    trees = sum(r.total_bytes for _, _, r in results)
+    console.print(f"wall time for {len(results)} pulls on {options.agents} agents: {wall:.2f} s")
+    console.print(
+        f"bytes materialized: {format_bytes(trees)}; distinct content: "
+        f"{format_bytes(unique)}; read from origin: {format_bytes(origin)} "
+        f"= [bold]{origin / unique:.2f}x[/] the distinct content "
+        f"(naive: {trees / unique:.1f}x)"
+    )
+    console.print(
+        f"dedup: the fine-tune's mirror stored {format_bytes(mirrored[1].bytes_stored)} "
+        f"of {format_bytes(mirrored[1].total_bytes)}; every agent got the shared "
+        "shards once for both models"
+    )

@@ -1,0 +1,20 @@
+"""`bdn demo`, the README's main command, as a newcomer runs it (at a small size)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tests.fixtures import run_bdn
+
+
+def test_demo_runs_reports_and_cleans_up(tmp_path: Path) -> None:
+    res = run_bdn("demo", "--size", "16MiB", "--agents", "3", "--workdir", str(tmp_path),
+                  home=tmp_path, timeout=300)
+    assert res.code == 0, res.stdout + res.stderr
+    assert "started 3 agents on loopback as one ring" in res.stdout
+    for agent in ("agent-0", "agent-1", "agent-2"):
+        assert res.stdout.count(agent) >= 2  # a row per model
+    ratio = re.search(r"= ([0-9.]+)x the distinct content", res.stdout.replace("\n", " "))
+    assert ratio is not None and float(ratio.group(1)) <= 1.05
+    assert list(tmp_path.glob("bdn-demo-*")) == []  # Cleaned up after itself.
