@@ -1,12 +1,13 @@
 """A chunk reader that goes owner peer first, origin second (DESIGN.md, "Pull", tiers 2-3).
 
 The transfer engine asks for one chunk per range request. For each, the ring
-names an owner: this node's own :class:`ChunkService` when it is the owner,
-else the owner peer. A peer that is down, slow or errs before sending a byte
-is skipped for origin at once; one that fails part-way, or whose bytes the
-engine rejects (it asks for the same chunk again), is not asked for that chunk
-a second time: the retry reads origin. So pulls complete while peers die, and
-a corrupt peer costs one chunk's bytes, counted.
+names its owners (one, or more with replicas): this node's own
+:class:`ChunkService` when it is an owner, else the owner peers in ring order.
+A peer that is down, slow or errs before sending a byte is skipped for the next
+owner, then origin; one that fails part-way, or whose bytes the engine rejects
+(it asks for the same chunk again), is not asked for that chunk a second time.
+So pulls complete while peers die, and a corrupt peer costs one chunk's bytes,
+counted.
 """
 
 from __future__ import annotations
@@ -72,10 +73,10 @@ class TieredReader:
     tiers: TierConfig
     stats: TierStats
     supports_ranges: bool | None = True
-    # Chunks a peer served in full (a second request means the engine rejected
-    # them) and chunks a peer failed: both go to origin from now on.
-    _peer_served: set[int] = field(default_factory=set)
-    _peer_failed: set[int] = field(default_factory=set)
+    # Which peer served each chunk in full (a second request for it means the
+    # engine rejected the bytes), and the (chunk, peer) pairs not to try again.
+    _peer_served: dict[int, str] = field(default_factory=dict)
+    _peer_failed: set[tuple[int, str]] = field(default_factory=set)
 
     def describe(self) -> str:
         return f"{self.digest} via peers, origin {self.origin.describe()}"
@@ -85,41 +86,48 @@ class TieredReader:
 
     async def open_range(self, start: int, end: int) -> AsyncIterator[Buffer]:
         ref = self._chunk_ref(start, end)
-        owner = self.tiers.current_ring().owner(self.digest, ref.index) if ref is not None else None
-        if ref is None or owner is None:
+        ring = self.tiers.current_ring()
+        owners = ring.owners(self.digest, ref.index) if ref is not None else []
+        if ref is None or not owners:
             async for piece in self._from_origin(start, end):
                 yield piece
             return
-        if ref.index in self._peer_served:
+        served_by = self._peer_served.pop(ref.index, None)
+        if served_by is not None:
+            # The engine asks for a chunk again only when its bytes failed the check.
             self.stats.corrupt_from_peers += 1
-            self._peer_served.discard(ref.index)
-            self._peer_failed.add(ref.index)
+            self._peer_failed.add((ref.index, served_by))
             log.warning(
-                "chunk %d of %s from peer %s failed verification; reading origin",
+                "chunk %d of %s from peer %s failed verification; not asking it again",
                 ref.index,
                 self.digest,
-                owner,
+                served_by,
             )
-        if owner == self.tiers.self_addr and self.tiers.local is not None:
-            data = await self.tiers.local.read(ref)
-            self.stats.bytes_from_origin += len(data)
-            yield data
-            return
-        if owner != self.tiers.self_addr and ref.index not in self._peer_failed:
+        # Owners in ring order (replicas after the first); each is tried once.
+        for owner in owners:
+            if owner == self.tiers.self_addr:
+                if self.tiers.local is None:
+                    break
+                data = await self.tiers.local.read(ref)
+                self.stats.bytes_from_origin += len(data)
+                yield data
+                return
+            if (ref.index, owner) in self._peer_failed:
+                continue
             sent = 0
             try:
                 async for piece in self.tiers.peers.open_chunk(owner, ref):
                     sent += len(piece)
                     self.stats.bytes_from_peers += len(piece)
                     yield piece
-                self._peer_served.add(ref.index)
+                self._peer_served[ref.index] = owner
                 return
             except (TransferError, AuthError) as err:
                 self.stats.peer_failures += 1
-                self._peer_failed.add(ref.index)
+                self._peer_failed.add((ref.index, owner))
                 log.info("peer %s failed chunk %d of %s: %s", owner, ref.index, self.digest, err)
                 if sent:
-                    raise  # Bytes already went to the engine: it retries, from origin.
+                    raise  # Bytes already went to the engine: it retries, elsewhere.
         async for piece in self._from_origin(start, end):
             yield piece
 
