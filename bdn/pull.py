@@ -200,6 +200,8 @@ async def pull_manifest(
     if peers is not None:
         result.bytes_from_peers = peers.stats.bytes_from_peers
         result.bytes_from_origin = peers.stats.bytes_from_origin
+        # Own chunks this node's chunk service already held (a peer asked first).
+        result.bytes_from_node_cache += peers.stats.bytes_from_local_cache
         result.peer_failures = peers.stats.peer_failures
         result.corrupt_from_peers = peers.stats.corrupt_from_peers
     result.seconds = time.monotonic() - started

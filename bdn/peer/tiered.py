@@ -57,6 +57,7 @@ class TierStats:
 
     bytes_from_peers: int = 0
     bytes_from_origin: int = 0
+    bytes_from_local_cache: int = 0
     peer_failures: int = 0
     corrupt_from_peers: int = 0
 
@@ -108,8 +109,11 @@ class TieredReader:
             if owner == self.tiers.self_addr:
                 if self.tiers.local is None:
                     break
-                data = await self.tiers.local.read(ref)
-                self.stats.bytes_from_origin += len(data)
+                data, source = await self.tiers.local.read_with_origin(ref)
+                if source in ("origin", "coalesced"):
+                    self.stats.bytes_from_origin += len(data)
+                else:  # Kept on this node already (its node or chunk cache).
+                    self.stats.bytes_from_local_cache += len(data)
                 yield data
                 return
             if (ref.index, owner) in self._peer_failed:
