@@ -22,11 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
-import json
 import logging
 import signal
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -46,6 +43,8 @@ from agent.server import (
     remove_unix_socket,
 )
 from bdn._http import HttpClient, HttpConfig
+from bdn._logging import JsonFormatter as JsonFormatter
+from bdn._logging import setup_json_logging as setup_json_logging
 from bdn.cache import NodeCache
 from bdn.errors import ConfigError
 from bdn.peer.chunks import ChunkService
@@ -295,39 +294,3 @@ def run(config: AgentConfig) -> int:
     # The ``*_created`` series double every counter's lines and nothing here reads them.
     disable_created_metrics()
     return asyncio.run(serve(config))
-
-
-# -- logs ---------------------------------------------------------------------------------
-
-_RECORD_FIELDS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ``ts``, ``level``, ``logger``, ``msg`` and every
-    ``extra`` field (``pull_id``, ``manifest_id``, ...), so logs can be filtered per pull."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "ts": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
-                timespec="milliseconds"
-            ),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key, value in vars(record).items():
-            if key not in _RECORD_FIELDS and not key.startswith("_"):
-                out[key] = value
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
-
-
-def setup_json_logging(verbose: bool = False) -> None:
-    """Route every log record to stderr as JSON lines (INFO, or DEBUG with ``verbose``)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler],
-                        force=True)
-    # aiohttp logs every peer that hangs up early at INFO; that is normal in a ring.
-    logging.getLogger("aiohttp").setLevel(logging.WARNING)

@@ -28,7 +28,6 @@ and a ring that disagrees between two nodes cannot make a request loop.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import json
 import logging
 import os
@@ -44,6 +43,7 @@ from aiohttp import web
 
 from agent.metrics import CONTENT_TYPE, AgentMetrics
 from agent.pulls import PullRegistry, parse_pull_request
+from bdn._auth_http import authorized, json_error, unauthorized
 from bdn.digest import Digest, chunk_count, is_xxh3_hex
 from bdn.errors import AuthError, BdnError, ConfigError, MountConflict, NotFound, TransferError
 from bdn.peer.chunks import ChunkRef, ChunkService
@@ -149,7 +149,7 @@ async def get_chunk(request: web.Request) -> web.Response:
     """Serve one chunk to a peer; see the module docstring for the contract."""
     ctx = request.app[CONTEXT]
     counter = ctx.metrics.peer_requests
-    if not _authorized(request, ctx.token):
+    if not authorized(request, ctx.token):
         counter.labels("401").inc()
         return _unauthorized()
     try:
@@ -203,20 +203,8 @@ def parse_chunk_ref(digest: str, index: str, query: Any) -> ChunkRef:
 # -- auth and errors -------------------------------------------------------------------
 
 
-def _authorized(request: web.Request, token: str | None) -> bool:
-    if token is None:
-        return True
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    # compare_digest: the time taken must not tell an attacker how much matched.
-    return scheme.lower() == "bearer" and hmac.compare_digest(
-        given.strip().encode(), token.encode()
-    )
-
-
 def _unauthorized() -> web.Response:
-    resp = _error(401, "missing or wrong bearer token; peers share the agent's --token-file")
-    resp.headers["WWW-Authenticate"] = 'Bearer realm="bdn"'
-    return resp
+    return unauthorized("missing or wrong bearer token; peers share the agent's --token-file")
 
 
 def _with_token(handler: Handler) -> Handler:
@@ -229,7 +217,7 @@ def _with_token(handler: Handler) -> Handler:
         if token is None:
             return _error(403, "pulls over TCP need a peer token (--token-file); "
                           "use the agent's unix socket")
-        if not _authorized(request, token):
+        if not authorized(request, token):
             return _unauthorized()
         return await handler(request)
 
@@ -237,7 +225,7 @@ def _with_token(handler: Handler) -> Handler:
 
 
 def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message.replace("\n", " ")}, status=status)
+    return json_error(status, message)
 
 
 @web.middleware

@@ -104,12 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_store_check)
 
     from bdn._cli_agent import register as register_agent
+    from bdn._cli_mirror_server import register as register_mirror_server
     from bdn._cli_pull import register as register_pull
     from bdn.bench import register as register_bench
     from bdn.demo import register as register_demo
 
     register_pull(sub)
     register_agent(sub)
+    register_mirror_server(sub)
     register_demo(sub)
 
     register_bench(sub)
