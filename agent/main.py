@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -43,6 +42,7 @@ from agent.server import (
     remove_unix_socket,
 )
 from bdn._http import HttpClient, HttpConfig
+from bdn._lifecycle import serve_until_signalled
 from bdn._logging import JsonFormatter as JsonFormatter
 from bdn._logging import setup_json_logging as setup_json_logging
 from bdn.cache import NodeCache
@@ -263,30 +263,7 @@ class Agent:
 
 async def serve(config: AgentConfig) -> int:
     """Run an agent until SIGTERM/SIGINT, drain it, stop it; returns the exit status (0)."""
-    loop = asyncio.get_running_loop()
-    stop, force = asyncio.Event(), asyncio.Event()
-
-    def on_signal(signame: str) -> None:
-        if stop.is_set():
-            log.warning("second %s: cutting the drain short", signame)
-            force.set()
-        else:
-            log.info("received %s", signame)
-            stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig.name)
-    agent = Agent(config)
-    try:
-        await agent.start()
-        await stop.wait()
-        await agent.drain(force)
-    finally:
-        await agent.stop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-    log.info("agent stopped")
-    return 0
+    return await serve_until_signalled(Agent(config), "agent")
 
 
 def run(config: AgentConfig) -> int:

@@ -24,9 +24,7 @@ A second signal skips the wait of step 2.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +34,7 @@ from aiohttp import web
 from prometheus_client import disable_created_metrics
 
 from bdn._http import HttpClient
+from bdn._lifecycle import serve_until_signalled
 from bdn.config import WeightsEntry
 from bdn.errors import ConfigError
 from bdn.mirror.jobs import DEFAULT_JOB_LIMITS, JobLimits, JobManager, JobStore, MirrorFn
@@ -212,31 +211,7 @@ def _bound_port(runner: web.AppRunner, asked: int) -> int:
 
 async def serve(config: MirrorServiceConfig) -> int:
     """Run a mirror service until SIGTERM/SIGINT, drain it, stop it; returns 0."""
-    loop = asyncio.get_running_loop()
-    stop, force = asyncio.Event(), asyncio.Event()
-
-    def on_signal(signame: str) -> None:
-        if stop.is_set():
-            log.warning("second %s: cutting the drain short", signame)
-            force.set()
-        else:
-            log.info("received %s", signame)
-            stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig.name)
-    service = MirrorService(config)
-    try:
-        await service.start()
-        await stop.wait()
-        await service.drain(force)
-    finally:
-        await service.stop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(sig)
-    log.info("mirror service stopped")
-    return 0
+    return await serve_until_signalled(MirrorService(config), "mirror service")
 
 
 def run(config: MirrorServiceConfig) -> int:
