@@ -77,6 +77,8 @@ class AgentConfig:
         ring: replication factor and vnodes of the chunk ring.
         pull: transfer limits of the agent's pulls.
         chunk_cache_bytes: byte budget of the owner-side chunk cache.
+        background_fill_rate: bytes per second a pull requested with
+            ``"background": true`` may take (``None``: no cap).
         peer_timeout: seconds a chunk request to a peer may take before the
             pull falls back to origin (DESIGN.md: a short peer timeout).
         drain_timeout: seconds a SIGTERM waits for in-flight pulls and
@@ -93,6 +95,7 @@ class AgentConfig:
     ring: RingConfig = DEFAULT_RING_CONFIG
     pull: PullOptions = DEFAULT_PULL_OPTIONS
     chunk_cache_bytes: int = DEFAULT_CHUNK_CACHE_BYTES
+    background_fill_rate: float | None = None
     peer_timeout: float = 2.0
     drain_timeout: float = 30.0
     finished_pulls_kept: int = 1000

@@ -130,7 +130,7 @@ class Agent:
             local=chunks,
         )
         self.pulls = pulls = PullRegistry(
-            PullContext(store, cache, s.secrets(), cfg.pull, tiers),
+            PullContext(store, cache, s.secrets(), cfg.pull, tiers, cfg.background_fill_rate),
             self.metrics,
             keep=cfg.finished_pulls_kept,
             on_finish=self._pull_finished,

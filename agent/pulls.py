@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import posixpath
 import secrets
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 State = Literal["running", "succeeded", "failed"]
 
 _SOURCE_KEYS = ("source", "allow_patterns", "ignore_patterns", "auth")
-_ALL_KEYS = frozenset({"manifest_id", "mount_location", *_SOURCE_KEYS})
+_ALL_KEYS = frozenset({"manifest_id", "mount_location", "background", *_SOURCE_KEYS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +49,13 @@ class PullRequest:
         target: the manifest id (``sha256:<hex>``), or the weights entry whose
             mirrored manifest is looked up by config hash.
         mount: the absolute, normalized mount location.
+        background: a fill nobody waits on (warming a node); it runs under the
+            agent's background fill rate so it does not starve inference I/O.
     """
 
     target: str | WeightsEntry
     mount: str
+    background: bool = False
 
     @property
     def key(self) -> tuple[str, str]:
@@ -80,6 +84,9 @@ def parse_pull_request(body: object) -> PullRequest:
             field="request",
         )
     mount = _mount(body.get("mount_location"))
+    background = body.get("background", False)
+    if not isinstance(background, bool):
+        raise ConfigError("must be true or false", field="background")
     manifest_id = body.get("manifest_id")
     if manifest_id is not None:
         if any(body.get(k) is not None for k in _SOURCE_KEYS):
@@ -93,7 +100,7 @@ def parse_pull_request(body: object) -> PullRequest:
             digest = Digest.parse(manifest_id.strip())
         except ManifestInvalid as err:
             raise ConfigError(str(err), field="manifest_id") from None
-        return PullRequest(str(digest), mount)
+        return PullRequest(str(digest), mount, background)
     if body.get("source") is None:
         raise ConfigError(
             "give manifest_id (as printed by `bdn mirror`) or source (a weights entry)",
@@ -101,7 +108,7 @@ def parse_pull_request(body: object) -> PullRequest:
         )
     data = {k: body[k] for k in _SOURCE_KEYS if body.get(k) is not None}
     data["mount_location"] = mount
-    return PullRequest(parse_entry(data, where="request"), mount)
+    return PullRequest(parse_entry(data, where="request"), mount, background)
 
 
 def _mount(value: object) -> str:
@@ -175,6 +182,15 @@ class PullContext:
     secrets: SecretResolver
     options: PullOptions
     tiers: TierConfig
+    background_fill_rate: float | None = None
+
+    def options_for(self, request: PullRequest) -> PullOptions:
+        """The pull options of one request: a background fill is rate-limited."""
+        if not (request.background and self.background_fill_rate):
+            return self.options
+        transfer = dataclasses.replace(self.options.transfer,
+                                       max_bytes_per_second=self.background_fill_rate)
+        return dataclasses.replace(self.options, transfer=transfer)
 
 
 class PullRegistry:
@@ -275,7 +291,7 @@ class PullRegistry:
                 Path(job.request.mount),
                 store=self._ctx.store,
                 cache=self._ctx.cache,
-                options=self._ctx.options,
+                options=self._ctx.options_for(job.request),
                 on_progress=progress,
                 on_plan=plan,
                 tiers=self._ctx.tiers,

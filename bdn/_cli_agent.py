@@ -31,6 +31,7 @@ ENV_TWINS = {
     "token_file": "BDN_TOKEN_FILE",
     "ring_replicas": "BDN_RING_REPLICAS",
     "chunk_cache_bytes": "BDN_CHUNK_CACHE_BYTES",
+    "background_fill_rate": "BDN_BACKGROUND_FILL_RATE",
 }
 
 
@@ -72,6 +73,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--chunk-cache-bytes", metavar="SIZE",
                    help="budget of the owner-side chunk cache (env BDN_CHUNK_CACHE_BYTES; "
                    "default 8GiB)")
+    p.add_argument("--background-fill-rate", metavar="SIZE",
+                   help="bytes per second a background pull may take (requests with "
+                   '"background": true, e.g. warming a node), so fills do not starve '
+                   "inference I/O; e.g. 200MB (env BDN_BACKGROUND_FILL_RATE; default: no cap)")
     p.add_argument("--peer-timeout", metavar="SECONDS", type=float, default=2.0,
                    help="wait this long for an owner peer before reading origin (default 2)")
     p.add_argument("--probe-interval", metavar="SECONDS", type=float, default=2.0,
@@ -133,6 +138,7 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
     if replicas < 1:
         raise ConfigError("must be at least 1", field="--ring-replicas")
     chunk_budget = pick("chunk_cache_bytes")
+    fill_rate = pick("background_fill_rate")
     token_file = pick("token_file")
     socket_text = pick("socket")
     for name in ("peer_timeout", "probe_interval", "dns_interval", "drain_timeout"):
@@ -159,6 +165,8 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         drain_timeout=args.drain_timeout,
         chunk_cache_bytes=(parse_size(chunk_budget, field="--chunk-cache-bytes")
                            if chunk_budget else DEFAULT_CHUNK_CACHE_BYTES),
+        background_fill_rate=(parse_size(fill_rate, field="--background-fill-rate")
+                              if fill_rate else None),
     )
 
 

@@ -68,6 +68,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="also verify every file's SHA-256 (chunks are always verified)",
     )
     p.add_argument(
+        "--background",
+        action="store_true",
+        help="with --agent: a fill nobody waits on (warming a node); the agent caps it at "
+        "its --background-fill-rate so it does not starve inference I/O",
+    )
+    p.add_argument(
         "--fsync",
         action="store_true",
         help="flush every blob to disk before committing it (default: blobs are marked "
@@ -174,7 +180,9 @@ def _pull_through_agent(
                 bar.advance(now - done)
                 done = now
 
-            return await client.pull(request_for(target, mount), on_progress=progress)
+            return await client.pull(
+                request_for(target, mount, background=args.background), on_progress=progress
+            )
 
     result = to_pull_result(asyncio.run(go()))
     print(json.dumps(result.summary(), indent=2) if args.json else result.path)

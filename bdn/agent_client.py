@@ -210,7 +210,9 @@ def _bad_address(address: str) -> ConfigError:
     )
 
 
-def request_for(target: str | WeightsEntry, mount: str | Path) -> dict[str, Any]:
+def request_for(
+    target: str | WeightsEntry, mount: str | Path, *, background: bool = False
+) -> dict[str, Any]:
     """The ``POST /v1/pulls`` body for a manifest id or a weights entry, into ``mount``.
 
     >>> request_for("sha256:" + "a" * 64, "/models/m")["mount_location"]
@@ -220,6 +222,8 @@ def request_for(target: str | WeightsEntry, mount: str | Path) -> dict[str, Any]
         {"manifest_id": target} if isinstance(target, str) else target.to_dict()
     )
     body["mount_location"] = str(mount)
+    if background:
+        body["background"] = True
     return body
 
 

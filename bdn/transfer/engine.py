@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from bdn._http import RETRY_DATA, RetryPolicy, retrying
+from bdn._ratelimit import RateLimiter
 from bdn.digest import chunk_bounds, new_xxh3
 from bdn.errors import BdnError, IntegrityError, TransferError
 from bdn.transfer.local import LocalFileReader
@@ -81,6 +82,8 @@ class TransferConfig:
         retry: retry policy of one chunk (and of a sequential fallback stream).
         verify_resumed_chunks: re-hash chunks listed in ``done_chunks`` before
             trusting them; a mismatch is refetched.
+        max_bytes_per_second: cap on the engine's whole intake (a background
+            fill that must not starve inference I/O); ``None``: as fast as it goes.
     """
 
     max_connections: int = 16
@@ -89,6 +92,7 @@ class TransferConfig:
     io_threads: int = field(default_factory=_default_io_threads)
     retry: RetryPolicy = RETRY_DATA
     verify_resumed_chunks: bool = True
+    max_bytes_per_second: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_connections", "max_connections_per_file", "segment_size", "io_threads"):
@@ -495,6 +499,8 @@ class TransferEngine:
         self.stats = TransferStats()
         self._on_progress = on_progress
         self._slots = asyncio.Semaphore(config.max_connections)
+        self._limiter = (RateLimiter(config.max_bytes_per_second)
+                         if config.max_bytes_per_second else None)
         self._pool: ThreadPoolExecutor | None = None
         self._closed = False
 
@@ -542,6 +548,10 @@ class TransferEngine:
     def _fetched(self, f: _File, n: int) -> None:
         self.stats.bytes_fetched += n
         f.bytes_fetched += n
+
+    async def _throttle(self, n: int) -> None:
+        if self._limiter is not None:
+            await self._limiter.consume(n)
 
     def _retried(self, f: _File) -> Callable[[int, BaseException, float], None]:
         def hook(attempt: int, err: BaseException, delay: float) -> None:
@@ -755,6 +765,7 @@ class TransferEngine:
                 async with _closing(reader.open_range(start, end)) as stream:
                     async for piece in stream:
                         self._fetched(f, len(piece))
+                        await self._throttle(len(piece))
                         if probe is not None and not probe.done():
                             if reader.supports_ranges is False:
                                 raise _RangesUnsupported
@@ -772,6 +783,7 @@ class TransferEngine:
         accepted is exactly what was written, as on the network path.
         """
         start, end = f.bounds[index]
+        await self._throttle(end - start)
         async with self._slots:
             self.stats.requests += 1
             digest = await self._submit(_copy_and_hash, f.shared, reader, start, end)
@@ -821,6 +833,7 @@ class TransferEngine:
                 async with _closing(f.task.reader.open_range(offset, f.task.size)) as stream:
                     async for piece in stream:
                         self._fetched(f, len(piece))
+                        await self._throttle(len(piece))
                         view = memoryview(piece)
                         while view:
                             if index == len(f.bounds):

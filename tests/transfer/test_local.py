@@ -143,3 +143,15 @@ def test_copy_fallback_without_copy_file_range(blob: tuple[Path, bytes], tmp_pat
     finally:
         os.close(fd)
     assert dest.read_bytes() == data
+
+
+async def test_a_rate_limited_engine_still_delivers_every_byte(
+    blob: tuple[Path, bytes], tmp_path: Path
+) -> None:
+    path, data = blob
+    config = TransferConfig(max_bytes_per_second=10_000_000)
+    async with TransferEngine(config) as eng:
+        res = await eng.fetch(FileTask(LocalFileReader(path, len(data)), len(data),
+                                       tmp_path / "copy.part", 8192, compute_sha256=True))
+    assert (tmp_path / "copy.part").read_bytes() == data
+    assert res.sha256 == hashlib.sha256(data).hexdigest()
