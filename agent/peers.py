@@ -3,10 +3,12 @@
 Candidates come from ``--peers host:port,...`` or from the A/AAAA records of
 ``--peers-dns NAME`` (a headless Service), re-resolved every
 ``dns_interval`` seconds. Every ``probe_interval`` seconds each candidate's
-``GET /healthz`` is probed; one that does not answer 200 within
-``probe_timeout`` is left out of the ring until it answers again. A draining
-agent answers 503, so it leaves its peers' rings before it stops. This agent's
-own advertise address is always a member.
+``GET /healthz`` is probed. A candidate joins the ring at its first answer
+(200 within ``probe_timeout``); a member leaves after ``misses_to_leave``
+consecutive missed probes, so one slow answer from a busy peer does not move
+its chunks (and send them back to origin). A draining agent answers 503, so it
+leaves its peers' rings before it stops. This agent's own advertise address is
+always a member.
 
 Leaving a failed peer out only makes later chunks cheaper: a pull that asks a
 dead owner already falls back to origin after the short peer timeout
@@ -96,6 +98,7 @@ class Membership:
         self._on_change = on_change
         self._candidates: set[str] = set(config.static_peers)
         self._alive: set[str] = set()
+        self._misses: dict[str, int] = {}
         self.ring = Ring([self_addr], ring_config)
         self._task: asyncio.Task[None] | None = None
         self._last_dns = float("-inf")
@@ -138,7 +141,15 @@ class Membership:
                 self._candidates = found | set(self.config.static_peers)
         peers = sorted(self.candidates)
         answers = await asyncio.gather(*(self._prober(p) for p in peers))
-        self._set_alive(p for p, ok in zip(peers, answers, strict=True) if ok)
+        alive = set()
+        for peer, ok in zip(peers, answers, strict=True):
+            self._misses[peer] = 0 if ok else self._misses.get(peer, 0) + 1
+            staying = peer in self._alive and self._misses[peer] < self.config.misses_to_leave
+            if ok or staying:
+                alive.add(peer)
+        for gone in set(self._misses) - set(peers):
+            del self._misses[gone]
+        self._set_alive(alive)
 
     def _set_alive(self, alive: Iterable[str]) -> None:
         now = set(alive)

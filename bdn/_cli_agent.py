@@ -158,7 +158,7 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
             peer_port=peer_port,
             dns_interval=args.dns_interval,
             probe_interval=args.probe_interval,
-            probe_timeout=min(args.probe_interval, 1.0),
+            probe_timeout=max(args.probe_interval, 2.0),
         ),
         ring=RingConfig(replicas=replicas),
         peer_timeout=args.peer_timeout,

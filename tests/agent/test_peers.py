@@ -37,9 +37,27 @@ async def test_static_peers_that_fail_probes_stay_out_until_they_answer() -> Non
     await m.refresh()
     assert m.ring.members == set(peers)
     prober.alive.clear()
+    # A member leaves only after misses_to_leave consecutive missed probes:
+    # one slow answer from a busy peer must not move its chunks.
+    for _ in range(m.config.misses_to_leave - 1):
+        await m.refresh()
+        assert m.ring.members == set(peers)
     await m.refresh()
     assert m.ring.members == {SELF}
     assert changes == [frozenset({SELF, "10.0.0.2:7070"}), frozenset(peers), frozenset({SELF})]
+
+
+async def test_a_miss_between_answers_does_not_flap_the_ring() -> None:
+    peers = (SELF, "10.0.0.2:7070")
+    prober = FakeProber({"10.0.0.2:7070"})
+    changes: list[frozenset[str]] = []
+    m = Membership(MembershipConfig(static_peers=peers), self_addr=SELF,
+                   ring_config=RingConfig(), prober=prober,
+                   on_change=lambda ring: changes.append(ring.members))
+    for alive in (True, False, True, False, False, True):
+        prober.alive = {"10.0.0.2:7070"} if alive else set()
+        await m.refresh()
+    assert changes == [frozenset(peers)]  # Joined once, never left.
 
 
 async def test_dns_candidates_are_re_resolved_and_a_failed_lookup_keeps_the_last() -> None:
