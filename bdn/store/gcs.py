@@ -18,14 +18,15 @@ from google.auth.credentials import Credentials
 
 from bdn._gcp import DEFAULT_GCS_CLIENT_CONFIG, SCOPE_READ_WRITE, GcsBucket, GcsClientConfig
 from bdn._http import HttpClient
-from bdn.errors import BdnError, BlobNotFound, NotFound, StoreError
-from bdn.store._keys import blob_digest, check_key, check_prefix
+from bdn.errors import BdnError, BlobNotFound, StoreError
+from bdn.store._bucket import BucketStore
+from bdn.store._keys import blob_digest, check_prefix
 from bdn.transfer.reader import RangeReader
 
 __all__ = ["GcsStore"]
 
 
-class GcsStore:
+class GcsStore(BucketStore):
     """A :class:`~bdn.store.base.BlobStore` on a GCS bucket, under an optional prefix.
 
     Writes are retried by the SDK on transient failures even though they are
@@ -49,7 +50,7 @@ class GcsStore:
             upload chunk size.
     """
 
-    read_only = False
+    _bucket: GcsBucket
 
     def __init__(
         self,
@@ -61,33 +62,24 @@ class GcsStore:
         http: HttpClient | None = None,
         client_config: GcsClientConfig = DEFAULT_GCS_CLIENT_CONFIG,
     ) -> None:
-        self.prefix = prefix.strip("/")
-        self.uri = f"gs://{bucket}/{self.prefix}" if self.prefix else f"gs://{bucket}"
-        self._bucket = GcsBucket(bucket, credentials=credentials, emulator_host=emulator_host,
-                                 scopes=(SCOPE_READ_WRITE,), config=client_config)
+        super().__init__("gs", bucket, prefix, http)
+        self._bucket = GcsBucket(
+            bucket,
+            credentials=credentials,
+            emulator_host=emulator_host,
+            scopes=(SCOPE_READ_WRITE,),
+            config=client_config,
+        )
         self._config = client_config
-        self._http = http
-        self._owns_http = http is None
-
-    @property
-    def bucket(self) -> str:
-        return self._bucket.bucket
 
     # -- reads ---------------------------------------------------------------
-    async def exists(self, key: str) -> bool:
-        """True when ``key`` exists; 401/403 raise ``AuthError``."""
-        try:
-            await self.size(key)
-        except NotFound:
-            return False
-        return True
-
     async def size(self, key: str) -> int:
         """Size of ``key``; ``BlobNotFound`` when absent."""
         full = self._full(key)
         blob = await self._bucket.run(
             lambda b: b.get_blob(full, retry=self._bucket.retry, timeout=self._config.timeout_s),
-            action=f"stat gs://{self.bucket}/{full}", key=full,
+            action=f"stat gs://{self.bucket}/{full}",
+            key=full,
         )
         if blob is None:
             raise self._missing(full)
@@ -99,8 +91,9 @@ class GcsStore:
         full = self._full(key)
 
         def fetch(b: Any) -> bytes:
-            data: bytes = b.blob(full).download_as_bytes(retry=self._bucket.retry,
-                                                         timeout=self._config.timeout_s)
+            data: bytes = b.blob(full).download_as_bytes(
+                retry=self._bucket.retry, timeout=self._config.timeout_s
+            )
             return data
 
         return await self._bucket.run(fetch, action=f"read gs://{self.bucket}/{full}", key=full)
@@ -110,19 +103,14 @@ class GcsStore:
         in name order."""
         check_prefix(prefix, store=self.uri)
         base = f"{self.prefix}/" if self.prefix else ""
-        async for blob in self._bucket.list_blobs(base + prefix, action=f"list {self.uri}",
-                                                  fields="items(name),nextPageToken"):
-            yield str(blob.name)[len(base):]
+        async for blob in self._bucket.list_blobs(
+            base + prefix, action=f"list {self.uri}", fields="items(name),nextPageToken"
+        ):
+            yield str(blob.name)[len(base) :]
 
     def reader(self, key: str, size: int) -> RangeReader:
         """Range reader over aiohttp on the object's media URL (bearer token per range)."""
         return self._bucket.reader(self._full(key), size, self._http_client)
-
-    def local_path(self, key: str) -> Path | None:
-        return None
-
-    def staging_dir(self) -> Path | None:
-        return None
 
     # -- writes --------------------------------------------------------------
     async def put_bytes(self, key: str, data: bytes) -> None:
@@ -130,9 +118,13 @@ class GcsStore:
         full = self._full(key)
         await self._bucket.run(
             lambda b: b.blob(full).upload_from_string(
-                data, content_type="application/octet-stream", retry=self._bucket.retry,
-                timeout=self._config.timeout_s),
-            action=f"write gs://{self.bucket}/{full}", key=full,
+                data,
+                content_type="application/octet-stream",
+                retry=self._bucket.retry,
+                timeout=self._config.timeout_s,
+            ),
+            action=f"write gs://{self.bucket}/{full}",
+            key=full,
         )
 
     async def put_file(self, key: str, path: Path, *, move: bool = False) -> None:
@@ -145,48 +137,38 @@ class GcsStore:
 
         def upload(b: Any) -> None:
             blob = b.blob(full, chunk_size=self._config.upload_chunk_size)
-            blob.upload_from_filename(str(source), content_type="application/octet-stream",
-                                      retry=self._bucket.retry, timeout=self._config.timeout_s)
+            blob.upload_from_filename(
+                str(source),
+                content_type="application/octet-stream",
+                retry=self._bucket.retry,
+                timeout=self._config.timeout_s,
+            )
             if move:
                 source.unlink(missing_ok=True)
 
         try:
             await self._bucket.run(
-                upload, action=f"upload {source} to gs://{self.bucket}/{full}", key=full)
+                upload, action=f"upload {source} to gs://{self.bucket}/{full}", key=full
+            )
         except BdnError:
             raise
         except OSError as err:
-            raise StoreError(f"cannot upload {source} to gs://{self.bucket}/{full}: "
-                             f"{err.strerror or err}") from err
+            raise StoreError(
+                f"cannot upload {source} to gs://{self.bucket}/{full}: {err.strerror or err}"
+            ) from err
 
     async def delete(self, key: str) -> None:
         """Remove ``key``; a missing key is not an error."""
         full = self._full(key)
         with contextlib.suppress(BlobNotFound):
             await self._bucket.run(
-                lambda b: b.blob(full).delete(retry=self._bucket.retry,
-                                              timeout=self._config.timeout_s),
-                action=f"delete gs://{self.bucket}/{full}", key=full,
+                lambda b: b.blob(full).delete(
+                    retry=self._bucket.retry, timeout=self._config.timeout_s
+                ),
+                action=f"delete gs://{self.bucket}/{full}",
+                key=full,
             )
 
-    async def close(self) -> None:
-        """Close the SDK client, and the aiohttp client if this store created it
-        (a borrowed one is left to its owner); idempotent."""
-        self._bucket.close()
-        if self._owns_http and self._http is not None:
-            http, self._http = self._http, None
-            await http.close()
-
     # -- helpers -------------------------------------------------------------
-    def _full(self, key: str) -> str:
-        check_key(key, store=self.uri)
-        return f"{self.prefix}/{key}" if self.prefix else key
-
     def _missing(self, full: str) -> BlobNotFound:
-        return BlobNotFound(f"gs://{self.bucket}/{full} does not exist",
-                            digest=blob_digest(full))
-
-    def _http_client(self) -> HttpClient:
-        if self._http is None:
-            self._http = HttpClient()
-        return self._http
+        return BlobNotFound(f"gs://{self.bucket}/{full} does not exist", digest=blob_digest(full))

@@ -16,9 +16,10 @@ from boto3.s3.transfer import TransferConfig
 
 from bdn._aws import DEFAULT_S3_CLIENT_CONFIG, S3Bucket, S3ClientConfig
 from bdn._http import HttpClient
-from bdn.errors import BdnError, NotFound, StoreError
+from bdn.errors import BdnError, StoreError
 from bdn.secrets import S3Credentials
-from bdn.store._keys import check_key, check_prefix
+from bdn.store._bucket import BucketStore
+from bdn.store._keys import check_prefix
 from bdn.transfer.reader import RangeReader
 
 MiB = 1024 * 1024
@@ -43,7 +44,7 @@ def part_size_for(size: int, minimum: int = DEFAULT_PART_SIZE) -> int:
     return max(minimum, math.ceil(needed / MiB) * MiB)
 
 
-class S3Store:
+class S3Store(BucketStore):
     """A :class:`~bdn.store.base.BlobStore` on an S3 bucket, under an optional prefix.
 
     Args:
@@ -60,7 +61,7 @@ class S3Store:
         client_config: boto3 retry and timeout settings.
     """
 
-    read_only = False
+    _bucket: S3Bucket
 
     def __init__(
         self,
@@ -73,33 +74,20 @@ class S3Store:
         part_size: int = DEFAULT_PART_SIZE,
         client_config: S3ClientConfig = DEFAULT_S3_CLIENT_CONFIG,
     ) -> None:
-        self.prefix = prefix.strip("/")
-        self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        super().__init__("s3", bucket, prefix, http)
         self.part_size = part_size
-        self._bucket = S3Bucket(bucket, credentials=credentials, endpoint_url=endpoint_url,
-                                config=client_config)
-        self._http = http
-        self._owns_http = http is None
-
-    @property
-    def bucket(self) -> str:
-        return self._bucket.bucket
+        self._bucket = S3Bucket(
+            bucket, credentials=credentials, endpoint_url=endpoint_url, config=client_config
+        )
 
     # -- reads ---------------------------------------------------------------
-    async def exists(self, key: str) -> bool:
-        """True when ``key`` exists (HEAD); 403 raises ``AuthError``."""
-        try:
-            await self.size(key)
-        except NotFound:
-            return False
-        return True
-
     async def size(self, key: str) -> int:
         """Size of ``key``; ``BlobNotFound`` when absent."""
         full = self._full(key)
         head = await self._bucket.run(
             lambda c: c.head_object(Bucket=self.bucket, Key=full),
-            action=f"stat s3://{self.bucket}/{full}", key=full,
+            action=f"stat s3://{self.bucket}/{full}",
+            key=full,
         )
         return int(head["ContentLength"])
 
@@ -118,17 +106,11 @@ class S3Store:
         check_prefix(prefix, store=self.uri)
         base = f"{self.prefix}/" if self.prefix else ""
         async for entry in self._bucket.list_objects(base + prefix, action=f"list {self.uri}"):
-            yield str(entry["Key"])[len(base):]
+            yield str(entry["Key"])[len(base) :]
 
     def reader(self, key: str, size: int) -> RangeReader:
         """Range reader over aiohttp on a presigned GET URL (valid 12 h)."""
         return self._bucket.reader(self._full(key), size, self._http_client)
-
-    def local_path(self, key: str) -> Path | None:
-        return None
-
-    def staging_dir(self) -> Path | None:
-        return None
 
     # -- writes --------------------------------------------------------------
     async def put_bytes(self, key: str, data: bytes) -> None:
@@ -136,7 +118,8 @@ class S3Store:
         full = self._full(key)
         await self._bucket.run(
             lambda c: c.put_object(Bucket=self.bucket, Key=full, Body=data),
-            action=f"write s3://{self.bucket}/{full}", key=full,
+            action=f"write s3://{self.bucket}/{full}",
+            key=full,
         )
 
     async def put_file(self, key: str, path: Path, *, move: bool = False) -> None:
@@ -147,43 +130,32 @@ class S3Store:
 
         def upload(client: Any) -> None:
             part = part_size_for(source.stat().st_size, self.part_size)
-            config = TransferConfig(multipart_threshold=part, multipart_chunksize=part,
-                                    max_concurrency=UPLOAD_CONCURRENCY, use_threads=True)
+            config = TransferConfig(
+                multipart_threshold=part,
+                multipart_chunksize=part,
+                max_concurrency=UPLOAD_CONCURRENCY,
+                use_threads=True,
+            )
             client.upload_file(str(source), self.bucket, full, Config=config)
             if move:
                 source.unlink(missing_ok=True)
 
         try:
             await self._bucket.run(
-                upload, action=f"upload {source} to s3://{self.bucket}/{full}", key=full)
+                upload, action=f"upload {source} to s3://{self.bucket}/{full}", key=full
+            )
         except BdnError:
             raise
         except OSError as err:
-            raise StoreError(f"cannot upload {source} to s3://{self.bucket}/{full}: "
-                             f"{err.strerror or err}") from err
+            raise StoreError(
+                f"cannot upload {source} to s3://{self.bucket}/{full}: {err.strerror or err}"
+            ) from err
 
     async def delete(self, key: str) -> None:
         """Remove ``key``; S3 treats a missing key as deleted already."""
         full = self._full(key)
         await self._bucket.run(
             lambda c: c.delete_object(Bucket=self.bucket, Key=full),
-            action=f"delete s3://{self.bucket}/{full}", key=full,
+            action=f"delete s3://{self.bucket}/{full}",
+            key=full,
         )
-
-    async def close(self) -> None:
-        """Close the boto3 client, and the aiohttp client if this store created it
-        (a borrowed one is left to its owner); idempotent."""
-        self._bucket.close()
-        if self._owns_http and self._http is not None:
-            http, self._http = self._http, None
-            await http.close()
-
-    # -- helpers -------------------------------------------------------------
-    def _full(self, key: str) -> str:
-        check_key(key, store=self.uri)
-        return f"{self.prefix}/{key}" if self.prefix else key
-
-    def _http_client(self) -> HttpClient:
-        if self._http is None:
-            self._http = HttpClient()
-        return self._http
