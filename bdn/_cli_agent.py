@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bdn._auth_http import read_token_file
 from bdn._cli_common import add_cache_flags, add_store_flags, settings
 from bdn._units import parse_size
 from bdn.errors import ConfigError
@@ -46,45 +47,92 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     add_store_flags(p)
     add_cache_flags(p)
-    p.add_argument("--listen", metavar="HOST:PORT",
-                   help="peer-facing address (env BDN_AGENT_LISTEN; default 127.0.0.1:7070); "
-                   "a non-loopback address needs --token-file")
-    p.add_argument("--advertise", metavar="HOST:PORT",
-                   help="address peers reach this agent at, its name on the ring "
-                   "(env BDN_AGENT_ADVERTISE; default: --listen)")
-    p.add_argument("--socket", metavar="PATH",
-                   help="pod-facing unix socket (env BDN_AGENT_SOCKET; default "
-                   "<cache>/agent.sock)")
+    p.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="peer-facing address (env BDN_AGENT_LISTEN; default 127.0.0.1:7070); "
+        "a non-loopback address needs --token-file",
+    )
+    p.add_argument(
+        "--advertise",
+        metavar="HOST:PORT",
+        help="address peers reach this agent at, its name on the ring "
+        "(env BDN_AGENT_ADVERTISE; default: --listen)",
+    )
+    p.add_argument(
+        "--socket",
+        metavar="PATH",
+        help="pod-facing unix socket (env BDN_AGENT_SOCKET; default <cache>/agent.sock)",
+    )
     peers = p.add_mutually_exclusive_group()
-    peers.add_argument("--peers", metavar="HOST:PORT,...",
-                       help="every agent of the ring, this one included or not "
-                       "(env BDN_PEERS)")
-    peers.add_argument("--peers-dns", metavar="NAME",
-                       help="headless Service whose addresses are the agents, re-resolved "
-                       "periodically (env BDN_PEERS_DNS)")
-    p.add_argument("--peer-port", metavar="PORT", type=int,
-                   help="port of agents found by --peers-dns (env BDN_PEER_PORT; "
-                   "default: the --listen port)")
-    p.add_argument("--token-file", metavar="FILE",
-                   help="file holding the peer bearer token, shared by all agents "
-                   "(env BDN_TOKEN_FILE)")
-    p.add_argument("--ring-replicas", metavar="N", type=int,
-                   help="owners per chunk (env BDN_RING_REPLICAS; default 1)")
-    p.add_argument("--chunk-cache-bytes", metavar="SIZE",
-                   help="budget of the owner-side chunk cache (env BDN_CHUNK_CACHE_BYTES; "
-                   "default 8GiB)")
-    p.add_argument("--background-fill-rate", metavar="SIZE",
-                   help="bytes per second a background pull may take (requests with "
-                   '"background": true, e.g. warming a node), so fills do not starve '
-                   "inference I/O; e.g. 200MB (env BDN_BACKGROUND_FILL_RATE; default: no cap)")
-    p.add_argument("--peer-timeout", metavar="SECONDS", type=float, default=2.0,
-                   help="wait this long for an owner peer before reading origin (default 2)")
-    p.add_argument("--probe-interval", metavar="SECONDS", type=float, default=2.0,
-                   help="seconds between health probes of peers (default 2)")
-    p.add_argument("--dns-interval", metavar="SECONDS", type=float, default=10.0,
-                   help="seconds between resolutions of --peers-dns (default 10)")
-    p.add_argument("--drain-timeout", metavar="SECONDS", type=float, default=30.0,
-                   help="on SIGTERM, wait this long for running pulls (default 30)")
+    peers.add_argument(
+        "--peers",
+        metavar="HOST:PORT,...",
+        help="every agent of the ring, this one included or not (env BDN_PEERS)",
+    )
+    peers.add_argument(
+        "--peers-dns",
+        metavar="NAME",
+        help="headless Service whose addresses are the agents, re-resolved "
+        "periodically (env BDN_PEERS_DNS)",
+    )
+    p.add_argument(
+        "--peer-port",
+        metavar="PORT",
+        type=int,
+        help="port of agents found by --peers-dns (env BDN_PEER_PORT; default: the --listen port)",
+    )
+    p.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="file holding the peer bearer token, shared by all agents (env BDN_TOKEN_FILE)",
+    )
+    p.add_argument(
+        "--ring-replicas",
+        metavar="N",
+        type=int,
+        help="owners per chunk (env BDN_RING_REPLICAS; default 1)",
+    )
+    p.add_argument(
+        "--chunk-cache-bytes",
+        metavar="SIZE",
+        help="budget of the owner-side chunk cache (env BDN_CHUNK_CACHE_BYTES; default 8GiB)",
+    )
+    p.add_argument(
+        "--background-fill-rate",
+        metavar="SIZE",
+        help="bytes per second a background pull may take (requests with "
+        '"background": true, e.g. warming a node), so fills do not starve '
+        "inference I/O; e.g. 200MB (env BDN_BACKGROUND_FILL_RATE; default: no cap)",
+    )
+    p.add_argument(
+        "--peer-timeout",
+        metavar="SECONDS",
+        type=float,
+        default=2.0,
+        help="wait this long for an owner peer before reading origin (default 2)",
+    )
+    p.add_argument(
+        "--probe-interval",
+        metavar="SECONDS",
+        type=float,
+        default=2.0,
+        help="seconds between health probes of peers (default 2)",
+    )
+    p.add_argument(
+        "--dns-interval",
+        metavar="SECONDS",
+        type=float,
+        default=10.0,
+        help="seconds between resolutions of --peers-dns (default 10)",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        metavar="SECONDS",
+        type=float,
+        default=30.0,
+        help="on SIGTERM, wait this long for running pulls (default 30)",
+    )
     p.set_defaults(func=cmd_agent)
 
 
@@ -143,15 +191,27 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
     socket_text = pick("socket")
     for name in ("peer_timeout", "probe_interval", "dns_interval", "drain_timeout"):
         if getattr(args, name) <= 0:
-            raise ConfigError("must be a positive number of seconds",
-                              field="--" + name.replace("_", "-"))
+            raise ConfigError(
+                "must be a positive number of seconds", field="--" + name.replace("_", "-")
+            )
     return AgentConfig(
         settings=conf,
         listen=listen,
         advertise=advertise,
-        socket_path=(Path(socket_text).expanduser().absolute() if socket_text
-                     else conf.cache_dir / DEFAULT_SOCKET_NAME),
-        token=_read_token(Path(token_file).expanduser()) if token_file else None,
+        socket_path=(
+            Path(socket_text).expanduser().absolute()
+            if socket_text
+            else conf.cache_dir / DEFAULT_SOCKET_NAME
+        ),
+        token=(
+            read_token_file(
+                Path(token_file).expanduser(),
+                field="--token-file",
+                purpose="the peer token shared by every agent",
+            )
+            if token_file
+            else None
+        ),
         membership=MembershipConfig(
             static_peers=parse_peer_list(peers_text, field="--peers") if peers_text else (),
             dns_name=dns,
@@ -163,10 +223,14 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         ring=RingConfig(replicas=replicas),
         peer_timeout=args.peer_timeout,
         drain_timeout=args.drain_timeout,
-        chunk_cache_bytes=(parse_size(chunk_budget, field="--chunk-cache-bytes")
-                           if chunk_budget else DEFAULT_CHUNK_CACHE_BYTES),
-        background_fill_rate=(parse_size(fill_rate, field="--background-fill-rate")
-                              if fill_rate else None),
+        chunk_cache_bytes=(
+            parse_size(chunk_budget, field="--chunk-cache-bytes")
+            if chunk_budget
+            else DEFAULT_CHUNK_CACHE_BYTES
+        ),
+        background_fill_rate=(
+            parse_size(fill_rate, field="--background-fill-rate") if fill_rate else None
+        ),
     )
 
 
@@ -175,16 +239,3 @@ def _int(text: str | None, field: str) -> int:
         return int(text or "")
     except ValueError:
         raise ConfigError(f"{text!r} is not a whole number", field=field) from None
-
-
-def _read_token(path: Path) -> str:
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"cannot read the peer token from {path}: "
-                          f"{getattr(err, 'strerror', None) or err}",
-                          field="--token-file") from None
-    if not token:
-        raise ConfigError(f"{path} is empty; put a random secret in it (e.g. `openssl rand "
-                          "-hex 32`) and give every agent the same file", field="--token-file")
-    return token

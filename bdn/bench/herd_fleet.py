@@ -32,7 +32,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from bdn.agent_client import AgentClient, request_for
-from bdn.bench.harness import BenchAbort, ToolFailed
+from bdn.bench.harness import ToolFailed
 from bdn.bench.netns import NetnsPlan, exec_argv
 from bdn.bench.nginx import Nginx, free_port
 from bdn.errors import BdnError
@@ -162,36 +162,17 @@ class CountingOrigin(Nginx):
         self.argv_prefix = list(argv_prefix)
         self.access_log = state_dir / "access.log"
 
-    def __enter__(self) -> CountingOrigin:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        last_error = ""
-        # A port found free can be taken before nginx binds it; try a few.
-        for _ in range(3 if self.listen is None else 1):
-            listen = self.listen or [f"127.0.0.1:{free_port()}"]
-            self.port = int(listen[0].rpartition(":")[2])
-            conf = self.state_dir / "nginx.conf"
-            # An attempt that failed on its TCP port may have left the socket file.
-            self.unix_socket.unlink(missing_ok=True)
-            conf.write_text(origin_config(
-                listen=listen, unix_socket=self.unix_socket, root=self.root,
-                state_dir=self.state_dir, as_root=os.geteuid() == 0,
-            ))
-            argv = [*self.argv_prefix, self.binary, "-p", str(self.state_dir),
-                    "-e", str(self.state_dir / "error.log"), "-c", str(conf)]
-            with open(self.state_dir / "stderr.log", "wb") as stderr:
-                self._proc = subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
-                    process_group=0,
-                )
-            try:
-                last_error = self._wait_ready()
-            except BaseException:
-                self.stop()
-                raise
-            if not last_error:
-                return self
-            self.stop()
-        raise BenchAbort(f"nginx did not start: {last_error}", exit_code=1)
+    def _start_attempts(self) -> int:
+        # Fixed addresses (in namespaces) cannot be retried on another port.
+        return 3 if self.listen is None else 1
+
+    def _config(self) -> str:
+        listen = self.listen or [f"127.0.0.1:{free_port()}"]
+        self.port = int(listen[0].rpartition(":")[2])
+        # An attempt that failed on its TCP port may have left the socket file.
+        self.unix_socket.unlink(missing_ok=True)
+        return origin_config(listen=listen, unix_socket=self.unix_socket, root=self.root,
+                             state_dir=self.state_dir, as_root=os.geteuid() == 0)
 
     def _wait_ready(self) -> str:
         """Poll the unix socket until nginx answers; ``""`` when ready, else why not."""
