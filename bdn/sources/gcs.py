@@ -13,6 +13,7 @@ from pathlib import Path
 
 from google.auth.credentials import Credentials
 
+from bdn._bucket import BucketClient
 from bdn._gcp import (
     DEFAULT_GCS_CLIENT_CONFIG,
     SCOPE_READ_ONLY,
@@ -36,7 +37,7 @@ __all__ = ["GcsSource", "gcs_source_from_entry"]
 NO_CREDENTIALS_MESSAGE = "no credentials configured: need either OIDC config or secret_id"
 
 
-class GcsSource:
+class GcsSource(BucketClient):
     """Every object under ``gs://bucket/prefix/``, listed with its generation.
 
     The prefix is a folder: ``gs://b/models/llama`` lists ``models/llama/...``
@@ -69,6 +70,8 @@ class GcsSource:
 
     kind = "gcs"
 
+    _bucket: GcsBucket
+
     def __init__(
         self,
         bucket: str,
@@ -80,14 +83,10 @@ class GcsSource:
         http: HttpClient | None = None,
         client_config: GcsClientConfig = DEFAULT_GCS_CLIENT_CONFIG,
     ) -> None:
-        self.prefix = prefix.strip("/")
-        self.uri = f"gs://{bucket}/{self.prefix}" if self.prefix else f"gs://{bucket}"
-        self._base = f"{self.prefix}/" if self.prefix else ""
+        super().__init__("gs", bucket, prefix, http)
         self._bucket = GcsBucket(bucket, credentials=credentials, emulator_host=emulator_host,
                                  api_endpoint=api_endpoint, scopes=(SCOPE_READ_ONLY,),
                                  config=client_config, for_source=True)
-        self._http = http
-        self._owns_http = http is None
         # (generation, crc32c) per listed path, so a reader can check a whole read.
         self._crc32c: dict[str, tuple[str, str]] = {}
 
@@ -142,19 +141,6 @@ class GcsSource:
         crc32c = listed[1] if listed is not None and listed[0] == obj.etag else None
         return self._bucket.reader(self._base + obj.path, obj.size, self._http_client,
                                    generation=obj.etag, crc32c=crc32c)
-
-    async def close(self) -> None:
-        """Close the SDK client, and the HTTP client if this source created it; idempotent."""
-        self._bucket.close()
-        if self._owns_http and self._http is not None:
-            http, self._http = self._http, None
-            await http.close()
-
-    def _http_client(self) -> HttpClient:
-        if self._http is None:
-            self._http = HttpClient()
-        return self._http
-
 
 def _hex(b64: object) -> str | None:
     """GCS's base64 MD5 as hex, or ``None`` when absent or malformed."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bdn._aws import DEFAULT_S3_CLIENT_CONFIG, S3Bucket, S3ClientConfig
+from bdn._bucket import BucketClient
 from bdn._http import HttpClient, redact_url
 from bdn.errors import ManifestInvalid, SourceError
 from bdn.manifest import validate_path
@@ -11,7 +12,7 @@ from bdn.sources.base import SourceObject
 from bdn.transfer.reader import RangeReader
 
 
-class S3Source:
+class S3Source(BucketClient):
     """Every object under ``s3://bucket/prefix/``, listed with its ETag.
 
     The prefix is a folder: ``s3://b/models/llama`` lists ``models/llama/...``
@@ -31,6 +32,8 @@ class S3Source:
 
     kind = "s3"
 
+    _bucket: S3Bucket
+
     def __init__(
         self,
         bucket: str,
@@ -41,13 +44,9 @@ class S3Source:
         http: HttpClient | None = None,
         client_config: S3ClientConfig = DEFAULT_S3_CLIENT_CONFIG,
     ) -> None:
-        self.prefix = prefix.strip("/")
-        self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
-        self._base = f"{self.prefix}/" if self.prefix else ""
+        super().__init__("s3", bucket, prefix, http)
         self._bucket = S3Bucket(bucket, credentials=credentials, endpoint_url=endpoint_url,
                                 config=client_config, for_source=True)
-        self._http = http
-        self._owns_http = http is None
 
     async def resolve(self) -> str | None:
         """S3 has no revision for a prefix; ETags pin each object instead. Returns ``None``."""
@@ -93,16 +92,3 @@ class S3Source:
     def reader(self, obj: SourceObject) -> RangeReader:
         """Ranged GETs of ``obj`` on a presigned URL (signed on first read, valid 12 h)."""
         return self._bucket.reader(self._base + obj.path, obj.size, self._http_client)
-
-    async def close(self) -> None:
-        """Close the boto3 client, and the HTTP client if this source created it;
-        idempotent."""
-        self._bucket.close()
-        if self._owns_http and self._http is not None:
-            http, self._http = self._http, None
-            await http.close()
-
-    def _http_client(self) -> HttpClient:
-        if self._http is None:
-            self._http = HttpClient()
-        return self._http
