@@ -19,10 +19,9 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 
 WORKDIR /src
 # Only what `pip install .` reads: the project file (its `readme` is README.md)
-# and the two packages. Tests, docs and benchmarks stay out of the image.
+# and the package. Tests, docs and benchmarks stay out of the image.
 COPY pyproject.toml README.md ./
 COPY bdn ./bdn
-COPY agent ./agent
 
 # A virtual environment is one directory the runtime stage copies whole;
 # pip, setuptools and the build tree stay behind in this stage. Every

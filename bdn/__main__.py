@@ -2,6 +2,6 @@
 
 import sys
 
-from bdn.cli import main
+from bdn.cli.main import main
 
 sys.exit(main())

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bdn.cache import NodeCache
-from bdn.config import WeightsEntry, load_config, parse_entry, source_from_cli
+from bdn.config.settings import Settings
+from bdn.config.weights import WeightsEntry, load_config, parse_entry, source_from_cli
 from bdn.errors import ConfigError
 from bdn.pull import DEFAULT_PULL_OPTIONS, PullOptions, PullResult, pull_manifest, resolve_manifest
-from bdn.settings import Settings
 
 T = TypeVar("T")
 
@@ -167,7 +167,7 @@ async def pull_through_agent(
     The agent needs an absolute mount location it can write on the node; with
     none given, this raises ConfigError rather than guessing a node path.
     """
-    from bdn.agent_client import AgentClient, request_for, to_pull_result
+    from bdn.agent.client import AgentClient, request_for, to_pull_result
 
     assert settings.agent is not None
     if not entry.mount_location:

@@ -30,14 +30,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bdn._units import format_bytes, parse_size
-from bdn.agent_client import AgentClient, request_for, to_pull_result
-from bdn.config import WeightsEntry
+from bdn.agent.client import AgentClient, request_for, to_pull_result
+from bdn.backends import open_store
+from bdn.config.secrets import SecretResolver
+from bdn.config.units import format_bytes, parse_size
+from bdn.config.weights import WeightsEntry
 from bdn.errors import BdnError, ConfigError
 from bdn.mirror import MirrorOptions, MirrorResult, run_mirror
 from bdn.pull import PullResult
-from bdn.secrets import SecretResolver
-from bdn.store import open_store
 
 MiB = 1024 * 1024
 SHARDS = 8

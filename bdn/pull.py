@@ -19,8 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bdn.backends.base import BlobStore, RangeReader
 from bdn.cache import NodeCache
-from bdn.config import WeightsEntry
+from bdn.config.secrets import SecretResolver
+from bdn.config.weights import WeightsEntry
 from bdn.digest import Digest, xxh3_128_hex
 from bdn.errors import (
     BlobNotFound,
@@ -33,11 +35,8 @@ from bdn.errors import (
 from bdn.manifest import FileEntry, Manifest
 from bdn.mirror import MirrorOptions, run_mirror
 from bdn.peer.tiered import TierConfig, TieredReader, TierStats
-from bdn.secrets import SecretResolver
-from bdn.store.base import BlobStore
-from bdn.store.layout import Store, blob_key
+from bdn.store import Store, blob_key
 from bdn.transfer.engine import DEFAULT_TRANSFER_CONFIG, FileTask, TransferConfig, TransferEngine
-from bdn.transfer.reader import RangeReader
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-import bdn._auth
-import bdn._source_uri
-import bdn._validate
-import bdn.config
-from bdn.config import (
+import bdn.config.auth
+import bdn.config.uri
+import bdn.config.validate
+import bdn.config.weights
+from bdn.config.weights import (
     AuthConfig,
     ParsedSource,
     WeightsEntry,
@@ -715,5 +715,5 @@ def test_entries_are_frozen_and_hashable() -> None:
 
 
 def test_doctests() -> None:
-    for module in (bdn.config, bdn._source_uri, bdn._auth, bdn._validate):
+    for module in (bdn.config.weights, bdn.config.uri, bdn.config.auth, bdn.config.validate):
         assert doctest.testmod(module).failed == 0

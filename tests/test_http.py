@@ -1,4 +1,4 @@
-"""bdn._http: retry policy, status mapping, range maths, client and range reader."""
+"""bdn.http: retry policy, status mapping, range maths, client and range reader."""
 
 from __future__ import annotations
 
@@ -11,7 +11,19 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from bdn._http import (
+from bdn.errors import (
+    AuthError,
+    BdnError,
+    BlobNotFound,
+    HTTPStatusError,
+    IntegrityError,
+    NotFound,
+    RangeError,
+    RetryableHTTPError,
+    StallError,
+    TransferError,
+)
+from bdn.http import (
     NO_RETRY,
     RETRY_DATA,
     RETRY_METADATA,
@@ -25,18 +37,6 @@ from bdn._http import (
     range_header,
     redact_url,
     retrying,
-)
-from bdn.errors import (
-    AuthError,
-    BdnError,
-    BlobNotFound,
-    HTTPStatusError,
-    IntegrityError,
-    NotFound,
-    RangeError,
-    RetryableHTTPError,
-    StallError,
-    TransferError,
 )
 from tests.httpserver import FaultPlan, FaultServer
 

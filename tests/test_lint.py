@@ -21,7 +21,7 @@ def test_ruff_is_clean() -> None:
     if shutil.which("ruff") is None and not (Path(sys.executable).parent / "ruff").exists():
         pytest.fail("ruff is not installed; install the dev extra: pip install -e '.[dev]'")
     ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
-    res = _run(ruff, "check", "bdn", "agent", "tests", "manifests")
+    res = _run(ruff, "check", "bdn", "bench", "tests", "manifests")
     assert res.returncode == 0, res.stdout + res.stderr
 
 

@@ -9,13 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from bdn._gcp import SCOPE_READ_ONLY, gcp_oidc_credentials
-from bdn._http import HttpClient
-from bdn._oidc import OIDC_TOKEN_FILE_ENV, aws_oidc_credentials, oidc_token_file, read_oidc_token
-from bdn.config import AuthConfig
+from bdn.backends.gcs.client import SCOPE_READ_ONLY, gcp_oidc_credentials
+from bdn.backends.gcs.source import GcsSource
+from bdn.backends.oidc import (
+    OIDC_TOKEN_FILE_ENV,
+    aws_oidc_credentials,
+    oidc_token_file,
+    read_oidc_token,
+)
+from bdn.backends.s3.source import S3Source
+from bdn.config.weights import AuthConfig
 from bdn.errors import AuthError, ConfigError
-from bdn.sources.gcs import GcsSource
-from bdn.sources.s3 import S3Source
+from bdn.http import HttpClient
 from tests.conftest import MotoS3
 from tests.gcsemulator import FakeGoogle
 

@@ -6,9 +6,9 @@ import doctest
 
 import pytest
 
-import bdn.patterns
+import bdn.config.patterns
+from bdn.config.patterns import compile_pattern, make_filter, matches, select
 from bdn.errors import ConfigError
-from bdn.patterns import compile_pattern, make_filter, matches, select
 
 
 @pytest.mark.parametrize(
@@ -160,4 +160,4 @@ def test_compile_pattern_is_cached() -> None:
 
 
 def test_doctests() -> None:
-    assert doctest.testmod(bdn.patterns).failed == 0
+    assert doctest.testmod(bdn.config.patterns).failed == 0

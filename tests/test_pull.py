@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from bdn._http import HttpClient, HttpConfig, RetryPolicy
+from bdn.backends import open_store
 from bdn.cache import NodeCache
-from bdn.config import WeightsEntry
+from bdn.config.secrets import SecretResolver
+from bdn.config.weights import WeightsEntry
 from bdn.errors import AuthError, CacheError, InsufficientSpace, NotFound
+from bdn.http import HttpClient, HttpConfig, RetryPolicy
 from bdn.manifest import Manifest
 from bdn.mirror import MirrorOptions, run_mirror
 from bdn.pull import PullOptions, PullResult, pull_manifest
-from bdn.secrets import SecretResolver
-from bdn.store import open_store
-from bdn.store.layout import Store
+from bdn.store import Store
 from bdn.transfer import TransferConfig
 from tests.conftest import MotoS3
 from tests.fixtures import make_model, pattern_bytes
@@ -267,8 +267,8 @@ import asyncio, sys
 from pathlib import Path
 from bdn.cache import NodeCache
 from bdn.pull import pull_manifest
-from bdn.store import open_store
-from bdn.store.layout import Store
+from bdn.backends import open_store
+from bdn.store import Store
 
 async def main(base, manifest_id, cache_dir, mounts):
     store = open_store(base)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bdn._ratelimit import RateLimiter
+from bdn.transfer.ratelimit import RateLimiter
 
 
 class FakeTime:

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-import bdn.secrets
-from bdn.errors import SecretError
-from bdn.secrets import (
+import bdn.config.secrets
+from bdn.config.secrets import (
     S3Credentials,
     SecretResolver,
     is_valid_secret_name,
     load_s3_credentials,
     secret_env_name,
 )
+from bdn.errors import SecretError
 
 FAKE_SECRET = "zzFAKE-s3cr3t-VALUE-9f8e7d6c"  # Distinctive: must never appear in an error.
 FAKE_KEY_ID = "AKIAFAKEKEYID0000000"
@@ -323,4 +323,4 @@ def test_s3_credentials_missing_secret_propagates_lookup_error(tmp_path: Path) -
 
 
 def test_doctests() -> None:
-    assert doctest.testmod(bdn.secrets).failed == 0
+    assert doctest.testmod(bdn.config.secrets).failed == 0

@@ -25,10 +25,10 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bdn._units import format_bytes
 from bdn.cache.index import CacheIndex
 from bdn.cache.layout import PART_SUFFIX, CacheLayout, digest_of_name
 from bdn.cache.lock import file_lock
+from bdn.config.units import format_bytes
 from bdn.digest import Digest
 from bdn.errors import CacheError, InsufficientSpace
 

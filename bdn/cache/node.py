@@ -21,7 +21,6 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bdn._units import format_bytes
 from bdn.cache import evict as _evict
 from bdn.cache.evict import BlobInfo
 from bdn.cache.index import CacheIndex
@@ -29,6 +28,7 @@ from bdn.cache.layout import LOCK_SUFFIX, CacheLayout, current_boot_id
 from bdn.cache.lock import async_file_lock, try_file_lock, try_remove_lock_file
 from bdn.cache.materialize import Materialized, materialize, try_sweep_leftovers
 from bdn.cache.partial import Partial, PartialInfo, discard_files, list_partials, open_partial
+from bdn.config.units import format_bytes
 from bdn.digest import Digest
 from bdn.errors import BdnError, CacheError, ConfigError
 from bdn.manifest import Manifest

@@ -50,9 +50,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from bdn._logging import bind_log_context
-from bdn._validate import reject_unknown_keys, type_name
-from bdn.config import WeightsEntry, parse_weights
+from bdn.config.validate import reject_unknown_keys, type_name
+from bdn.config.weights import WeightsEntry, parse_weights
+from bdn.daemon.jsonlog import bind_log_context
 from bdn.errors import BdnError, ConfigError, StoreError
 from bdn.mirror.metrics import MirrorMetrics
 from bdn.mirror.run import MirrorPlan, MirrorResult

@@ -1,6 +1,6 @@
 """The mirror service's Prometheus metrics, in a registry of their own.
 
-As for the agent (:mod:`agent.metrics`), a dedicated
+As for the agent (:mod:`bdn.agent.metrics`), a dedicated
 :class:`~prometheus_client.CollectorRegistry` keeps several services in one
 process (tests, benches) apart and leaves out the client library's process
 collectors.

@@ -18,19 +18,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bdn import patterns
-from bdn._http import HttpClient
-from bdn.config import WeightsEntry
+from bdn.backends import SourceEnv, open_source
+from bdn.backends.base import BlobStore, Source, SourceObject
+from bdn.backends.local.store import staging_name
+from bdn.config import patterns
+from bdn.config.secrets import SecretResolver
+from bdn.config.weights import WeightsEntry
 from bdn.digest import DEFAULT_CHUNK_SIZE, Digest
 from bdn.errors import ConfigError
+from bdn.http import HttpClient
 from bdn.manifest import FileEntry, Filters, Manifest, SourceRef
-from bdn.secrets import SecretResolver
-from bdn.sources import SourceEnv, open_source
-from bdn.sources.base import Source, SourceObject
-from bdn.store.base import BlobStore
-from bdn.store.file import staging_name
-from bdn.store.layout import Store, blob_key
-from bdn.store.verify import digest_stream
+from bdn.store import Store, blob_key, digest_stream
 from bdn.transfer.engine import DEFAULT_TRANSFER_CONFIG, FileTask, TransferConfig, TransferEngine
 
 log = logging.getLogger(__name__)
@@ -52,7 +50,7 @@ class MirrorOptions:
         hf_endpoint: the Hugging Face Hub (``HF_ENDPOINT``); ``None`` means
             https://huggingface.co.
         gcs_emulator_host, r2_endpoint_url, oidc_token_file: see
-            :class:`bdn.sources.SourceEnv`.
+            :class:`bdn.backends.SourceEnv`.
     """
 
     chunk_size: int = DEFAULT_CHUNK_SIZE

@@ -32,8 +32,8 @@ from typing import Any
 
 from aiohttp import web
 
-from bdn._auth_http import authorized, json_error, unauthorized
-from bdn._logging import bind_log_context, reset_log_context
+from bdn.daemon.jsonlog import bind_log_context, reset_log_context
+from bdn.daemon.tokens import authorized, json_error, unauthorized
 from bdn.errors import BdnError, ConfigError
 from bdn.mirror.jobs import Draining, JobManager, parse_submission
 from bdn.mirror.metrics import CONTENT_TYPE

@@ -33,15 +33,15 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import disable_created_metrics
 
-from bdn._http import HttpClient
-from bdn._lifecycle import serve_until_signalled
-from bdn.config import WeightsEntry
+from bdn.config.settings import Settings
+from bdn.config.weights import WeightsEntry
+from bdn.daemon.lifecycle import serve_until_signalled
 from bdn.errors import ConfigError
+from bdn.http import HttpClient
 from bdn.mirror.jobs import DEFAULT_JOB_LIMITS, JobLimits, JobManager, JobStore, MirrorFn
 from bdn.mirror.metrics import MirrorMetrics
 from bdn.mirror.run import MirrorOptions, MirrorPlan, MirrorResult, run_mirror
 from bdn.mirror.server import ServerContext, make_app
-from bdn.settings import Settings
 
 __all__ = ["DEFAULT_MIRROR_LISTEN", "MirrorService", "MirrorServiceConfig", "run", "serve"]
 

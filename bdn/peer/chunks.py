@@ -19,12 +19,12 @@ from typing import Literal
 
 import diskcache
 
-from bdn._http import RETRY_DATA, RetryPolicy, retrying
+from bdn.backends.base import BlobStore
 from bdn.cache import NodeCache
 from bdn.digest import Digest, is_xxh3_hex, new_xxh3
 from bdn.errors import IntegrityError, TransferError
-from bdn.store.base import BlobStore
-from bdn.store.layout import blob_key
+from bdn.http import RETRY_DATA, RetryPolicy, retrying
+from bdn.store import blob_key
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 
-from bdn._http import HttpClient, raise_for_status, translate_client_error
 from bdn.errors import TransferError
+from bdn.http import HttpClient, raise_for_status, translate_client_error
 from bdn.peer.chunks import ChunkRef
 
 FORWARDED_HEADER = "X-BDN-Forwarded"

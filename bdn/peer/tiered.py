@@ -16,12 +16,12 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from bdn.backends.base import RangeReader
 from bdn.digest import Digest
 from bdn.errors import AuthError, BdnError, TransferError
 from bdn.peer.chunks import ChunkRef, ChunkService
 from bdn.peer.client import PeerClient
 from bdn.ring import Ring
-from bdn.transfer.reader import RangeReader
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,7 @@
 """The transfer engine and its readers (see :mod:`bdn.transfer.engine`)."""
 
+from bdn.backends.base import RangeReader
+from bdn.backends.local.reader import LocalFileReader
 from bdn.transfer.engine import (
     DEFAULT_TRANSFER_CONFIG,
     FileResult,
@@ -8,8 +10,6 @@ from bdn.transfer.engine import (
     TransferEngine,
     TransferStats,
 )
-from bdn.transfer.local import LocalFileReader
-from bdn.transfer.reader import RangeReader
 
 __all__ = [
     "DEFAULT_TRANSFER_CONFIG",

@@ -1,7 +1,7 @@
 """The one transfer engine: fetch files chunk by chunk, in parallel, verified.
 
 A file is cut into its manifest chunks; each chunk is one
-:meth:`~bdn.transfer.reader.RangeReader.open_range` stream and the unit of
+:meth:`~bdn.backends.base.RangeReader.open_range` stream and the unit of
 retry. Chunks of a file run in parallel (``max_connections_per_file``) under an
 engine-wide cap (``max_connections``). Inside a chunk the received buffers are
 gathered (by reference: the event loop copies nothing) into segments; each full
@@ -39,12 +39,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-from bdn._http import RETRY_DATA, RetryPolicy, retrying
-from bdn._ratelimit import RateLimiter
+from bdn.backends.base import RangeReader
+from bdn.backends.local.reader import LocalFileReader
 from bdn.digest import chunk_bounds, new_xxh3
 from bdn.errors import BdnError, IntegrityError, TransferError
-from bdn.transfer.local import LocalFileReader
-from bdn.transfer.reader import RangeReader
+from bdn.http import RETRY_DATA, RetryPolicy, retrying
+from bdn.transfer.ratelimit import RateLimiter
 
 __all__ = [
     "DEFAULT_TRANSFER_CONFIG",
@@ -482,7 +482,7 @@ class TransferEngine:
 
     Use it from one event loop, as an async context manager or by calling
     :meth:`close` (idempotent; stops the I/O threads). The engine never owns the
-    readers or their :class:`~bdn._http.HttpClient`.
+    readers or their :class:`~bdn.http.HttpClient`.
 
     ``on_progress(delta)`` is called on the loop with bytes as they are written;
     a failed chunk attempt reports a negative delta for what it had reported,

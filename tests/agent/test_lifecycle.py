@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bdn._cli_agent import agent_config, register
-from bdn.agent_client import AgentClient, request_for
+from bdn.agent.client import AgentClient, request_for
+from bdn.cli.agent import agent_config, register
 from bdn.errors import ConfigError
 from tests.e2e.agents import (
     TOKEN,

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from agent.config import MembershipConfig
-from agent.peers import HealthProber, Membership, resolve_dns
-from bdn._http import HttpClient, HttpConfig
+from bdn.agent.config import MembershipConfig
+from bdn.agent.membership import HealthProber, Membership, resolve_dns
 from bdn.digest import Digest
+from bdn.http import HttpClient, HttpConfig
 from bdn.ring import RingConfig
 from tests.e2e.agents import free_ports
 from tests.httpserver import FaultServer

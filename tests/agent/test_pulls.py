@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from agent.pulls import PullContext, parse_pull_request
+from bdn.agent.pulls import PullContext, parse_pull_request
 from bdn.errors import ConfigError
 from bdn.pull import PullOptions
 

@@ -11,13 +11,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from agent.config import AgentConfig, MembershipConfig
-from agent.main import Agent
-from bdn.agent_client import AgentClient, request_for, to_pull_result
+from bdn.agent.client import AgentClient, request_for, to_pull_result
+from bdn.agent.config import AgentConfig, MembershipConfig
+from bdn.agent.main import Agent
+from bdn.config.settings import Settings
 from bdn.digest import xxh3_128_hex
 from bdn.errors import AuthError, ConfigError, MountConflict, RefNotFound, TransferError
 from bdn.manifest import Manifest
-from bdn.settings import Settings
 from tests.e2e.agents import (
     TOKEN,
     assert_same_tree,

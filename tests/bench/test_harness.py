@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from bdn.bench import register
-from bdn.bench.harness import (
+from bdn.digest import xxh3_128_hex
+from bench import register
+from bench.harness import (
     BenchAbort,
     MiB,
     ToolFailed,
@@ -27,8 +28,8 @@ from bdn.bench.harness import (
     verify_file,
     write_ceiling,
 )
-from bdn.bench.nginx import Nginx, nginx_config
-from bdn.bench.report import (
+from bench.nginx import Nginx, nginx_config
+from bench.report import (
     Aim,
     BenchReport,
     Result,
@@ -40,8 +41,7 @@ from bdn.bench.report import (
     format_seconds,
     ratio,
 )
-from bdn.bench.tools import MachineFacts, ensure_tools, missing_tools
-from bdn.digest import xxh3_128_hex
+from bench.tools import MachineFacts, ensure_tools, missing_tools
 
 FACTS = MachineFacts(
     cores=2,
@@ -273,7 +273,7 @@ def test_register_adds_bench_transfer_and_mirror() -> None:
 
 def test_transfer_bench_smoke(tmp_path: Path) -> None:
     _need("nginx", "curl")
-    from bdn.bench.transfer import TransferBenchOptions, run_transfer_bench
+    from bench.transfer import TransferBenchOptions, run_transfer_bench
 
     options = TransferBenchOptions(
         size=8 * MiB, shards=2, shard_size=4 * MiB, repeat=1, workdir=tmp_path, ceiling_threads=2
@@ -296,7 +296,7 @@ def test_transfer_bench_smoke(tmp_path: Path) -> None:
 
 def test_unavailable_reference_is_shown_not_skipped(tmp_path: Path) -> None:
     _need("nginx", "curl")
-    from bdn.bench.transfer import TransferBenchOptions, run_transfer_bench
+    from bench.transfer import TransferBenchOptions, run_transfer_bench
 
     options = TransferBenchOptions(
         size=1 * MiB, shards=1, shard_size=1 * MiB, repeat=1, workdir=tmp_path
@@ -316,7 +316,7 @@ def test_unavailable_reference_is_shown_not_skipped(tmp_path: Path) -> None:
 
 
 def test_mirror_bench_smoke(tmp_path: Path) -> None:
-    from bdn.bench.mirror import MirrorBenchOptions, run_mirror_bench
+    from bench.mirror import MirrorBenchOptions, run_mirror_bench
 
     report = run_mirror_bench(
         MirrorBenchOptions(shards=2, shard_size=3 * MiB, repeat=1, workdir=tmp_path),

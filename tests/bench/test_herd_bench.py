@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from bdn.bench import register
-from bdn.bench.harness import GiB, MiB
-from bdn.bench.herd import (
+from bdn.errors import ConfigError
+from bench import register
+from bench.harness import GiB, MiB
+from bench.herd import (
     HerdBenchOptions,
     HerdCase,
     HerdReport,
@@ -31,7 +32,7 @@ from bdn.bench.herd import (
     parse_nodes,
     run_herd_bench,
 )
-from bdn.bench.herd_fleet import (
+from bench.herd_fleet import (
     AgentPaths,
     AgentProc,
     Node,
@@ -42,7 +43,7 @@ from bdn.bench.herd_fleet import (
     origin_config,
     tally_log,
 )
-from bdn.bench.netns import (
+from bench.netns import (
     NetnsPlan,
     Topology,
     existing_namespaces,
@@ -52,8 +53,7 @@ from bdn.bench.netns import (
     tbf_args,
     teardown_commands,
 )
-from bdn.bench.tools import MachineFacts
-from bdn.errors import ConfigError
+from bench.tools import MachineFacts
 
 
 def _console() -> Console:

@@ -17,16 +17,16 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from bdn.bench import register
-from bdn.bench.harness import MiB
-from bdn.bench.pull import (
+from bdn.errors import ConfigError
+from bench import register
+from bench.harness import MiB
+from bench.pull import (
     PullBenchOptions,
     bdn_environ,
     options_from_args,
     remove_tree,
     run_pull_bench,
 )
-from bdn.errors import ConfigError
 
 
 def _console() -> Console:

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 
 # What `pip install .` needs from the build context, and nothing else.
-ALLOWED_COPIES = {"pyproject.toml", "README.md", "bdn", "agent"}
+ALLOWED_COPIES = {"pyproject.toml", "README.md", "bdn"}
 
 
 @dataclass(frozen=True, slots=True)

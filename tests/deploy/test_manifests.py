@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from bdn.cli import build_parser
+from bdn.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -340,7 +340,7 @@ def _agent() -> tuple[dict[str, Any], dict[str, Any], list[str]]:
 def test_agent_args_are_flags_bdn_agent_accepts_and_form_a_valid_config(
     tmp_path: Path,
 ) -> None:
-    from bdn._cli_agent import agent_config
+    from bdn.cli.agent import agent_config
 
     _, agent, raw = _agent()
     env = container_env(agent)
@@ -444,7 +444,7 @@ def test_mirror_server_args_are_flags_it_accepts_and_form_a_valid_config(
 ) -> None:
     if "mirror-server" not in bdn_commands():
         pytest.skip("`bdn mirror-server` is not part of this checkout's CLI yet")
-    from bdn._cli_mirror_server import server_config
+    from bdn.cli.mirror_server import server_config
 
     spec = pod_spec(one("Deployment", "bdn-mirror"))
     mirror = container(spec, "mirror")

@@ -32,12 +32,12 @@ import aiohttp
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from bdn.config import WeightsEntry
+from bdn.backends import open_store
+from bdn.config.secrets import SecretResolver
+from bdn.config.weights import WeightsEntry
 from bdn.manifest import Manifest
 from bdn.mirror import MirrorOptions, run_mirror
-from bdn.secrets import SecretResolver
-from bdn.store import open_store
-from bdn.store.layout import Store
+from bdn.store import Store
 from tests.fixtures import bdn_env, make_model
 from tests.httpserver import FaultServer
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from bdn.agent_client import AgentClient, request_for
+from bdn.agent.client import AgentClient, request_for
 from bdn.errors import TransferError
 from bdn.manifest import Manifest
 from tests.e2e.agents import (

@@ -21,9 +21,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bdn.bench.mirror_server import MirrorServerProcess, start_mirror_server
-from bdn.store import open_store
-from bdn.store.layout import Store
+from bdn.backends import open_store
+from bdn.store import Store
+from bench.mirror_server import MirrorServerProcess, start_mirror_server
 from tests.conftest import MotoS3
 from tests.fixtures import bdn_env, pattern_bytes
 

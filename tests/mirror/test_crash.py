@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bdn.store import open_store
-from bdn.store.layout import Store
+from bdn.backends import open_store
+from bdn.store import Store
 from tests.fixtures import bdn_env, make_model, run_bdn
 
 pytestmark = pytest.mark.stress

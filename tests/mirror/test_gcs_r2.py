@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bdn.config import AuthConfig, WeightsEntry
+from bdn.backends import open_store
+from bdn.config.secrets import SecretResolver
+from bdn.config.weights import AuthConfig, WeightsEntry
 from bdn.mirror import MirrorOptions, MirrorResult, run_mirror
-from bdn.secrets import SecretResolver
-from bdn.store import open_store
-from bdn.store.layout import Store, blob_key
+from bdn.store import Store, blob_key
 from tests.conftest import MotoS3
 from tests.fixtures import pattern_bytes
 from tests.gcsemulator import GcsEmulator

@@ -1,7 +1,7 @@
 """Mirror from our Hub-compatible server end to end, then pull, with the real model.
 
-``run_mirror`` builds the source through ``bdn.sources.open_source``, which
-maps ``hf://`` to :func:`bdn.sources.hf.hf_source_from_entry` with the Hub at
+``run_mirror`` builds the source through ``bdn.backends.open_source``, which
+maps ``hf://`` to :func:`bdn.backends.hf.source.hf_source_from_entry` with the Hub at
 ``MirrorOptions.hf_endpoint``. Dedup of LFS files is decided from their
 published sha256 before any byte moves, so the CDN's byte counter is the
 oracle: it must see exactly the new content.
@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bdn.backends import open_store
 from bdn.cache import NodeCache
-from bdn.config import AuthConfig, WeightsEntry
+from bdn.config.secrets import SecretResolver
+from bdn.config.weights import AuthConfig, WeightsEntry
 from bdn.errors import AuthError
 from bdn.mirror import MirrorOptions, MirrorResult, run_mirror
 from bdn.pull import PullResult, pull_manifest
-from bdn.secrets import SecretResolver
-from bdn.store import open_store
-from bdn.store.layout import Store
+from bdn.store import Store
 from tests.fixtures import pattern_bytes
 from tests.hfserver import HfServer
 from tests.hfserver import hf_server as hf_server

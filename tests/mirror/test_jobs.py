@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bdn.config import WeightsEntry, parse_weights
+from bdn.config.weights import WeightsEntry, parse_weights
 from bdn.errors import ConfigError, SourceError
 from bdn.mirror.jobs import (
     DEFAULT_JOB_LIMITS,

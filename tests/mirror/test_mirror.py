@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from bdn.config import AuthConfig, WeightsEntry
+from bdn.backends import open_store
+from bdn.config.secrets import SecretResolver
+from bdn.config.weights import AuthConfig, WeightsEntry
 from bdn.errors import ConfigError
 from bdn.mirror import MirrorOptions, MirrorResult, run_mirror
-from bdn.secrets import SecretResolver
-from bdn.store import open_store
-from bdn.store.layout import Store, blob_key
+from bdn.store import Store, blob_key
 from tests.conftest import MotoS3
 
 CHUNK = 64 * 1024

@@ -14,17 +14,17 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bdn._cli_mirror_server import register, server_config
-from bdn._logging import JsonFormatter
-from bdn.config import WeightsEntry, parse_weights
+from bdn.backends import open_store
+from bdn.cli.mirror_server import register, server_config
+from bdn.config.secrets import SecretResolver
+from bdn.config.settings import Settings
+from bdn.config.weights import WeightsEntry, parse_weights
+from bdn.daemon.jsonlog import JsonFormatter
 from bdn.errors import ConfigError
 from bdn.mirror.jobs import JobLimits
 from bdn.mirror.run import MirrorOptions, MirrorPlan, MirrorResult, run_mirror
 from bdn.mirror.service import MirrorService, MirrorServiceConfig
-from bdn.secrets import SecretResolver
-from bdn.settings import Settings
-from bdn.store import open_store
-from bdn.store.layout import Store
+from bdn.store import Store
 from tests.e2e.agents import parse_metrics
 from tests.fixtures import make_model, pattern_bytes
 

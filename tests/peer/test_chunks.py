@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from bdn._http import HttpClient, RetryPolicy
+from bdn.backends import open_store
 from bdn.cache import NodeCache
 from bdn.errors import IntegrityError
+from bdn.http import HttpClient, RetryPolicy
 from bdn.manifest import FileEntry, Manifest
 from bdn.peer import ChunkRef, ChunkService, PeerClient, TierConfig
 from bdn.pull import PullOptions, pull_manifest
 from bdn.ring import Ring
-from bdn.store import open_store
 from bdn.transfer import TransferConfig
 from tests.httpserver import FaultPlan, FaultServer
 from tests.test_pull import CHUNK, MODEL, assert_tree, mirror_model, serve_store

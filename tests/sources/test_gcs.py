@@ -17,15 +17,17 @@ from google.api_core import exceptions as gapi
 from google.auth import exceptions as gae
 from google.auth import jwt
 
-from bdn._gcp import (
+from bdn.backends.base import Source, SourceObject
+from bdn.backends.gcs.client import (
     SCOPE_READ_ONLY,
     GcsBucket,
     gcs_credentials_from_secret,
     map_gcs_error,
     service_account_credentials,
 )
-from bdn._http import HttpClient
-from bdn.config import AuthConfig, WeightsEntry
+from bdn.backends.gcs.source import GcsSource, gcs_source_from_entry
+from bdn.config.secrets import GcpServiceAccount, SecretResolver
+from bdn.config.weights import AuthConfig, WeightsEntry
 from bdn.errors import (
     AuthError,
     ConfigError,
@@ -34,9 +36,7 @@ from bdn.errors import (
     SourceError,
     SourceNotFound,
 )
-from bdn.secrets import GcpServiceAccount, SecretResolver
-from bdn.sources.base import Source, SourceObject
-from bdn.sources.gcs import GcsSource, gcs_source_from_entry
+from bdn.http import HttpClient
 from tests.gcsemulator import FakeGoogle, GcsEmulator
 
 FAKE_KEY = "zzFAKE-private-KEY-material-5e4d3c2b"  # Distinctive: must never appear in an error.

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from bdn._http import HttpClient, HttpRangeReader, RetryPolicy
-from bdn.config import AuthConfig, WeightsEntry
+from bdn.backends.base import Source, SourceObject
+from bdn.backends.hf.source import HfSource, hf_source_from_entry
+from bdn.config.secrets import SecretResolver
+from bdn.config.weights import AuthConfig, WeightsEntry
 from bdn.errors import AuthError, BdnError, ConfigError, SecretError, SourceNotFound
-from bdn.secrets import SecretResolver
-from bdn.sources.base import Source, SourceObject
-from bdn.sources.hf import HfSource, hf_source_from_entry
+from bdn.http import HttpClient, HttpRangeReader, RetryPolicy
 from tests.fixtures import pattern_bytes
 from tests.hfserver import HfServer, git_blob_oid
 from tests.hfserver import hf_server as hf_server

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from bdn.backends.base import Source, SourceObject
+from bdn.backends.local.source import LocalSource
 from bdn.errors import SourceError, SourceNotFound
-from bdn.sources.base import Source, SourceObject
-from bdn.sources.local import LocalSource
 from tests.fixtures import make_model
 
 

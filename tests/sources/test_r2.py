@@ -10,12 +10,12 @@ from urllib.parse import unquote
 
 import pytest
 
-from bdn._http import HttpClient
-from bdn.config import AuthConfig, WeightsEntry
+from bdn.backends.base import Source
+from bdn.backends.s3.r2 import R2Source, r2_endpoint, r2_source_from_entry
+from bdn.config.secrets import SecretResolver
+from bdn.config.weights import AuthConfig, WeightsEntry
 from bdn.errors import ConfigError, SecretError
-from bdn.secrets import SecretResolver
-from bdn.sources.base import Source
-from bdn.sources.r2 import R2Source, r2_endpoint, r2_source_from_entry
+from bdn.http import HttpClient
 from tests.conftest import MotoS3
 
 FAKE_SECRET = "zzFAKE-r2-s3cr3t-VALUE-77aa"  # Distinctive: must never appear in an error.

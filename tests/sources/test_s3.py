@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from bdn._http import HttpClient
+from bdn.backends.base import Source, SourceObject
+from bdn.backends.s3.source import S3Source
+from bdn.config.secrets import S3Credentials
 from bdn.errors import SourceError, SourceNotFound
-from bdn.secrets import S3Credentials
-from bdn.sources.base import Source, SourceObject
-from bdn.sources.s3 import S3Source
+from bdn.http import HttpClient
 from tests.conftest import MotoS3
 
 

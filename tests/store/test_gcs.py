@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from bdn._gcp import GcsClientConfig
+from bdn.backends import open_store
+from bdn.backends.base import BlobStore
+from bdn.backends.gcs.client import GcsClientConfig
+from bdn.backends.gcs.store import GcsStore
 from bdn.errors import AuthError, BlobNotFound, ConfigError, NotFound, StoreError
-from bdn.store import open_store
-from bdn.store.base import BlobStore
-from bdn.store.gcs import GcsStore
 from tests.gcsemulator import GcsEmulator
 
 BLOB = "blobs/sha256/ab/" + "ab" * 32

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from bdn._http import HttpClient
+from bdn.backends import FileStore, HttpStore, open_store
+from bdn.backends.base import BlobStore
 from bdn.errors import AuthError, BlobNotFound, ConfigError, StoreError
-from bdn.store import FileStore, HttpStore, open_store
-from bdn.store.base import BlobStore
+from bdn.http import HttpClient
 
 BLOB = "blobs/sha256/ab/" + "ab" * 32
 TOKEN = "cdn-token-value"

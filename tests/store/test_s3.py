@@ -12,12 +12,12 @@ from pathlib import Path
 import boto3
 import pytest
 
-from bdn._aws import S3ClientConfig
+from bdn.backends import S3Store
+from bdn.backends.base import BlobStore
+from bdn.backends.s3.client import S3ClientConfig
+from bdn.backends.s3.store import MiB, part_size_for
+from bdn.config.secrets import S3Credentials
 from bdn.errors import AuthError, BlobNotFound, NotFound, StoreError
-from bdn.secrets import S3Credentials
-from bdn.store import S3Store
-from bdn.store.base import BlobStore
-from bdn.store.s3 import MiB, part_size_for
 from tests.conftest import MotoS3
 
 BLOB = "blobs/sha256/ab/" + "ab" * 32

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from bdn._http import HttpClient, HttpConfig, HttpRangeReader, RetryPolicy
 from bdn.digest import chunk_bounds, xxh3_128_hex
 from bdn.errors import (
     AuthError,
@@ -20,6 +19,7 @@ from bdn.errors import (
     RetryableHTTPError,
     TransferError,
 )
+from bdn.http import HttpClient, HttpConfig, HttpRangeReader, RetryPolicy
 from bdn.transfer import FileTask, TransferConfig, TransferEngine
 from tests.httpserver import FaultPlan, FaultServer
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bdn._http import RetryPolicy
 from bdn.digest import chunk_bounds, xxh3_128_hex
 from bdn.errors import IntegrityError, NotFound, SourceError
+from bdn.http import RetryPolicy
 from bdn.transfer import FileTask, LocalFileReader, RangeReader, TransferConfig, TransferEngine
 
 

@@ -1,0 +1,273 @@
+"""Wiring and lifecycle of the node agent: start, serve, drain, stop.
+
+:class:`Agent` composes bdn's parts from one :class:`~bdn.agent.config.AgentConfig`:
+the store (wrapped to count origin requests), the node cache, the owner-side
+:class:`~bdn.peer.chunks.ChunkService`, peer membership and its ring, the
+pull registry, and the two servers. :func:`run` adds signals.
+
+Shutdown (SIGTERM or SIGINT) drains, each phase bounded by ``drain_timeout``:
+
+1. ``/healthz`` answers 503, so peers take this node off their rings, and new
+   pulls are refused with 503; progress requests and chunk requests are still
+   answered.
+2. Running pulls get until the deadline to finish; those still running then
+   are cancelled (their verified chunks stay on disk for the next pull).
+3. Both servers stop listening and let in-flight responses finish.
+4. Everything is closed and the socket file removed.
+
+A second signal skips the wait of step 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import disable_created_metrics
+
+from bdn.agent.config import AgentConfig, format_hostport
+from bdn.agent.membership import HealthProber, Membership
+from bdn.agent.metrics import AgentMetrics, CountingStore
+from bdn.agent.pulls import PullContext, PullJob, PullRegistry
+from bdn.agent.server import (
+    ServerContext,
+    UnixSocket,
+    bind_unix_socket,
+    peer_app,
+    pod_app,
+    remove_unix_socket,
+)
+from bdn.cache import NodeCache
+from bdn.daemon.jsonlog import JsonFormatter as JsonFormatter
+from bdn.daemon.jsonlog import setup_json_logging as setup_json_logging
+from bdn.daemon.lifecycle import serve_until_signalled
+from bdn.errors import ConfigError
+from bdn.http import HttpClient, HttpConfig
+from bdn.peer.chunks import ChunkService
+from bdn.peer.client import PeerClient
+from bdn.peer.tiered import TierConfig
+from bdn.ring import Ring
+
+log = logging.getLogger("agent")
+
+CACHE_SCAN_INTERVAL = 15.0
+"""Seconds between measurements of the caches for ``/metrics``."""
+
+LINGER_AFTER_DRAIN = 0.75
+"""Seconds the pod socket stays up after the last pull ends during a drain, so
+clients polling every 100-250 ms read the final state instead of a refused connection."""
+
+
+class Agent:
+    """One node agent. ``await start()``, then ``await drain()`` and ``await stop()``.
+
+    Not reusable after :meth:`stop`. Use from one event loop.
+    """
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.metrics = AgentMetrics()
+        self.draining = False
+        self._runners: list[web.AppRunner] = []
+        self._socket: UnixSocket | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+        # Set by start(); None before, and after a start that failed early.
+        self.cache: NodeCache | None = None
+        self.chunks: ChunkService | None = None
+        self.membership: Membership | None = None
+        self.pulls: PullRegistry | None = None
+
+    async def start(self) -> None:
+        """Open everything and start serving; on failure, close what was opened and raise."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        cfg, s = self.config, self.config.settings
+        # The store has its own HTTP client, so a slow origin cannot starve peers
+        # or probes of connections.
+        peer_http = HttpClient(
+            HttpConfig(max_connections=64, connect_timeout=cfg.peer_timeout,
+                       stall_timeout=max(5.0, 2 * cfg.peer_timeout))
+        )
+        probe_http = HttpClient(
+            HttpConfig(connect_timeout=cfg.membership.probe_timeout,
+                       stall_timeout=cfg.membership.probe_timeout)
+        )
+        self._closers += [peer_http.close, probe_http.close]
+        store = CountingStore(s.open_store(), self.metrics)
+        self._closers.append(store.close)
+        self.cache = cache = NodeCache(s.cache_dir, max_bytes=s.cache_max_bytes)
+        self._closers.append(self._close_cache)
+        self.chunks = chunks = ChunkService(
+            cache, store, chunk_cache_dir=cfg.chunk_cache_dir,
+            chunk_cache_bytes=cfg.chunk_cache_bytes,
+        )
+        self._closers.append(chunks.close)
+        self.metrics.watch_chunk_service(lambda: chunks.stats)
+        self.membership = membership = Membership(
+            cfg.membership,
+            self_addr=cfg.advertise,
+            ring_config=cfg.ring,
+            prober=HealthProber(probe_http, cfg.membership.probe_timeout),
+            on_change=self._ring_changed,
+        )
+        self._closers.append(membership.close)
+        self.metrics.ring_members.set(1)
+        await membership.start()
+        tiers = TierConfig(
+            ring=membership.current_ring,
+            self_addr=cfg.advertise,
+            peers=PeerClient(peer_http, cfg.token, timeout=cfg.peer_timeout),
+            local=chunks,
+        )
+        self.pulls = pulls = PullRegistry(
+            PullContext(store, cache, s.secrets(), cfg.pull, tiers, cfg.background_fill_rate),
+            self.metrics,
+            keep=cfg.finished_pulls_kept,
+            on_finish=self._pull_finished,
+        )
+        await self._serve(ServerContext(pulls, chunks, self.metrics, cfg.token, self.health))
+        self._tasks.append(asyncio.create_task(self._scan_caches_forever(), name="bdn-scan"))
+        log.info(
+            "agent started",
+            extra={
+                "listen": format_hostport(*cfg.listen),
+                "advertise": cfg.advertise,
+                "socket": str(cfg.socket_path),
+                "store": store.uri,
+                "cache": str(s.cache_dir),
+                "members": sorted(membership.ring.members),
+            },
+        )
+
+    async def _serve(self, ctx: ServerContext) -> None:
+        """Listen on the peer port, then on the pod socket: once a pod can connect, the
+        agent is already reachable by its peers."""
+        cfg = self.config
+        host, port = cfg.listen
+        peer_runner = await self._runner(peer_app(ctx))
+        try:
+            await web.TCPSite(peer_runner, host, port, reuse_address=True).start()
+        except OSError as err:
+            raise ConfigError(
+                f"cannot listen on {format_hostport(host, port)}: {err.strerror or err}; "
+                "pass another --listen", field="--listen",
+            ) from err
+        try:
+            self._socket = bind_unix_socket(cfg.socket_path)
+        except OSError as err:
+            raise ConfigError(
+                f"cannot create the socket {cfg.socket_path}: {err.strerror or err}; "
+                "pass a writable --socket PATH", field="--socket",
+            ) from err
+        pod_runner = await self._runner(pod_app(ctx))
+        await web.SockSite(pod_runner, self._socket.sock).start()
+
+    async def _runner(self, app: web.Application) -> web.AppRunner:
+        # No access log: every chunk request would be a line; metrics count them.
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=self.config.drain_timeout)
+        await runner.setup()
+        self._runners.append(runner)
+        return runner
+
+    def health(self) -> dict[str, Any]:
+        """The ``/healthz`` body: status, this node's name, the live ring, running pulls."""
+        membership, pulls = self.membership, self.pulls
+        return {
+            "status": "draining" if self.draining else "ok",
+            "advertise": self.config.advertise,
+            "members": sorted(membership.ring.members) if membership else [],
+            "pulls_running": len(pulls.running) if pulls else 0,
+        }
+
+    async def drain(self, force: asyncio.Event | None = None) -> None:
+        """Steps 1-3 of the module docstring; ``force`` cuts the wait for pulls short."""
+        self.draining = True
+        self.metrics.draining.set(1)
+        pulls = self.pulls
+        running = len(pulls.running) if pulls else 0
+        log.info("draining", extra={"pulls_running": running,
+                                    "deadline_s": self.config.drain_timeout})
+        if pulls is not None and running:
+            waiter = asyncio.create_task(pulls.wait(self.config.drain_timeout))
+            stopper = asyncio.create_task((force or asyncio.Event()).wait())
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            waiter.cancel()
+            if pulls.running:
+                log.warning("drain deadline reached; cancelling pulls",
+                            extra={"pulls_running": len(pulls.running)})
+                await pulls.cancel_all()
+            await asyncio.sleep(LINGER_AFTER_DRAIN)
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
+
+    async def stop(self) -> None:
+        """Close everything (idempotent); removes the socket file."""
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self.pulls is not None:
+            await self.pulls.cancel_all()
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
+        if self._socket is not None:
+            remove_unix_socket(self._socket)
+            self._socket = None
+        for close in reversed(self._closers):
+            try:
+                await close()
+            except Exception:  # One failing close must not leak the others.
+                log.exception("closing failed")
+        self._closers.clear()
+
+    async def _close_cache(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
+
+    def _ring_changed(self, ring: Ring) -> None:
+        self.metrics.ring_members.set(len(ring.members))
+
+    def _pull_finished(self, job: PullJob) -> None:
+        self._tasks.append(asyncio.create_task(self._scan_caches(), name="bdn-scan-once"))
+        self._tasks = [t for t in self._tasks if not t.done()]
+
+    async def _scan_caches(self) -> None:
+        if self.cache is None:
+            return
+        try:
+            await asyncio.to_thread(
+                self.metrics.scan_caches, self.cache, self.config.chunk_cache_dir
+            )
+        except Exception as err:  # Metrics are best effort; the next scan tries again.
+            log.warning("measuring the caches failed: %s", err)
+
+    async def _scan_caches_forever(self) -> None:
+        while True:
+            await self._scan_caches()
+            await asyncio.sleep(CACHE_SCAN_INTERVAL)
+
+
+async def serve(config: AgentConfig) -> int:
+    """Run an agent until SIGTERM/SIGINT, drain it, stop it; returns the exit status (0)."""
+    return await serve_until_signalled(Agent(config), "agent")
+
+
+def run(config: AgentConfig) -> int:
+    """The ``bdn agent`` process: serve until a signal (call :func:`setup_json_logging` first)."""
+    # The ``*_created`` series double every counter's lines and nothing here reads them.
+    disable_created_metrics()
+    return asyncio.run(serve(config))

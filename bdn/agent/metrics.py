@@ -1,0 +1,285 @@
+"""The agent's Prometheus metrics, in a registry of their own.
+
+A dedicated :class:`~prometheus_client.CollectorRegistry` (not the global
+default) keeps several agents in one process (tests, ``bdn demo``) apart and
+leaves out the client library's process collectors, whose numbers would
+describe the test runner rather than the agent.
+
+Where the numbers come from:
+
+- pulls: :meth:`AgentMetrics.observe_pull` with each finished pull's
+  :class:`~bdn.pull.PullResult` (bytes per tier, peer failures, corrupt peer
+  chunks, duration);
+- origin: :class:`CountingStore` wraps the agent's one store, so every range
+  and metadata request to origin is counted once, whoever makes it (a pull's
+  fallback or this node's chunk service as an owner);
+- the owner side: :class:`~bdn.peer.chunks.ChunkStats`, read at scrape time;
+- the caches: :meth:`AgentMetrics.scan_caches`, run periodically off the loop.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from bdn.backends.base import BlobStore, RangeReader
+from bdn.cache import NodeCache
+from bdn.digest import Digest
+from bdn.peer.chunks import ChunkStats
+from bdn.pull import PullResult
+
+__all__ = ["CONTENT_TYPE", "AgentMetrics", "CountingStore"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+"""``Content-Type`` of :meth:`AgentMetrics.render`."""
+
+Buffer = bytes | bytearray | memoryview
+
+PULL_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 3600)
+"""Pull durations span a warm re-pull (sub-second) to a cold 140 GB model (minutes)."""
+
+
+class AgentMetrics:
+    """Every collector of one agent. Call from the event loop thread only,
+    except :meth:`scan_caches` (blocking; meant for a worker thread)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.pull_bytes = Counter(
+            "bdn_pull_bytes", "Bytes delivered to finished pulls, by tier.", ["tier"], registry=r
+        )
+        self.pulls = Counter("bdn_pulls", "Pulls finished, by outcome.", ["outcome"], registry=r)
+        self.pull_seconds = Histogram(
+            "bdn_pull_duration_seconds",
+            "Wall time of finished pulls, by outcome.",
+            ["outcome"],
+            buckets=PULL_BUCKETS,
+            registry=r,
+        )
+        self.pulls_running = Gauge("bdn_pulls_running", "Pulls in progress.", registry=r)
+        self.peer_failures = Counter(
+            "bdn_peer_failures",
+            "Chunk requests to an owner peer that failed (down, slow, refused); "
+            "each was read from origin instead.",
+            registry=r,
+        )
+        self.corrupt_from_peers = Counter(
+            "bdn_corrupt_chunks_from_peers",
+            "Chunks a peer served that failed their xxh3-128 check; each was read from origin.",
+            registry=r,
+        )
+        self.origin_requests = Counter(
+            "bdn_origin_requests",
+            "Requests to origin: byte ranges of blobs, and metadata (manifests, refs).",
+            ["kind"],
+            registry=r,
+        )
+        self.origin_bytes = Counter(
+            "bdn_origin_bytes", "Blob bytes received from origin.", registry=r
+        )
+        self.peer_requests = Counter(
+            "bdn_peer_requests", "Chunk requests this agent answered, by status.", ["code"],
+            registry=r,
+        )
+        self.peer_bytes_served = Counter(
+            "bdn_peer_bytes_served", "Chunk bytes this agent served to peers.", registry=r
+        )
+        self.chunks_served = Counter(
+            "bdn_peer_chunks_served",
+            "Chunks served to peers, by where this agent found them.",
+            ["source"],
+            registry=r,
+        )
+        self.node_cache_bytes = Gauge(
+            "bdn_node_cache_bytes", "Bytes of complete blobs in the node cache.", registry=r
+        )
+        self.node_cache_blobs = Gauge(
+            "bdn_node_cache_blobs", "Complete blobs in the node cache.", registry=r
+        )
+        self.node_cache_evictions = Counter(
+            "bdn_node_cache_evictions",
+            "Blobs that left the node cache between two scans (LRU eviction, or removal "
+            "of a corrupt blob).",
+            registry=r,
+        )
+        self.chunk_cache_bytes = Gauge(
+            "bdn_chunk_cache_bytes", "Bytes on disk of the owner-side chunk cache.", registry=r
+        )
+        self.ring_members = Gauge("bdn_ring_members", "Live members of the chunk ring.",
+                                  registry=r)
+        self.draining = Gauge("bdn_draining", "1 while the agent drains for shutdown.",
+                              registry=r)
+        self._seen_blobs: set[Digest] | None = None
+        self._scan_lock = threading.Lock()
+
+    def watch_chunk_service(self, stats: Callable[[], ChunkStats]) -> None:
+        """Export the owner side's counters, read from ``stats()`` at every scrape."""
+        self.registry.register(_ChunkStatsCollector(stats))
+
+    def observe_pull(self, outcome: str, seconds: float, result: PullResult | None) -> None:
+        """Count one finished pull (``outcome``: ``succeeded`` or ``failed``)."""
+        self.pulls.labels(outcome).inc()
+        self.pull_seconds.labels(outcome).observe(seconds)
+        if result is None:
+            return
+        self.pull_bytes.labels("node_cache").inc(result.bytes_from_node_cache)
+        self.pull_bytes.labels("peers").inc(result.bytes_from_peers)
+        self.pull_bytes.labels("origin").inc(result.bytes_from_origin)
+        self.peer_failures.inc(result.peer_failures)
+        self.corrupt_from_peers.inc(result.corrupt_from_peers)
+
+    def scan_caches(self, cache: NodeCache, chunk_cache_dir: Path) -> None:
+        """Measure both caches (blocking: run in a worker thread)."""
+        with self._scan_lock:  # Two scans at once would count one eviction twice.
+            blobs = cache.ls()
+            now = {b.digest for b in blobs}
+            if self._seen_blobs is not None:
+                self.node_cache_evictions.inc(len(self._seen_blobs - now))
+            self._seen_blobs = now
+        self.node_cache_blobs.set(len(blobs))
+        self.node_cache_bytes.set(sum(b.size for b in blobs))
+        self.chunk_cache_bytes.set(_tree_bytes(chunk_cache_dir))
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric (see :data:`CONTENT_TYPE`)."""
+        return generate_latest(self.registry)
+
+
+class _ChunkStatsCollector(Collector):
+    def __init__(self, stats: Callable[[], ChunkStats]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        s = self._stats()
+        reads = CounterMetricFamily(
+            "bdn_chunk_service_reads",
+            "Chunk reads of this agent's chunk service (own pulls and peers), by where "
+            "the chunk was found.",
+            labels=["source"],
+        )
+        reads.add_metric(["node_cache"], s.from_node_cache)
+        reads.add_metric(["chunk_cache"], s.from_chunk_cache)
+        reads.add_metric(["origin"], s.origin_fetches)
+        yield reads
+        yield CounterMetricFamily(
+            "bdn_single_flight_coalesced_waiters",
+            "Chunk reads that waited for a fetch from origin already in flight instead of "
+            "starting their own.",
+            value=s.coalesced_waiters,
+        )
+        yield CounterMetricFamily(
+            "bdn_chunk_service_origin_bytes",
+            "Bytes this agent fetched from origin as a chunk owner.",
+            value=s.origin_bytes,
+        )
+
+
+def _tree_bytes(root: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(dirpath, name), follow_symlinks=False).st_size
+            except OSError:
+                continue  # Evicted while we walked.
+    return total
+
+
+class CountingStore:
+    """A :class:`~bdn.backends.base.BlobStore` that counts what is asked of origin.
+
+    Delegates everything to ``inner``. Range reads are counted per request and
+    byte; every other read (manifests, refs, sizes) as one ``metadata``
+    request. A reader from a ``file://`` store keeps its type (the transfer
+    engine copies local files by a faster path that has no requests to count),
+    so such origins show bytes in ``bdn_pull_bytes_total`` only.
+    """
+
+    def __init__(self, inner: BlobStore, metrics: AgentMetrics) -> None:
+        self.inner = inner
+        self.uri = inner.uri
+        self.read_only = inner.read_only
+        self._metrics = metrics
+
+    def _meta(self) -> None:
+        self._metrics.origin_requests.labels("metadata").inc()
+
+    async def exists(self, key: str) -> bool:
+        self._meta()
+        return await self.inner.exists(key)
+
+    async def size(self, key: str) -> int:
+        self._meta()
+        return await self.inner.size(key)
+
+    async def get_bytes(self, key: str) -> bytes:
+        self._meta()
+        return await self.inner.get_bytes(key)
+
+    async def put_bytes(self, key: str, data: bytes) -> None:
+        await self.inner.put_bytes(key, data)
+
+    async def put_file(self, key: str, path: Path, *, move: bool = False) -> None:
+        await self.inner.put_file(key, path, move=move)
+
+    def list(self, prefix: str) -> AsyncIterator[str]:
+        self._meta()
+        return self.inner.list(prefix)
+
+    async def delete(self, key: str) -> None:
+        await self.inner.delete(key)
+
+    def reader(self, key: str, size: int) -> RangeReader:
+        inner = self.inner.reader(key, size)
+        if self.inner.local_path(key) is not None:
+            return inner
+        return _CountingReader(inner, self._metrics)
+
+    def local_path(self, key: str) -> Path | None:
+        return self.inner.local_path(key)
+
+    def staging_dir(self) -> Path | None:
+        return self.inner.staging_dir()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+class _CountingReader:
+    def __init__(self, inner: RangeReader, metrics: AgentMetrics) -> None:
+        self._inner = inner
+        self._metrics = metrics
+
+    @property
+    def supports_ranges(self) -> bool | None:
+        return self._inner.supports_ranges
+
+    @supports_ranges.setter
+    def supports_ranges(self, value: bool | None) -> None:
+        self._inner.supports_ranges = value
+
+    async def open_range(self, start: int, end: int) -> AsyncIterator[Buffer]:
+        self._metrics.origin_requests.labels("range").inc()
+        async for piece in self._inner.open_range(start, end):
+            self._metrics.origin_bytes.inc(len(piece))
+            yield piece
+
+    def describe(self) -> str:
+        return self._inner.describe()
+
+    async def close(self) -> None:
+        await self._inner.close()

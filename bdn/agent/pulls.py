@@ -1,0 +1,337 @@
+"""Pulls the agent runs for pods: request validation, coalescing, progress, drain.
+
+A pod asks for a tree with ``POST /v1/pulls``; the agent runs the pull as a
+task in its own event loop through :func:`bdn.pull.resolve_manifest` (never
+mirroring: in agent mode the mirror service or ``bdn mirror`` does that) and
+:func:`bdn.pull.pull_manifest` with the peer tier. Identical concurrent
+requests (same manifest or weights config, same mount location) share one
+pull; a request for a mount another running pull is filling is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import posixpath
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from bdn.agent.metrics import AgentMetrics
+from bdn.backends.base import BlobStore
+from bdn.cache import NodeCache
+from bdn.config.secrets import SecretResolver
+from bdn.config.weights import WeightsEntry, parse_entry
+from bdn.digest import Digest
+from bdn.errors import BdnError, ConfigError, ManifestInvalid, MountConflict
+from bdn.peer.tiered import TierConfig
+from bdn.pull import PullOptions, PullResult, pull_manifest, resolve_manifest
+
+log = logging.getLogger(__name__)
+
+State = Literal["running", "succeeded", "failed"]
+
+_SOURCE_KEYS = ("source", "allow_patterns", "ignore_patterns", "auth")
+_ALL_KEYS = frozenset({"manifest_id", "mount_location", "background", *_SOURCE_KEYS})
+
+
+@dataclass(frozen=True, slots=True)
+class PullRequest:
+    """A validated ``POST /v1/pulls`` body.
+
+    Attributes:
+        target: the manifest id (``sha256:<hex>``), or the weights entry whose
+            mirrored manifest is looked up by config hash.
+        mount: the absolute, normalized mount location.
+        background: a fill nobody waits on (warming a node); it runs under the
+            agent's background fill rate so it does not starve inference I/O.
+    """
+
+    target: str | WeightsEntry
+    mount: str
+    background: bool = False
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What makes two requests the same pull: the content asked for, and where."""
+        what = self.target if isinstance(self.target, str) else self.target.config_hash()
+        return what, self.mount
+
+
+def parse_pull_request(body: object) -> PullRequest:
+    """Validate a request body (already decoded from JSON).
+
+    Raises:
+        ConfigError: a one-line message naming the field and the fix.
+    """
+    if not isinstance(body, Mapping):
+        raise ConfigError(
+            'the body must be a JSON object such as {"manifest_id": "sha256:...", '
+            '"mount_location": "/models/m"}',
+            field="request",
+        )
+    unknown = sorted(set(body) - _ALL_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(map(repr, unknown))}; accepted: "
+            f"{', '.join(sorted(_ALL_KEYS))}",
+            field="request",
+        )
+    mount = _mount(body.get("mount_location"))
+    background = body.get("background", False)
+    if not isinstance(background, bool):
+        raise ConfigError("must be true or false", field="background")
+    manifest_id = body.get("manifest_id")
+    if manifest_id is not None:
+        if any(body.get(k) is not None for k in _SOURCE_KEYS):
+            raise ConfigError(
+                "give either manifest_id or source (with its patterns and auth), not both",
+                field="request",
+            )
+        if not isinstance(manifest_id, str):
+            raise ConfigError('must be a string "sha256:<64 hex>"', field="manifest_id")
+        try:
+            digest = Digest.parse(manifest_id.strip())
+        except ManifestInvalid as err:
+            raise ConfigError(str(err), field="manifest_id") from None
+        return PullRequest(str(digest), mount, background)
+    if body.get("source") is None:
+        raise ConfigError(
+            "give manifest_id (as printed by `bdn mirror`) or source (a weights entry)",
+            field="request",
+        )
+    data = {k: body[k] for k in _SOURCE_KEYS if body.get(k) is not None}
+    data["mount_location"] = mount
+    return PullRequest(parse_entry(data, where="request"), mount, background)
+
+
+def _mount(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(
+            "is required: the absolute directory the tree appears in, e.g. /models/m",
+            field="mount_location",
+        )
+    if not value.startswith("/") or ".." in value.split("/"):
+        raise ConfigError(
+            f"{value!r} must be an absolute path without '..', e.g. /models/m",
+            field="mount_location",
+        )
+    mount = "/" + posixpath.normpath(value).lstrip("/")
+    if mount == "/":
+        raise ConfigError("must not be the filesystem root", field="mount_location")
+    return mount
+
+
+@dataclass(slots=True)
+class PullJob:
+    """One pull and its progress, as ``GET /v1/pulls/{id}`` shows it.
+
+    ``bytes_total`` is what the pull has to fetch (known once the node cache
+    was consulted; 0 before) and ``bytes_done`` how much of it has arrived.
+    The per-tier counts are filled in when the pull ends.
+    """
+
+    id: str
+    request: PullRequest
+    state: State = "running"
+    manifest_id: str | None = None
+    bytes_total: int = 0
+    bytes_done: int = 0
+    result: PullResult | None = None
+    error: str | None = None
+    error_type: str | None = None
+    started: float = field(default_factory=time.monotonic)
+    seconds: float = 0.0
+    task: asyncio.Task[None] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of the pod API."""
+        r = self.result
+        seconds = self.seconds if self.state != "running" else time.monotonic() - self.started
+        return {
+            "id": self.id,
+            "state": self.state,
+            "manifest_id": self.manifest_id,
+            "mount_location": self.request.mount,
+            "bytes_total": self.bytes_total,
+            "bytes_done": self.bytes_done,
+            "bytes_from_node_cache": r.bytes_from_node_cache if r else 0,
+            "bytes_from_peers": r.bytes_from_peers if r else 0,
+            "bytes_from_origin": r.bytes_from_origin if r else 0,
+            "files": r.files if r else None,
+            "tree_bytes": r.total_bytes if r else None,
+            "materialized": r.materialized if r else None,
+            "seconds": round(seconds, 3),
+            "error": self.error,
+            "error_type": self.error_type,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PullContext:
+    """What every pull of the agent shares (owned and closed by the caller)."""
+
+    store: BlobStore
+    cache: NodeCache
+    secrets: SecretResolver
+    options: PullOptions
+    tiers: TierConfig
+    background_fill_rate: float | None = None
+
+    def options_for(self, request: PullRequest) -> PullOptions:
+        """The pull options of one request: a background fill is rate-limited."""
+        if not (request.background and self.background_fill_rate):
+            return self.options
+        transfer = dataclasses.replace(self.options.transfer,
+                                       max_bytes_per_second=self.background_fill_rate)
+        return dataclasses.replace(self.options, transfer=transfer)
+
+
+class PullRegistry:
+    """Running and recently finished pulls. Use from the event loop thread only.
+
+    Args:
+        context: store, cache and tiers the pulls use.
+        metrics: where finished pulls are counted.
+        keep: finished pulls remembered for ``GET``; older ones are forgotten.
+        on_finish: called after each pull ends (e.g. to refresh cache metrics).
+    """
+
+    def __init__(
+        self,
+        context: PullContext,
+        metrics: AgentMetrics,
+        *,
+        keep: int = 1000,
+        on_finish: Callable[[PullJob], None] | None = None,
+    ) -> None:
+        self._ctx = context
+        self._metrics = metrics
+        self._keep = keep
+        self._on_finish = on_finish
+        self._jobs: OrderedDict[str, PullJob] = OrderedDict()
+        self._running: dict[tuple[str, str], PullJob] = {}
+
+    def get(self, pull_id: str) -> PullJob | None:
+        return self._jobs.get(pull_id)
+
+    @property
+    def running(self) -> list[PullJob]:
+        return list(self._running.values())
+
+    def submit(self, request: PullRequest) -> PullJob:
+        """Start a pull, or join the identical one already running.
+
+        Raises:
+            MountConflict: another running pull is filling the same mount
+                location with different content.
+        """
+        same = self._running.get(request.key)
+        if same is not None:
+            log.info("request joins a running pull", extra={"pull_id": same.id})
+            return same
+        for job in self._running.values():
+            if job.request.mount == request.mount:
+                raise MountConflict(
+                    f"{request.mount} is being filled by pull {job.id} of other content; "
+                    "wait for it, or use another mount_location",
+                    path=request.mount,
+                )
+        job = PullJob(id="pull-" + secrets.token_hex(8), request=request)
+        self._jobs[job.id] = job
+        self._running[request.key] = job
+        self._metrics.pulls_running.inc()
+        job.task = asyncio.create_task(self._run(job), name=job.id)
+        return job
+
+    async def wait(self, timeout: float | None) -> bool:
+        """Wait up to ``timeout`` seconds for the running pulls; True when none is left."""
+        tasks = [j.task for j in self._running.values() if j.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+        return not self._running
+
+    async def cancel_all(self) -> None:
+        """Cancel the running pulls; each ends ``failed`` (their partials stay resumable)."""
+        tasks = [j.task for j in self._running.values() if j.task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self, job: PullJob) -> None:
+        extra = {"pull_id": job.id, "mount": job.request.mount}
+        target = job.request.target
+        log.info(
+            "pull started",
+            extra={**extra, "target": target if isinstance(target, str) else target.source},
+        )
+        outcome = "failed"
+        try:
+            manifest = await resolve_manifest(
+                target, self._ctx.store, secrets=self._ctx.secrets, mirror_if_missing=False
+            )
+            job.manifest_id = manifest.id
+
+            def plan(nbytes: int) -> None:
+                job.bytes_total = nbytes
+
+            def progress(delta: int) -> None:
+                job.bytes_done += delta
+
+            job.result = await pull_manifest(
+                manifest,
+                Path(job.request.mount),
+                store=self._ctx.store,
+                cache=self._ctx.cache,
+                options=self._ctx.options_for(job.request),
+                on_progress=progress,
+                on_plan=plan,
+                tiers=self._ctx.tiers,
+            )
+            job.state = outcome = "succeeded"
+        except asyncio.CancelledError:
+            job.state, job.error_type = "failed", "TransferError"
+            job.error = "the agent shut down before the pull finished; pull again"
+            log.warning("pull cancelled by shutdown", extra=extra)
+            raise
+        except BdnError as err:
+            job.state, job.error, job.error_type = "failed", str(err), type(err).__name__
+            log.warning("pull failed: %s", err, extra=extra)
+        except Exception as err:
+            job.state, job.error_type = "failed", "BdnError"
+            job.error = f"internal error in the agent: {type(err).__name__}: {err}"
+            log.exception("pull failed unexpectedly", extra=extra)
+        finally:
+            job.seconds = time.monotonic() - job.started
+            self._finish(job, outcome)
+
+    def _finish(self, job: PullJob, outcome: str) -> None:
+        self._running.pop(job.request.key, None)
+        self._metrics.pulls_running.dec()
+        self._metrics.observe_pull(outcome, job.seconds, job.result)
+        r = job.result
+        log.info(
+            "pull %s",
+            outcome,
+            extra={
+                "pull_id": job.id,
+                "manifest_id": job.manifest_id,
+                "seconds": round(job.seconds, 3),
+                "bytes_from_node_cache": r.bytes_from_node_cache if r else 0,
+                "bytes_from_peers": r.bytes_from_peers if r else 0,
+                "bytes_from_origin": r.bytes_from_origin if r else 0,
+            },
+        )
+        finished = [i for i, j in self._jobs.items() if j.state != "running"]
+        for old in finished[: max(len(finished) - self._keep, 0)]:
+            del self._jobs[old]
+        if self._on_finish is not None:
+            self._on_finish(job)

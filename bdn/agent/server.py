@@ -1,0 +1,314 @@
+"""The agent's two HTTP faces: thin aiohttp handlers over :mod:`bdn.agent.pulls` and bdn.
+
+Pod-facing (a unix socket, 0660, so only the node's pods that mount it reach it)::
+
+    POST /v1/pulls          {"manifest_id": ...} or {"source": ..., ...} + "mount_location"
+                            -> 202 {"id", "state"}; 400 bad body; 409 mount busy; 503 draining
+    GET  /v1/pulls/{id}     -> 200 progress (see PullJob.to_dict); 404 unknown id
+    GET  /healthz           -> 200 {"status": "ok", ...}; 503 {"status": "draining"}
+    GET  /metrics           -> Prometheus text
+
+Peer-facing (TCP, the cluster network)::
+
+    GET /v1/chunks/{sha256 hex}/{index}?size=<blob size>&chunk_size=<n>&xxh3=<32 hex>
+        Authorization: Bearer <token>
+        -> 200 the chunk's bytes; 401 missing/wrong token (nothing served);
+           400 malformed parameters; 404 origin lacks the blob; 502 origin failed
+    GET /healthz, GET /metrics  (no token: for probes and scrapers)
+    POST /v1/pulls, GET /v1/pulls/{id}  (as above, behind the bearer token; 403 when
+                                         the agent has no token)
+
+A chunk request is answered only from this agent's own
+:class:`~bdn.peer.chunks.ChunkService` (node cache, chunk cache, origin),
+which never asks another peer. So a forwarded request (``X-BDN-Forwarded: 1``,
+sent by every :class:`~bdn.peer.client.PeerClient`) is never forwarded again,
+and a ring that disagrees between two nodes cannot make a request loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import socket
+import stat
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from bdn.agent.metrics import CONTENT_TYPE, AgentMetrics
+from bdn.agent.pulls import PullRegistry, parse_pull_request
+from bdn.daemon.tokens import authorized, json_error, unauthorized
+from bdn.digest import Digest, chunk_count, is_xxh3_hex
+from bdn.errors import AuthError, BdnError, ConfigError, MountConflict, NotFound, TransferError
+from bdn.peer.chunks import ChunkRef, ChunkService
+
+log = logging.getLogger(__name__)
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_UINT = re.compile(r"[0-9]{1,19}")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerContext:
+    """What the handlers need; built by :mod:`bdn.agent.main`.
+
+    Attributes:
+        pulls: the pull registry.
+        chunks: this agent's chunk service (the owner side).
+        metrics: the agent's collectors.
+        token: the peer bearer token; ``None`` accepts every peer (loopback only).
+        health: the ``/healthz`` body; its ``status`` is ``ok`` or ``draining``.
+    """
+
+    pulls: PullRegistry
+    chunks: ChunkService
+    metrics: AgentMetrics
+    token: str | None
+    health: Callable[[], dict[str, Any]]
+
+
+CONTEXT = web.AppKey("bdn_context", ServerContext)
+
+
+def pod_app(ctx: ServerContext) -> web.Application:
+    """The pod-facing application (serve it on the unix socket)."""
+    app = web.Application(middlewares=[_json_errors])
+    app[CONTEXT] = ctx
+    app.router.add_post("/v1/pulls", post_pull)
+    app.router.add_get("/v1/pulls/{id}", get_pull)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+def peer_app(ctx: ServerContext) -> web.Application:
+    """The peer-facing application (serve it on ``--listen``)."""
+    app = web.Application(middlewares=[_json_errors])
+    app[CONTEXT] = ctx
+    app.router.add_get("/v1/chunks/{digest}/{index}", get_chunk)
+    app.router.add_post("/v1/pulls", _with_token(post_pull))
+    app.router.add_get("/v1/pulls/{id}", _with_token(get_pull))
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+# -- handlers -------------------------------------------------------------------------
+
+
+async def post_pull(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    if ctx.health().get("status") != "ok":
+        return _error(503, "the agent is shutting down; retry on the restarted agent")
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return _error(400, "request: the body is not valid JSON")
+    try:
+        job = ctx.pulls.submit(parse_pull_request(body))
+    except ConfigError as err:
+        return _error(400, str(err))
+    except MountConflict as err:
+        return _error(409, str(err))
+    return web.json_response(
+        {"id": job.id, "state": job.state},
+        status=202,
+        headers={"Location": f"/v1/pulls/{job.id}"},
+    )
+
+
+async def get_pull(request: web.Request) -> web.Response:
+    job = request.app[CONTEXT].pulls.get(request.match_info["id"])
+    if job is None:
+        return _error(
+            404,
+            f"no pull {request.match_info['id']!r} on this agent (it may have restarted "
+            "since); post the request again",
+        )
+    return web.json_response(job.to_dict())
+
+
+async def healthz(request: web.Request) -> web.Response:
+    body = request.app[CONTEXT].health()
+    return web.json_response(body, status=200 if body.get("status") == "ok" else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    data = request.app[CONTEXT].metrics.render()
+    return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def get_chunk(request: web.Request) -> web.Response:
+    """Serve one chunk to a peer; see the module docstring for the contract."""
+    ctx = request.app[CONTEXT]
+    counter = ctx.metrics.peer_requests
+    if not authorized(request, ctx.token):
+        counter.labels("401").inc()
+        return _unauthorized()
+    try:
+        ref = parse_chunk_ref(request.match_info["digest"], request.match_info["index"],
+                              request.query)
+    except ValueError as err:
+        counter.labels("400").inc()
+        return _error(400, str(err))
+    try:
+        # Served here whether or not X-BDN-Forwarded is set: the chunk service
+        # reads node cache, chunk cache and origin only, never another peer, so
+        # a forwarded request is never forwarded again.
+        data, source = await ctx.chunks.read_with_origin(ref)
+    except NotFound as err:
+        counter.labels("404").inc()
+        return _error(404, str(err))
+    except (TransferError, AuthError) as err:
+        counter.labels("502").inc()
+        log.warning("chunk %d of %s: origin failed: %s", ref.index, ref.digest, err)
+        return _error(502, f"origin failed: {err}")
+    counter.labels("200").inc()
+    ctx.metrics.chunks_served.labels(source).inc()
+    ctx.metrics.peer_bytes_served.inc(len(data))
+    return web.Response(body=data, content_type="application/octet-stream")
+
+
+def parse_chunk_ref(digest: str, index: str, query: Any) -> ChunkRef:
+    """The :class:`ChunkRef` a chunk request names.
+
+    Raises:
+        ValueError: a one-line description of the malformed parameter.
+    """
+    if not _HEX64.fullmatch(digest):
+        raise ValueError("the blob digest must be 64 lowercase hex characters")
+    numbers: dict[str, int] = {}
+    for name, text in (("index", index), ("size", query.get("size")),
+                       ("chunk_size", query.get("chunk_size"))):
+        if text is None or not _UINT.fullmatch(text):
+            raise ValueError(f"{name} must be a non-negative integer")
+        numbers[name] = int(text)
+    xxh3 = query.get("xxh3")
+    if xxh3 is None or not is_xxh3_hex(xxh3):
+        raise ValueError("xxh3 must be 32 lowercase hex characters")
+    size, chunk_size, i = numbers["size"], numbers["chunk_size"], numbers["index"]
+    if chunk_size < 1 or i >= chunk_count(size, chunk_size):
+        raise ValueError(f"chunk {i} does not exist in a {size}-byte blob of "
+                         f"{chunk_size}-byte chunks")
+    return ChunkRef(Digest(digest), i, size, chunk_size, xxh3)
+
+
+# -- auth and errors -------------------------------------------------------------------
+
+
+def _unauthorized() -> web.Response:
+    return unauthorized("missing or wrong bearer token; peers share the agent's --token-file")
+
+
+def _with_token(handler: Handler) -> Handler:
+    """Guard a pod route on the peer port: it needs the peers' token, so without one
+    configured it is closed (any local user can reach a loopback port; the unix
+    socket's 0660 is what limits pods)."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        token = request.app[CONTEXT].token
+        if token is None:
+            return _error(403, "pulls over TCP need a peer token (--token-file); "
+                          "use the agent's unix socket")
+        if not authorized(request, token):
+            return _unauthorized()
+        return await handler(request)
+
+    return guarded
+
+
+def _error(status: int, message: str) -> web.Response:
+    return json_error(status, message)
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Unexpected failures answer a one-line JSON error rather than an HTML page."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except BdnError as err:
+        log.warning("%s %s failed: %s", request.method, request.path, err)
+        return _error(500, str(err))
+    except Exception as err:
+        log.exception("%s %s failed", request.method, request.path)
+        return _error(500, f"internal error in the agent: {type(err).__name__}")
+
+
+# -- the unix socket ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UnixSocket:
+    """A listening unix socket and the identity of its file (to remove only ours)."""
+
+    sock: socket.socket
+    path: Path
+    inode: tuple[int, int]
+
+
+def bind_unix_socket(path: Path, *, mode: int = 0o660) -> UnixSocket:
+    """Bind a listening unix socket at ``path``, atomically and with ``mode``.
+
+    The socket is bound under a temporary name, given its mode, and renamed
+    into place, so a pod never sees it with the umask's permissions or
+    half-made. A stale socket left by a crashed agent is replaced; a live one
+    (something accepts connections on it) is not.
+
+    Raises:
+        ConfigError: another process serves ``path``, or ``path`` is not a socket.
+        OSError: the directory cannot be created or written.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise ConfigError(f"{path} exists and is not a socket; remove it or pass another "
+                              "--socket", field="--socket")
+        if _answers(path):
+            raise ConfigError(f"another agent is already serving {path}; stop it first or pass "
+                              "another --socket", field="--socket")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(tmp))
+        os.chmod(tmp, mode)
+        sock.listen(128)
+        os.replace(tmp, path)
+        st = path.lstat()
+    except BaseException:
+        sock.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    sock.setblocking(False)
+    return UnixSocket(sock, path, (st.st_dev, st.st_ino))
+
+
+def remove_unix_socket(bound: UnixSocket) -> None:
+    """Remove the socket file if it is still the one we bound (idempotent)."""
+    with contextlib.suppress(OSError):
+        st = bound.path.lstat()
+        if (st.st_dev, st.st_ino) == bound.inode:
+            bound.path.unlink()
+    with contextlib.suppress(OSError):
+        bound.sock.close()
+
+
+def _answers(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True

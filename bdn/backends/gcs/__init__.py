@@ -1,0 +1,1 @@
+"""Google Cloud Storage: client, credentials, store and source."""

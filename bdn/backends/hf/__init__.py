@@ -1,0 +1,1 @@
+"""The Hugging Face Hub as a source: revisions pinned to commits, LFS hashes reused."""

@@ -1,0 +1,1 @@
+"""Read-only ``http(s)://`` stores (a mirrored store behind any web server)."""

@@ -1,0 +1,1 @@
+"""Local directories: the ``file://`` store, local sources, and positioned file reads."""

@@ -1,0 +1,1 @@
+"""Amazon S3 and S3-compatible servers (R2 too): client, credentials, store and source."""

@@ -1,0 +1,364 @@
+"""The one place that builds boto3 clients and turns botocore errors into ours.
+
+boto3 is the control plane only (list, head, put, multipart upload, presign):
+object bytes are read through aiohttp on presigned URLs (:mod:`bdn.http`),
+so S3 reads share the transfer engine's retries, stall detection and range
+maths with every other origin. boto3 clients are thread-safe once built, and
+every call here runs in a worker thread so the event loop never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+import boto3
+import botocore.exceptions as bce
+from boto3.exceptions import Boto3Error
+from botocore.config import Config
+
+from bdn.config.secrets import S3Credentials
+from bdn.errors import (
+    AuthError,
+    BdnError,
+    BlobNotFound,
+    NotFound,
+    SourceError,
+    SourceNotFound,
+    StoreError,
+)
+from bdn.http import HttpClient, HttpRangeReader, redact_url
+
+_T = TypeVar("_T")
+
+PRESIGN_EXPIRY_S = 12 * 3600
+"""Lifetime of presigned GET URLs. A read of one object never takes this long;
+note that a URL signed with temporary credentials dies with them regardless."""
+
+
+@dataclass(frozen=True, slots=True)
+class S3ClientConfig:
+    """How boto3 clients talk to S3. botocore owns control-plane retries:
+    ``standard`` mode retries throttling, 5xx and connection errors with capped
+    exponential backoff."""
+
+    retry_mode: Literal["standard", "adaptive"] = "standard"
+    max_attempts: int = 8
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 60.0
+    # Managed uploads run up to 8 part uploads at once per file, and several
+    # files upload concurrently; botocore's default pool of 10 would serialise them.
+    max_pool_connections: int = 64
+
+
+DEFAULT_S3_CLIENT_CONFIG = S3ClientConfig()
+
+_AWS_HOST_SUFFIXES = (".amazonaws.com", ".amazonaws.com.cn")
+
+# Error codes by meaning. S3 answers HEAD requests without a body, so botocore
+# reports only the status there ("404", "403"); the rest are S3's own codes.
+_KEY_MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
+_BUCKET_MISSING = frozenset({"NoSuchBucket"})
+_AUTH_FAILED = frozenset({
+    "AccessDenied", "403", "401", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+    "ExpiredToken", "InvalidToken", "TokenRefreshRequired", "AllAccessDisabled",
+    "AccountProblem", "InvalidSecurity", "AuthorizationHeaderMalformed",
+})
+
+
+def make_s3_client(
+    credentials: S3Credentials | None,
+    endpoint_url: str | None,
+    region: str | None,
+    *,
+    config: S3ClientConfig = DEFAULT_S3_CLIENT_CONFIG,
+) -> Any:
+    """Build an S3 client (blocking: it loads service models; call it in a thread).
+
+    Args:
+        credentials: explicit keys, or ``None`` for boto3's default chain
+            (environment, shared config, web identity / IRSA, instance role).
+        endpoint_url: an S3-compatible server (MinIO, R2, moto); selects
+            path-style addressing, which such servers support universally.
+        region: signing region; ``None`` uses the credentials' region, then
+            boto3's own resolution.
+    """
+    session = boto3.session.Session(
+        aws_access_key_id=credentials.access_key_id if credentials else None,
+        aws_secret_access_key=credentials.secret_access_key if credentials else None,
+        aws_session_token=credentials.session_token if credentials else None,
+    )
+    region = region or (credentials.region if credentials else None)
+    client = session.client(
+        "s3", endpoint_url=endpoint_url, region_name=region,
+        config=_botocore_config(config, path_style=endpoint_url is not None),
+    )
+    if endpoint_url is None:
+        # boto3 also honours AWS_ENDPOINT_URL and endpoint_url in the shared
+        # config by itself; such an endpoint is an S3-compatible server too and
+        # needs path-style addressing, so rebuild with it stated explicitly.
+        configured = endpoint_of(client)
+        if configured is not None:
+            client = session.client(
+                "s3", endpoint_url=configured, region_name=region,
+                config=_botocore_config(config, path_style=True),
+            )
+    return client
+
+
+def endpoint_of(client: Any) -> str | None:
+    """The client's endpoint when it is not AWS itself, else ``None``."""
+    url = str(client.meta.endpoint_url)
+    host = urlsplit(url).hostname or ""
+    return None if host.endswith(_AWS_HOST_SUFFIXES) or host == "amazonaws.com" else url
+
+
+def _botocore_config(config: S3ClientConfig, *, path_style: bool) -> Config:
+    options: dict[str, Any] = {
+        "signature_version": "s3v4",
+        "retries": {"mode": config.retry_mode, "max_attempts": config.max_attempts},
+        "connect_timeout": config.connect_timeout_s,
+        "read_timeout": config.read_timeout_s,
+        "max_pool_connections": config.max_pool_connections,
+        "s3": {"addressing_style": "path" if path_style else "auto"},
+    }
+    if path_style and "request_checksum_calculation" in Config.OPTION_DEFAULTS:
+        # botocore >= 1.36 adds CRC checksums to every upload by default, which
+        # several S3-compatible servers reject; send them only where required.
+        options["request_checksum_calculation"] = "when_required"
+        options["response_checksum_validation"] = "when_required"
+    return Config(**options)
+
+
+def is_aws_error(err: BaseException) -> bool:
+    """True for the exception types :func:`map_s3_error` understands."""
+    return isinstance(err, bce.BotoCoreError | bce.ClientError | Boto3Error)
+
+
+def map_s3_error(
+    err: BaseException,
+    *,
+    action: str,
+    bucket: str,
+    key: str | None = None,
+    endpoint_url: str | None = None,
+    for_source: bool = False,
+) -> BdnError:
+    """Translate a boto3/botocore exception into a :mod:`bdn.errors` type.
+
+    ``action`` reads as "cannot <action>" (e.g. ``"read s3://b/k"``). Stores
+    get ``BlobNotFound``/``NotFound``/``StoreError``; sources (``for_source``)
+    get ``SourceNotFound``/``SourceError``. Credentials never appear: messages
+    are built here from error codes, not from the server's text.
+    """
+    # boto3's managed transfers wrap the ClientError that caused a failure.
+    cause = err.__cause__ if isinstance(err, Boto3Error) and err.__cause__ else err
+    where = f"s3://{bucket}/{key}" if key else f"s3://{bucket}"
+    endpoint = redact_url(endpoint_url) if endpoint_url else "AWS S3"
+    failure = SourceError if for_source else StoreError
+    if isinstance(cause, bce.ClientError):
+        code = str(cause.response.get("Error", {}).get("Code", ""))
+        status = cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in _BUCKET_MISSING:
+            message = (f"bucket {bucket!r} does not exist at {endpoint}; check the bucket "
+                       "name and --endpoint-url/AWS_ENDPOINT_URL")
+            return SourceNotFound(message) if for_source else NotFound(message)
+        if code in _KEY_MISSING:
+            if for_source:
+                return SourceNotFound(f"{where} does not exist")
+            return BlobNotFound(f"{where} does not exist", digest=_digest_of(key))
+        if code in _AUTH_FAILED:
+            return AuthError(
+                f"cannot {action}: access denied by {endpoint} ({code}); check the "
+                "credentials (auth secret or AWS_* variables) and that they grant "
+                f"access to bucket {bucket!r}",
+                url=where, status=status if isinstance(status, int) else 403,
+            )
+        return failure(f"cannot {action}: {endpoint} answered {code or status}")
+    if isinstance(cause, bce.NoCredentialsError | bce.PartialCredentialsError
+                  | bce.CredentialRetrievalError):
+        return AuthError(
+            f"cannot {action}: no usable AWS credentials ({type(cause).__name__}); set an "
+            "auth secret or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or attach a role",
+            url=where,
+        )
+    if isinstance(cause, bce.ConnectionError | bce.HTTPClientError):
+        return failure(
+            f"cannot {action}: cannot reach {endpoint} ({type(cause).__name__}); check the "
+            "network, or pass --endpoint-url / set AWS_ENDPOINT_URL for an S3-compatible server"
+        )
+    return failure(f"cannot {action}: {type(cause).__name__}: {_safe_text(cause)}")
+
+
+def _digest_of(key: str | None) -> str | None:
+    from bdn.backends.keys import blob_digest  # Late: bdn.backends imports this module.
+
+    return blob_digest(key) if key else None
+
+
+def _safe_text(err: BaseException) -> str:
+    # Parameter-validation and similar local errors describe our own request,
+    # never credentials; still cut them to one line.
+    return str(err).splitlines()[0][:300] if str(err) else ""
+
+
+class S3Bucket:
+    """One bucket behind one lazily built client, shared by S3 stores and sources.
+
+    Coroutine-safe: boto3 calls run in worker threads; the client is built on
+    first use (in a thread, under a lock) so constructing this never blocks.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        credentials: S3Credentials | None,
+        endpoint_url: str | None,
+        config: S3ClientConfig = DEFAULT_S3_CLIENT_CONFIG,
+        for_source: bool = False,
+    ) -> None:
+        self.bucket = bucket
+        self._credentials = credentials
+        self._endpoint_url = endpoint_url
+        self._config = config
+        self._for_source = for_source
+        self._lock = threading.Lock()
+        self._client: Any = None
+        self._presign_client: Any = None
+
+    @property
+    def endpoint_url(self) -> str | None:
+        """The S3-compatible endpoint in use (after the client exists), ``None`` for AWS."""
+        if self._endpoint_url is None and self._client is not None:
+            return endpoint_of(self._client)
+        return self._endpoint_url
+
+    async def run(self, fn: Callable[[Any], _T], *, action: str, key: str | None = None) -> _T:
+        """Run ``fn(client)`` in a worker thread, translating AWS errors."""
+
+        def call() -> _T:
+            return fn(self._ensure_client())
+
+        try:
+            return await asyncio.to_thread(call)
+        except Exception as err:
+            if is_aws_error(err):
+                raise self.error(err, action=action, key=key) from err
+            raise
+
+    def error(self, err: BaseException, *, action: str, key: str | None = None) -> BdnError:
+        """:func:`map_s3_error` with this bucket's context."""
+        return map_s3_error(err, action=action, bucket=self.bucket, key=key,
+                            endpoint_url=self.endpoint_url, for_source=self._for_source)
+
+    async def list_objects(self, prefix: str, *, action: str) -> AsyncIterator[dict[str, Any]]:
+        """Yield ``list_objects_v2`` entries under ``prefix``, one page per thread hop."""
+        pages = await self.run(
+            lambda c: iter(c.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix)),
+            action=action,
+        )
+        while True:
+            page = await self.run(lambda _c: next(pages, None), action=action)
+            if page is None:
+                return
+            for entry in page.get("Contents", ()):
+                yield entry
+
+    async def presigned_get(self, key: str) -> str:
+        """A GET URL for ``key`` valid for :data:`PRESIGN_EXPIRY_S` (never log it whole)."""
+        return await self.run(
+            lambda _c: self._ensure_presign_client().generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": key},
+                ExpiresIn=PRESIGN_EXPIRY_S),
+            action=f"sign a URL for s3://{self.bucket}/{key}", key=key,
+        )
+
+    def reader(self, key: str, size: int, http: Callable[[], HttpClient]) -> PresignedReader:
+        """A range reader of ``key`` over aiohttp; the URL is signed on first read."""
+        return PresignedReader(self, key, size, http)
+
+    def close(self) -> None:
+        """Release the clients' connection pools; idempotent (a later call rebuilds them)."""
+        with self._lock:
+            clients = {id(c): c for c in (self._client, self._presign_client) if c is not None}
+            self._client = self._presign_client = None
+        for client in clients.values():
+            client.close()
+
+    def _ensure_client(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = make_s3_client(self._credentials, self._endpoint_url, None,
+                                              config=self._config)
+            return self._client
+
+    def _ensure_presign_client(self) -> Any:
+        client = self._ensure_client()
+        with self._lock:
+            if self._presign_client is None:
+                self._presign_client = self._regional_client(client)
+            return self._presign_client
+
+    def _regional_client(self, client: Any) -> Any:
+        # API calls follow S3's region redirects by themselves, but a presigned
+        # URL is signed for one region and fails elsewhere; so on AWS, unless a
+        # region was given, ask the bucket where it lives before signing.
+        if self.endpoint_url is not None or (self._credentials and self._credentials.region):
+            return client
+        try:
+            meta = client.head_bucket(Bucket=self.bucket)["ResponseMetadata"]
+        except bce.ClientError as err:
+            meta = err.response.get("ResponseMetadata", {})
+        except bce.BotoCoreError:
+            return client
+        region = meta.get("HTTPHeaders", {}).get("x-amz-bucket-region")
+        if not region or region == client.meta.region_name:
+            return client
+        return make_s3_client(self._credentials, None, region, config=self._config)
+
+
+class PresignedReader:
+    """:class:`~bdn.backends.base.RangeReader` of one S3 object via a presigned URL.
+
+    Signing needs the client (and on AWS perhaps a region lookup), which is
+    blocking I/O, so it happens on the first ``open_range`` rather than here.
+    """
+
+    supports_ranges: bool | None = True
+
+    def __init__(self, bucket: S3Bucket, key: str, size: int,
+                 http: Callable[[], HttpClient]) -> None:
+        self._bucket = bucket
+        self._key = key
+        self._size = size
+        self._http = http
+        self._inner: HttpRangeReader | None = None
+
+    async def _target(self) -> HttpRangeReader:
+        if self._inner is None:
+            url = await self._bucket.presigned_get(self._key)
+            if self._inner is None:  # Another task may have signed meanwhile.
+                self._inner = HttpRangeReader(self._http(), url, self._size)
+        return self._inner
+
+    async def open_range(
+        self, start: int, end: int
+    ) -> AsyncIterator[bytes | bytearray | memoryview]:
+        """Yield the bytes of ``[start, end)``; see the RangeReader contract."""
+        inner = await self._target()
+        async for piece in inner.open_range(start, end):
+            yield piece
+
+    def describe(self) -> str:
+        return f"s3://{self._bucket.bucket}/{self._key}"
+
+    async def close(self) -> None:
+        inner, self._inner = self._inner, None
+        if inner is not None:
+            await inner.close()

@@ -1,0 +1,93 @@
+"""An S3 (or S3-compatible) prefix as a weights source: ``s3://bucket/models/llama``."""
+
+from __future__ import annotations
+
+from bdn.backends.base import RangeReader, SourceObject
+from bdn.backends.bucket import BucketClient
+from bdn.backends.s3.client import DEFAULT_S3_CLIENT_CONFIG, S3Bucket, S3ClientConfig
+from bdn.config.secrets import S3Credentials
+from bdn.errors import ManifestInvalid, SourceError
+from bdn.http import HttpClient, redact_url
+from bdn.manifest import validate_path
+
+
+class S3Source(BucketClient):
+    """Every object under ``s3://bucket/prefix/``, listed with its ETag.
+
+    The prefix is a folder: ``s3://b/models/llama`` lists ``models/llama/...``
+    (not ``models/llama-2/...``) and paths are relative to it. Folder-marker
+    keys (ending in ``/``) are skipped. Bytes are read over aiohttp on
+    presigned URLs, so reads share the transfer engine's retries.
+
+    Args:
+        bucket: bucket name.
+        prefix: folder inside the bucket ("" for the whole bucket).
+        credentials: keys from the auth secret, or ``None`` for boto3's
+            default chain (environment, IRSA/web identity, instance role).
+        endpoint_url: S3-compatible server; ``None`` for AWS.
+        http: shared HTTP client; one is created (and closed by :meth:`close`)
+            when not given.
+    """
+
+    kind = "s3"
+
+    _bucket: S3Bucket
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        credentials: S3Credentials | None,
+        endpoint_url: str | None = None,
+        http: HttpClient | None = None,
+        client_config: S3ClientConfig = DEFAULT_S3_CLIENT_CONFIG,
+    ) -> None:
+        super().__init__("s3", bucket, prefix, http)
+        self._bucket = S3Bucket(bucket, credentials=credentials, endpoint_url=endpoint_url,
+                                config=client_config, for_source=True)
+
+    async def resolve(self) -> str | None:
+        """S3 has no revision for a prefix; ETags pin each object instead. Returns ``None``."""
+        return None
+
+    async def list(self) -> list[SourceObject]:
+        """List the prefix (paginated), sorted by path; ``[]`` when it is empty.
+
+        Raises:
+            SourceNotFound: the bucket does not exist.
+            AuthError: the credentials are rejected or lack access.
+            SourceError: a key is not a valid manifest path, or S3 failed.
+        """
+        objects: list[SourceObject] = []
+        bucket = self._bucket.bucket
+        async for entry in self._bucket.list_objects(self._base, action=f"list {self.uri}"):
+            key = str(entry["Key"])
+            if key.endswith("/"):
+                continue  # A console-made "folder", not a file.
+            path = key[len(self._base):]
+            try:
+                validate_path(path)
+            except ManifestInvalid as err:
+                raise SourceError(f"cannot mirror s3://{bucket}/{key}: {err}; rename the "
+                                  "object or narrow the source prefix") from err
+            etag = str(entry.get("ETag", "")).strip('"') or None
+            size = int(entry["Size"])
+            # The endpoint belongs in the identity: the same bucket/key on two
+            # servers are two objects. Index keys are stored, so no userinfo.
+            endpoint = self._bucket.endpoint_url
+            where = redact_url(endpoint) if endpoint else "aws"
+            objects.append(SourceObject(
+                path=path, size=size, etag=etag,
+                identity=f"s3:{where}:{bucket}/{key}:{etag}:{size}",
+                # Same ETag and size in the same bucket: the same content (only
+                # the bucket's owner can write there), so a shard copied to a
+                # new prefix dedups without being read. Never across buckets.
+                content_id=f"s3-etag:{where}:{bucket}:{etag}:{size}" if etag else None,
+            ))
+        objects.sort(key=lambda obj: obj.path)
+        return objects
+
+    def reader(self, obj: SourceObject) -> RangeReader:
+        """Ranged GETs of ``obj`` on a presigned URL (signed on first read, valid 12 h)."""
+        return self._bucket.reader(self._base + obj.path, obj.size, self._http_client)

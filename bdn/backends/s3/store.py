@@ -1,0 +1,161 @@
+"""``s3://bucket/prefix`` blob store (AWS S3 or any S3-compatible server).
+
+Control plane through boto3 (:mod:`bdn.backends.s3.client`), data plane through aiohttp on
+presigned URLs. S3 makes every PUT and completed multipart upload atomic, so
+the store's "whole object or nothing" contract holds with no temp keys.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from boto3.s3.transfer import TransferConfig
+
+from bdn.backends.base import RangeReader
+from bdn.backends.bucket_store import BucketStore
+from bdn.backends.keys import check_prefix
+from bdn.backends.s3.client import DEFAULT_S3_CLIENT_CONFIG, S3Bucket, S3ClientConfig
+from bdn.config.secrets import S3Credentials
+from bdn.errors import BdnError, StoreError
+from bdn.http import HttpClient
+
+MiB = 1024 * 1024
+DEFAULT_PART_SIZE = 8 * MiB
+"""Smallest multipart part; larger files get larger parts (see :func:`part_size_for`)."""
+MAX_PARTS = 10_000
+"""S3's limit on parts per multipart upload."""
+UPLOAD_CONCURRENCY = 8
+"""Parts of one file uploaded in parallel."""
+
+
+def part_size_for(size: int, minimum: int = DEFAULT_PART_SIZE) -> int:
+    """Part size for a ``size``-byte upload: ``minimum``, or bigger (whole MiB) so
+    the upload needs at most :data:`MAX_PARTS` parts.
+
+    >>> part_size_for(1) == DEFAULT_PART_SIZE
+    True
+    >>> part_size_for(200 * 1024**3) // MiB   # 200 GiB in <= 10,000 parts
+    21
+    """
+    needed = math.ceil(size / MAX_PARTS)
+    return max(minimum, math.ceil(needed / MiB) * MiB)
+
+
+class S3Store(BucketStore):
+    """A :class:`~bdn.backends.base.BlobStore` on an S3 bucket, under an optional prefix.
+
+    Args:
+        bucket: bucket name.
+        prefix: key prefix inside the bucket ("" for the whole bucket); store
+            keys live at ``<prefix>/<key>``.
+        endpoint_url: S3-compatible server (path-style addressing); ``None``
+            for AWS.
+        credentials: explicit keys, or ``None`` for boto3's default chain.
+        http: shared aiohttp client for reads; one is created (and closed by
+            :meth:`close`) when not given.
+        part_size: smallest multipart part in bytes (S3 itself requires
+            >= 5 MiB for all parts but the last).
+        client_config: boto3 retry and timeout settings.
+    """
+
+    _bucket: S3Bucket
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        credentials: S3Credentials | None = None,
+        http: HttpClient | None = None,
+        part_size: int = DEFAULT_PART_SIZE,
+        client_config: S3ClientConfig = DEFAULT_S3_CLIENT_CONFIG,
+    ) -> None:
+        super().__init__("s3", bucket, prefix, http)
+        self.part_size = part_size
+        self._bucket = S3Bucket(
+            bucket, credentials=credentials, endpoint_url=endpoint_url, config=client_config
+        )
+
+    # -- reads ---------------------------------------------------------------
+    async def size(self, key: str) -> int:
+        """Size of ``key``; ``BlobNotFound`` when absent."""
+        full = self._full(key)
+        head = await self._bucket.run(
+            lambda c: c.head_object(Bucket=self.bucket, Key=full),
+            action=f"stat s3://{self.bucket}/{full}",
+            key=full,
+        )
+        return int(head["ContentLength"])
+
+    async def get_bytes(self, key: str) -> bytes:
+        """Whole content of ``key`` (for small objects: manifests, refs, index)."""
+        full = self._full(key)
+
+        def fetch(client: Any) -> bytes:
+            body: bytes = client.get_object(Bucket=self.bucket, Key=full)["Body"].read()
+            return body
+
+        return await self._bucket.run(fetch, action=f"read s3://{self.bucket}/{full}", key=full)
+
+    async def list(self, prefix: str) -> AsyncIterator[str]:
+        """Yield every key (relative to the store prefix) starting with ``prefix``."""
+        check_prefix(prefix, store=self.uri)
+        base = f"{self.prefix}/" if self.prefix else ""
+        async for entry in self._bucket.list_objects(base + prefix, action=f"list {self.uri}"):
+            yield str(entry["Key"])[len(base) :]
+
+    def reader(self, key: str, size: int) -> RangeReader:
+        """Range reader over aiohttp on a presigned GET URL (valid 12 h)."""
+        return self._bucket.reader(self._full(key), size, self._http_client)
+
+    # -- writes --------------------------------------------------------------
+    async def put_bytes(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key`` with one PUT (atomic on S3)."""
+        full = self._full(key)
+        await self._bucket.run(
+            lambda c: c.put_object(Bucket=self.bucket, Key=full, Body=data),
+            action=f"write s3://{self.bucket}/{full}",
+            key=full,
+        )
+
+    async def put_file(self, key: str, path: Path, *, move: bool = False) -> None:
+        """Upload a local file, as a parallel multipart upload when it is larger than
+        one part. ``move=True`` removes ``path`` after a successful upload."""
+        full = self._full(key)
+        source = Path(path)
+
+        def upload(client: Any) -> None:
+            part = part_size_for(source.stat().st_size, self.part_size)
+            config = TransferConfig(
+                multipart_threshold=part,
+                multipart_chunksize=part,
+                max_concurrency=UPLOAD_CONCURRENCY,
+                use_threads=True,
+            )
+            client.upload_file(str(source), self.bucket, full, Config=config)
+            if move:
+                source.unlink(missing_ok=True)
+
+        try:
+            await self._bucket.run(
+                upload, action=f"upload {source} to s3://{self.bucket}/{full}", key=full
+            )
+        except BdnError:
+            raise
+        except OSError as err:
+            raise StoreError(
+                f"cannot upload {source} to s3://{self.bucket}/{full}: {err.strerror or err}"
+            ) from err
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key``; S3 treats a missing key as deleted already."""
+        full = self._full(key)
+        await self._bucket.run(
+            lambda c: c.delete_object(Bucket=self.bucket, Key=full),
+            action=f"delete s3://{self.bucket}/{full}",
+            key=full,
+        )

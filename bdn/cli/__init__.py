@@ -1,0 +1,1 @@
+"""The ``bdn`` command: argument parsing, one module per command group, over :mod:`bdn.api`."""

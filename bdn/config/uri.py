@@ -1,0 +1,286 @@
+"""Source URIs of a weights entry: ``hf://``, ``s3://``, ``gs://``, ``r2://`` and ``file://``.
+
+:func:`parse_source` validates a URI and splits it into a :class:`ParsedSource`;
+:func:`source_from_cli` turns a CLI ``SOURCE`` argument (a path or a URI) into
+a URI. Errors are one-line :class:`~bdn.errors.ConfigError` values that name
+the accepted form. ``bdn.config.weights`` re-exports the public names; import them
+from there.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from bdn.config.validate import type_name
+from bdn.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_HF_REVISION",
+    "SCHEME_KINDS",
+    "SUPPORTED_SCHEMES",
+    "ParsedSource",
+    "SourceKind",
+    "normalize_abs",
+    "parse_source",
+    "source_from_cli",
+]
+
+SourceKind = Literal["hf", "s3", "gcs", "r2", "local"]
+
+#: URI scheme -> source kind. The scheme is what users write; the kind names
+#: the ``bdn.backends`` module that reads it.
+SCHEME_KINDS: Mapping[str, SourceKind] = {
+    "hf": "hf",
+    "s3": "s3",
+    "gs": "gcs",
+    "r2": "r2",
+    "file": "local",
+}
+SUPPORTED_SCHEMES: tuple[str, ...] = tuple(SCHEME_KINDS)
+
+# The form each scheme takes, quoted by error messages.
+_SOURCE_FORMS: Mapping[str, str] = {
+    "hf": "hf://owner/repo[@revision], e.g. hf://Qwen/Qwen3-8B@main "
+    "(pick files or subfolders with allow_patterns)",
+    "s3": "s3://bucket[/prefix], e.g. s3://my-bucket/models/qwen",
+    "gs": "gs://bucket[/prefix], e.g. gs://my-bucket/models/qwen",
+    "r2": "r2://account_id.bucket[/prefix], e.g. r2://0123abcd.my-bucket/models/qwen",
+    "file": "file:///absolute/dir, e.g. file:///data/models/qwen",
+}
+
+# Schemes people reach for by habit, and what they mean here.
+_SCHEME_HINTS: Mapping[str, str] = {
+    "gcs": "for Google Cloud Storage write gs://bucket/prefix",
+    "http": "for Hugging Face write hf://owner/repo",
+    "https": "for Hugging Face write hf://owner/repo",
+    "s3a": "write s3://bucket/prefix",
+    "huggingface": "write hf://owner/repo",
+}
+
+DEFAULT_HF_REVISION = "main"
+
+_URI_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(.*)", re.DOTALL)
+_HF_NAME = r"[A-Za-z0-9_][A-Za-z0-9._-]*"
+_HF_REPO_RE = re.compile(rf"{_HF_NAME}/{_HF_NAME}")
+_HF_REVISION_RE = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._/-]*")
+# Lenient enough for legacy and S3-compatible bucket names; it exists to catch
+# typos (spaces, empty names, a stray "/"), not to replay AWS's naming rules.
+# Length limits are left to the server, so short test buckets ("b") still parse.
+_S3_BUCKET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+_GCS_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,221}")
+_R2_ACCOUNT_RE = re.compile(r"[A-Za-z0-9]+")
+_R2_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedSource:
+    """A validated source URI, split into the parts a source module needs.
+
+    Attributes:
+        scheme: the URI scheme as written, lower-cased (``hf``, ``s3``, ``gs``,
+            ``r2``, ``file``).
+        kind: the source kind (``hf``, ``s3``, ``gcs``, ``r2``, ``local``).
+        repo_id: ``owner/repo`` for Hugging Face, else None.
+        revision: branch, tag or commit for Hugging Face (default ``main``), else None.
+        bucket: bucket name for s3, gcs and r2, else None.
+        account_id: Cloudflare account id for r2, else None.
+        prefix: key prefix inside the bucket with no leading or trailing ``/``;
+            ``""`` means the whole bucket (empty for hf and local).
+        path: absolute, normalized directory for local sources, else None.
+    """
+
+    scheme: str
+    kind: SourceKind
+    repo_id: str | None = None
+    revision: str | None = None
+    bucket: str | None = None
+    account_id: str | None = None
+    prefix: str = ""
+    path: str | None = None
+
+    @property
+    def uri(self) -> str:
+        """The canonical URI: explicit HF revision, no trailing ``/``.
+
+        >>> parse_source("hf://Qwen/Qwen3-8B").uri
+        'hf://Qwen/Qwen3-8B@main'
+        """
+        if self.kind == "hf":
+            return f"hf://{self.repo_id}@{self.revision}"
+        if self.kind == "local":
+            return f"file://{self.path}"
+        host = f"{self.account_id}.{self.bucket}" if self.kind == "r2" else f"{self.bucket}"
+        return f"{self.scheme}://{host}" + (f"/{self.prefix}" if self.prefix else "")
+
+
+def parse_source(text: str, *, field: str | None = None) -> ParsedSource:
+    """Validate a source URI and split it into its parts.
+
+    Accepted forms: ``hf://owner/repo[@revision]`` (revision defaults to
+    ``main``), ``s3://bucket[/prefix]``, ``gs://bucket[/prefix]``,
+    ``r2://account_id.bucket[/prefix]`` and ``file:///absolute/dir``.
+
+    Args:
+        text: the URI as written.
+        field: the field path to start error messages with, e.g. ``weights[0].source``.
+
+    Returns:
+        The parsed source.
+
+    Raises:
+        ConfigError: the scheme is missing, unknown or ``bt://`` (Baseten
+            Training, which only exists inside Baseten), or the rest of the URI
+            does not fit the scheme's form.
+
+    >>> src = parse_source("r2://acct.my-bucket/a/b/")
+    >>> src.kind, src.account_id, src.bucket, src.prefix
+    ('r2', 'acct', 'my-bucket', 'a/b')
+    """
+    if not isinstance(text, str):
+        raise ConfigError(
+            f"must be a string URI, got {type_name(text)}; use e.g. hf://owner/repo",
+            field=field,
+        )
+    match = _URI_RE.fullmatch(text)
+    if match is None:
+        hint = ""
+        if _HF_REPO_RE.fullmatch(text):
+            hint = f" (did you mean hf://{text}?)"
+        elif text.startswith("/"):
+            hint = f" (did you mean file://{text}?)"
+        raise ConfigError(f"{text!r} has no scheme{hint}; use one of {_scheme_list()}", field=field)
+    scheme, rest = match.group(1).lower(), match.group(2)
+    if scheme == "bt":
+        raise ConfigError(
+            f"{text!r}: Baseten Training sources are not available outside Baseten; "
+            "mirror the checkpoint to s3://, gs:// or hf:// and use that URI",
+            field=field,
+        )
+    parser = _SOURCE_PARSERS.get(scheme)
+    if parser is None:
+        advice = _SCHEME_HINTS.get(scheme)
+        raise ConfigError(
+            f"unknown scheme {scheme + '://'!r} in {text!r}"
+            + (f"; {advice}" if advice else "")
+            + f"; supported schemes: {_scheme_list()}",
+            field=field,
+        )
+    if scheme == "file" and rest and not rest.startswith("/"):
+        raise ConfigError(
+            f"{text!r} has a relative path; use an absolute path with three slashes, "
+            "e.g. file:///data/models/qwen",
+            field=field,
+        )
+    parsed = parser(rest)
+    if parsed is None:
+        raise ConfigError(
+            f"malformed {scheme}:// source {text!r}; use {_SOURCE_FORMS[scheme]}", field=field
+        )
+    return parsed
+
+
+def _scheme_list() -> str:
+    return ", ".join(f"{s}://" for s in SUPPORTED_SCHEMES)
+
+
+def _parse_hf(rest: str) -> ParsedSource | None:
+    repo_id, at, revision = rest.partition("@")
+    if not at:
+        revision = DEFAULT_HF_REVISION
+    if not _HF_REPO_RE.fullmatch(repo_id) or ".." in repo_id:
+        return None
+    if not _HF_REVISION_RE.fullmatch(revision) or ".." in revision:
+        return None
+    return ParsedSource(scheme="hf", kind="hf", repo_id=repo_id, revision=revision)
+
+
+def _split_bucket(rest: str) -> tuple[str, str]:
+    bucket, _, prefix = rest.partition("/")
+    return bucket, prefix.strip("/")
+
+
+def _parse_s3(rest: str) -> ParsedSource | None:
+    bucket, prefix = _split_bucket(rest)
+    if not _S3_BUCKET_RE.fullmatch(bucket):
+        return None
+    return ParsedSource(scheme="s3", kind="s3", bucket=bucket, prefix=prefix)
+
+
+def _parse_gs(rest: str) -> ParsedSource | None:
+    bucket, prefix = _split_bucket(rest)
+    if not _GCS_BUCKET_RE.fullmatch(bucket):
+        return None
+    return ParsedSource(scheme="gs", kind="gcs", bucket=bucket, prefix=prefix)
+
+
+def _parse_r2(rest: str) -> ParsedSource | None:
+    host, prefix = _split_bucket(rest)
+    account_id, dot, bucket = host.partition(".")
+    if not dot or not _R2_ACCOUNT_RE.fullmatch(account_id) or not _R2_BUCKET_RE.fullmatch(bucket):
+        return None
+    return ParsedSource(scheme="r2", kind="r2", bucket=bucket, account_id=account_id, prefix=prefix)
+
+
+def _parse_file(rest: str) -> ParsedSource | None:
+    if not rest.startswith("/"):
+        return None
+    return ParsedSource(scheme="file", kind="local", path=normalize_abs(rest))
+
+
+_SOURCE_PARSERS: Mapping[str, Callable[[str], ParsedSource | None]] = {
+    "hf": _parse_hf,
+    "s3": _parse_s3,
+    "gs": _parse_gs,
+    "r2": _parse_r2,
+    "file": _parse_file,
+}
+
+
+def normalize_abs(path: str) -> str:
+    """Normalize an absolute POSIX path: no trailing ``/``, no ``.``/``..``, one leading ``/``."""
+    # normpath keeps a leading "//" (POSIX leaves it implementation-defined); we do not.
+    return "/" + posixpath.normpath(path).lstrip("/")
+
+
+def source_from_cli(text: str, cwd: Path) -> str:
+    """Turn a CLI ``SOURCE`` argument into a source URI.
+
+    A plain path (``./my-model``, ``/data/m``) becomes ``file:///abs/path``,
+    resolved against ``cwd`` and normalized but not following symlinks; a
+    URI (anything with ``scheme://``) is returned unchanged, to be checked by
+    :func:`parse_source`. The path is not percent-encoded: ``file://`` URIs in
+    BDN carry the path literally.
+
+    Args:
+        text: the argument as typed.
+        cwd: the directory relative paths are relative to (the caller's
+            working directory, resolved once at the entry point).
+
+    Raises:
+        ConfigError: ``text`` is empty, or the path stays relative because
+            ``cwd`` is relative.
+
+    >>> source_from_cli("./my-model", Path("/home/me"))
+    'file:///home/me/my-model'
+    >>> source_from_cli("hf://Qwen/Qwen3-8B", Path("/home/me"))
+    'hf://Qwen/Qwen3-8B'
+    """
+    if not text:
+        raise ConfigError(
+            "is empty; pass a directory or a URI such as hf://owner/repo", field="source"
+        )
+    if _URI_RE.fullmatch(text):
+        return text
+    path = cwd / text
+    if not path.is_absolute():
+        raise ConfigError(
+            f"{text!r} is relative to {str(cwd)!r}, which is not absolute; "
+            "pass an absolute path or an absolute working directory",
+            field="source",
+        )
+    return "file://" + normalize_abs(path.as_posix())

@@ -1,0 +1,178 @@
+"""``bdn bench``: speed measured, not asserted.
+
+Every BDN figure is printed next to reference tools measured in the same run
+on the same data, as ratios (``bdn bench transfer``: curl, aria2c and the
+page-cache write ceiling; ``bdn bench mirror``: ``cp -r``; ``bdn bench pull``:
+all of those, around a pull through the node cache; ``bdn bench herd``: N
+agents as a ring against the same N pulling alone). Only the argument
+definitions live here; the bench modules are imported when a bench runs, so
+``bdn --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from bdn.config.units import format_bytes
+from bench.harness import GiB, MiB
+
+__all__ = ["register"]
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workdir", metavar="DIR",
+                   help="make the fresh work directory inside DIR (default: the system temp "
+                        "dir, i.e. /tmp's filesystem); it is removed at the end unless --keep")
+    p.add_argument("--keep", action="store_true", help="keep the work directory afterwards")
+    p.add_argument("--repeat", type=int, default=2, metavar="N",
+                   help="timed runs per tool; best and median are reported (default 2)")
+    p.add_argument("--shards", type=int, default=8, metavar="N",
+                   help="files in the sharded tree (default 8)")
+    p.add_argument("--shard-size", default="256MiB", metavar="SIZE",
+                   help=f"bytes per shard (default {format_bytes(256 * MiB)})")
+    p.add_argument("--json", action="store_true", help="print results as JSON on stdout")
+    p.add_argument("--no-install", action="store_true",
+                   help="never apt-get install missing reference tools; exit 2 naming the "
+                        "command instead")
+
+
+def _transfer(args: argparse.Namespace) -> int:
+    from bench.transfer import transfer_command
+
+    return transfer_command(args)
+
+
+def _mirror(args: argparse.Namespace) -> int:
+    from bench.mirror import mirror_command
+
+    return mirror_command(args)
+
+
+def _pull(args: argparse.Namespace) -> int:
+    from bench.pull import pull_command
+
+    return pull_command(args)
+
+
+def _herd(args: argparse.Namespace) -> int:
+    from bench.herd import herd_command
+
+    return herd_command(args)
+
+
+def _add_herd(sub: argparse._SubParsersAction) -> None:
+    h = sub.add_parser(
+        "herd", help="N agents cold-pull one model at once: a ring vs each alone (origin bytes)",
+        description="Mirror a random model into a file:// store served by a throwaway nginx "
+                    "that counts the bytes it sends; then, for each N, start N agents as a ring "
+                    "and have all of them cold-pull the model at once, and the same N agents "
+                    "without a ring, each pulling from origin alone. Reports origin bytes / "
+                    "model size and wall time of both. With --netns every agent runs in its "
+                    "own network namespace with a shaped origin link and a shaped peer link; "
+                    "aim at N = 4: ring wall <= 0.35x naive, origin <= 1.02x the model.")
+    h.add_argument("--workdir", metavar="DIR",
+                   help="make the fresh work directory inside DIR (default: the system temp "
+                        "dir); it is removed at the end unless --keep")
+    h.add_argument("--keep", action="store_true", help="keep the work directory afterwards")
+    h.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="timed bursts per case; best and median are reported (default 1)")
+    h.add_argument("--nodes", metavar="N,N,...",
+                   help="fleet sizes (default 2,4,8 on loopback, 2,4 with --netns)")
+    h.add_argument("--size", metavar="SIZE",
+                   help=f"model size (default {format_bytes(2 * GiB)} on loopback, "
+                        f"{format_bytes(GiB)} with --netns)")
+    h.add_argument("--shards", type=int, default=8, metavar="N",
+                   help="files of the model (default 8)")
+    h.add_argument("--netns", action="store_true",
+                   help="run every agent in its own network namespace with shaped links "
+                        "(needs root, ip and tc)")
+    h.add_argument("--origin-mbps", type=float, default=100.0, metavar="MB/S",
+                   help="with --netns: each node's link to origin, MB/s (default 100)")
+    h.add_argument("--peer-mbps", type=float, default=1000.0, metavar="MB/S",
+                   help="with --netns: each node's link to its peers, MB/s (default 1000)")
+    h.add_argument("--json", action="store_true", help="print results as JSON on stdout")
+    h.add_argument("--no-install", action="store_true",
+                   help="never apt-get install nginx; exit 2 naming the command instead")
+    h.set_defaults(func=_herd)
+
+
+def _mirror_server(args: argparse.Namespace) -> int:
+    from bench.mirror_server import mirror_server_command
+
+    return mirror_server_command(args)
+
+
+def _add_mirror_server(sub: argparse._SubParsersAction) -> None:
+    ms = sub.add_parser(
+        "mirror-server", help="mirror service: 20 jobs at once, 10 identical submissions",
+        description="Start a real bdn mirror-server on loopback with a file:// store; submit "
+                    "--jobs distinct small models at once (jobs/s, each mirrored exactly "
+                    "once) against as many sequential `bdn mirror` runs, then --identical "
+                    "identical submissions (one transfer) against as many concurrent "
+                    "`bdn mirror` runs.")
+    ms.add_argument("--workdir", metavar="DIR",
+                    help="make the fresh work directory inside DIR (default: the system temp "
+                         "dir); it is removed at the end unless --keep")
+    ms.add_argument("--keep", action="store_true", help="keep the work directory afterwards")
+    ms.add_argument("--repeat", type=int, default=2, metavar="N",
+                    help="timed runs per row; best and median are reported (default 2)")
+    ms.add_argument("--jobs", type=int, default=20, metavar="N",
+                    help="distinct models submitted at once (default 20)")
+    ms.add_argument("--files", type=int, default=4, metavar="N",
+                    help="files per model (default 4)")
+    ms.add_argument("--file-size", default="1MiB", metavar="SIZE",
+                    help="bytes per file (default 1 MiB)")
+    ms.add_argument("--identical", type=int, default=10, metavar="N",
+                    help="identical submissions of one model at once (default 10)")
+    ms.add_argument("--max-jobs", type=int, default=2, metavar="N",
+                    help="the server's --max-jobs (default 2, the server's default)")
+    ms.add_argument("--json", action="store_true", help="print results as JSON on stdout")
+    ms.set_defaults(func=_mirror_server, no_install=True)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``bench`` with sub-commands ``transfer``, ``mirror``, ``pull`` and ``herd``.
+
+    Each sub-command sets ``func``: a callable taking the parsed arguments and
+    returning the exit status (0 ok, 1 a run failed, 2 a reference tool missing).
+    """
+    bench = subparsers.add_parser(
+        "bench", help="measure BDN against reference tools (curl, aria2c, cp) in the same run",
+        description="Measure BDN against reference tools in the same run; print ratios.")
+    sub = bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
+
+    t = sub.add_parser(
+        "transfer", help="engine vs curl, aria2c and the page-cache write ceiling, over nginx",
+        description="Serve random data with a throwaway nginx on loopback and download it "
+                    "with BDN's engine, curl and aria2c; also time raw page-cache writes. "
+                    "Aims: BDN >= 3x aria2c and >= 1.3x curl.")
+    _add_common(t)
+    t.add_argument("--size", default="2GiB", metavar="SIZE",
+                   help=f"bytes of the single-file workload (default {format_bytes(2 * GiB)})")
+    t.set_defaults(func=_transfer)
+
+    m = sub.add_parser(
+        "mirror", help="file -> file mirror through run_mirror vs cp -r",
+        description="Mirror a random tree into a fresh file:// store and copy it with cp -r; "
+                    "then re-mirror unchanged (0 bytes expected). Aim: >= 0.8x cp -r.")
+    _add_common(m)
+    m.add_argument("--source", choices=("file", "hf"), default="file",
+                   help="file: a random tree vs cp -r (default); hf: a local Hugging Face-"
+                        "compatible server (MiniLM-L6-v2 and --shards x --shard-size) vs "
+                        "huggingface_hub.snapshot_download, plus an unchanged re-mirror "
+                        "(needs a source checkout: the server lives in tests/)")
+    m.set_defaults(func=_mirror)
+
+    p = sub.add_parser(
+        "pull", help="pull through the node cache: cold vs curl/aria2c, warm vs cp -r, the API",
+        description="Mirror a random model into a file:// store served by a throwaway nginx, "
+                    "then time cold pulls (empty node cache) against curl, aria2c and the "
+                    "page-cache write ceiling, warm pulls into a new and into the same "
+                    "mount against cp -r of the tree, and bdn.ensure_weights on the warm "
+                    "cache. Aims: cold BDN >= 3x aria2c, >= 1.3x curl, >= 0.85x the write "
+                    "ceiling; warm >= 100x cp -r and < 50 ms; ensure_weights < 50 ms.")
+    _add_common(p)
+    p.set_defaults(func=_pull)
+
+    _add_herd(sub)
+    _add_mirror_server(sub)

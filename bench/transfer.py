@@ -1,0 +1,367 @@
+"""``bdn bench transfer``: BDN's transfer engine against curl and aria2c, same run, same nginx.
+
+Two workloads (one big file; several shards) are served by a throwaway nginx on
+loopback. Each contender downloads the workload into a fresh directory on the
+workdir's filesystem; outputs are verified and deleted between runs so every
+run starts cold on the destination side. The BDN row runs the engine the way a
+pull does: ranged HTTP reads with every 64 MiB chunk checked against the
+xxh3-128 digests a manifest would carry (computed while the data is generated,
+outside any timing). The page-cache write ceiling shows how close any
+downloader can get on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from rich.console import Console
+
+from bdn.config.units import format_bytes, parse_size
+from bdn.digest import DEFAULT_CHUNK_SIZE
+from bdn.errors import ConfigError
+from bdn.http import DEFAULT_HTTP_CONFIG, HttpClient, HttpRangeReader
+from bdn.transfer.engine import DEFAULT_TRANSFER_CONFIG, FileTask, TransferEngine
+from bench.command import common_options, run_command
+from bench.harness import (
+    BenchAbort,
+    DataFile,
+    GiB,
+    MiB,
+    ToolFailed,
+    bench_workdir,
+    generate_files,
+    remove_outputs,
+    require_free_space,
+    run_timed,
+    timeout_for,
+    verify_file,
+    warm_up_writes,
+    write_ceiling,
+)
+from bench.nginx import Nginx
+from bench.report import (
+    Aim,
+    BenchReport,
+    Result,
+    Role,
+    Section,
+    Timed,
+    measure_rounds,
+    progress_console,
+)
+from bench.tools import machine_facts, missing_tools
+
+REFERENCE_TOOLS = ("nginx", "curl", "aria2c")
+"""Tools this bench runs; nginx serves, curl and aria2c are the references."""
+
+AIMS = (Aim("aria2c", 3.0), Aim("curl", 1.3))
+"""The issue's targets: BDN >= 3x aria2c and >= 1.3x curl on both workloads."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransferBenchOptions:
+    """Sizes and knobs of one ``bdn bench transfer`` run.
+
+    Attributes:
+        size: bytes of the single-file workload.
+        shards: number of files in the sharded workload.
+        shard_size: bytes of each shard.
+        repeat: timed runs per contender and workload (best and median reported).
+        workdir: parent of the fresh work directory (default: the system temp dir).
+        keep: keep the work directory (data, nginx config and logs) afterwards.
+        ceiling_threads: writer threads of the page-cache write ceiling.
+        chunk_size: manifest chunk size whose xxh3-128 digests the engine checks.
+    """
+
+    size: int = 2 * GiB
+    shards: int = 8
+    shard_size: int = 256 * MiB
+    repeat: int = 2
+    workdir: Path | None = None
+    keep: bool = False
+    ceiling_threads: int = 4
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+
+    def check(self) -> None:
+        """Raise ``ConfigError`` for values no bench can run with."""
+        for name in ("size", "shards", "shard_size", "repeat", "ceiling_threads", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError("must be at least 1", field=f"--{name.replace('_', '-')}")
+
+
+DEFAULT_TRANSFER_BENCH_OPTIONS = TransferBenchOptions()
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """Files served under ``/<name>/`` that every contender downloads in one run."""
+
+    title: str
+    name: str
+    files: tuple[DataFile, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def url(self, nginx: Nginx, f: DataFile) -> str:
+        return nginx.url(f"{self.name}/{f.path.name}")
+
+
+Runner = Callable[[Workload, Nginx, Path, TransferBenchOptions], Timed]
+
+
+@dataclass(frozen=True, slots=True)
+class Contender:
+    """One row of the table: what runs, which tool it needs, how its output is checked.
+
+    ``verify``: ``content`` checks size and xxh3-128 chunk digests of every
+    output (a fast wrong answer must not count); ``size`` only sizes (the
+    ceiling writes a repeated buffer, by design).
+    """
+
+    key: str
+    label: str
+    role: Role
+    needs: str | None
+    run: Runner
+    verify: Literal["content", "size"]
+
+
+def _run_curl(w: Workload, nginx: Nginx, out: Path, _: TransferBenchOptions) -> Timed:
+    start = time.perf_counter()
+    for f in w.files:
+        run_timed(
+            ["curl", "-sS", "--fail", "-o", str(out / f.path.name), w.url(nginx, f)],
+            timeout=timeout_for(f.size),
+        )
+    return Timed(time.perf_counter() - start)
+
+
+def _run_aria2c(w: Workload, nginx: Nginx, out: Path, _: TransferBenchOptions) -> Timed:
+    argv = [
+        "aria2c",
+        "-x16",
+        "-s16",
+        "-k1M",
+        "--file-allocation=none",
+        "--quiet=true",
+        "--allow-overwrite=true",
+        "--auto-file-renaming=false",
+        "-d",
+        str(out),
+    ]
+    if len(w.files) == 1:
+        argv += ["-o", w.files[0].path.name, w.url(nginx, w.files[0])]
+        note = ""
+    else:
+        listing = out.parent / f"aria2c-{w.name}.txt"
+        listing.write_text("".join(f"{w.url(nginx, f)}\n  out={f.path.name}\n" for f in w.files))
+        argv += ["-j", str(len(w.files)), "-i", str(listing)]
+        note = f"-j {len(w.files)} via input file"
+    return Timed(run_timed(argv, timeout=timeout_for(w.nbytes)), note)
+
+
+async def _engine_fetch(w: Workload, nginx: Nginx, out: Path, chunk_size: int) -> Timed:
+    """The pull's data path: ranged reads, every chunk checked against its xxh3-128."""
+    start = time.perf_counter()
+    client = HttpClient(DEFAULT_HTTP_CONFIG)
+    readers = [HttpRangeReader(client, w.url(nginx, f), f.size) for f in w.files]
+    try:
+        tasks = [
+            FileTask(
+                reader,
+                f.size,
+                out / f.path.name,
+                chunk_size,
+                expected_chunks=f.chunks,
+                label=f.path.name,
+            )
+            for reader, f in zip(readers, w.files, strict=True)
+        ]
+        async with TransferEngine(DEFAULT_TRANSFER_CONFIG) as engine:
+            results = await engine.fetch_all(tasks)
+    finally:
+        for reader in readers:
+            await reader.close()
+        await client.close()
+    seconds = time.perf_counter() - start
+    for f, r in zip(w.files, results, strict=True):
+        if r.size != f.size:
+            raise ToolFailed(f"engine reported {r.size} bytes for {f.path.name}, expected {f.size}")
+    retries = sum(r.retries for r in results)
+    fetched = sum(r.bytes_fetched for r in results)
+    extra = f", fetched {format_bytes(fetched)}" if fetched != w.nbytes else ""
+    return Timed(seconds, f"{retries} retries{extra}")
+
+
+def _run_bdn(w: Workload, nginx: Nginx, out: Path, options: TransferBenchOptions) -> Timed:
+    try:
+        return asyncio.run(_engine_fetch(w, nginx, out, options.chunk_size))
+    except (OSError, ValueError) as err:  # BdnError subclasses inherit these builtins.
+        raise ToolFailed(f"bdn engine: {err}") from err
+
+
+def _run_ceiling(w: Workload, _: Nginx, out: Path, options: TransferBenchOptions) -> Timed:
+    files = [(out / f.path.name, f.size) for f in w.files]
+    return Timed(write_ceiling(files, threads=options.ceiling_threads))
+
+
+def contenders(options: TransferBenchOptions) -> tuple[Contender, ...]:
+    """The rows of each workload's table, BDN first."""
+    return (
+        Contender("bdn", "bdn engine (xxh3-128 chunk verify)", "bdn", None, _run_bdn, "content"),
+        Contender(
+            "curl", "curl (1 stream per file, in turn)", "reference", "curl", _run_curl, "content"
+        ),
+        Contender("aria2c", "aria2c -x16 -s16 -k1M", "reference", "aria2c", _run_aria2c, "content"),
+        Contender(
+            "ceiling",
+            f"page-cache write ceiling (pwrite, {options.ceiling_threads} threads)",
+            "ceiling",
+            None,
+            _run_ceiling,
+            "size",
+        ),
+    )
+
+
+def _make_workloads(data: Path, options: TransferBenchOptions) -> list[Workload]:
+    single, shards = data / "single", data / "shards"
+    single.mkdir(parents=True)
+    shards.mkdir(parents=True)
+    width = len(str(options.shards))
+    specs = [(single / "model.safetensors", options.size)] + [
+        (shards / f"model-{i + 1:0{width}d}-of-{options.shards}.safetensors", options.shard_size)
+        for i in range(options.shards)
+    ]
+    files = generate_files(specs, chunk_size=options.chunk_size)
+    return [
+        Workload(f"(a) one {format_bytes(options.size)} file", "single", (files[0],)),
+        Workload(
+            f"(b) {options.shards} files of {format_bytes(options.shard_size)}",
+            "shards",
+            tuple(files[1:]),
+        ),
+    ]
+
+
+def _run_once(
+    c: Contender, r: Result, *, w: Workload, nginx: Nginx, out: Path, options: TransferBenchOptions
+) -> Timed:
+    """One timed run of ``c``, then its output check (outside the timing) and cleanup."""
+    out.mkdir(parents=True)
+    try:
+        timed = c.run(w, nginx, out, options)
+        for f in w.files:
+            if c.verify == "size":
+                size = (out / f.path.name).stat().st_size
+                if size != f.size:
+                    raise ToolFailed(f"{f.path.name} has {size} bytes, expected {f.size}")
+            else:
+                # SHA-256 of BDN's output once: the identity check a pull skips.
+                verify_file(out / f.path.name, f, sha256=c.role == "bdn" and not r.seconds)
+        return timed
+    finally:
+        remove_outputs(out)
+
+
+def _measure(
+    w: Workload,
+    nginx: Nginx,
+    out: Path,
+    options: TransferBenchOptions,
+    missing: Mapping[str, str],
+    console: Console,
+) -> Section:
+    """Every contender over workload ``w``, ``repeat`` rounds."""
+    rows = contenders(options)
+    section = Section(
+        w.title,
+        "bdn",
+        [
+            Result(
+                c.key, c.label, c.role, w.nbytes, error=missing.get(c.needs) if c.needs else None
+            )
+            for c in rows
+        ],
+        AIMS,
+    )
+    runners: dict[str, Callable[[Result], Timed]] = {
+        c.key: functools.partial(_run_once, c, w=w, nginx=nginx, out=out, options=options)
+        for c in rows
+    }
+    warm_up_writes(out, w.nbytes)
+    measure_rounds(section, runners, repeat=options.repeat, console=console)
+    return section
+
+
+def run_transfer_bench(
+    options: TransferBenchOptions = DEFAULT_TRANSFER_BENCH_OPTIONS,
+    *,
+    console: Console | None = None,
+    unavailable: Mapping[str, str] | None = None,
+) -> BenchReport:
+    """Run ``bdn bench transfer`` and return its report (the function API; installs nothing).
+
+    Args:
+        options: sizes, repeats and the work directory.
+        console: where progress lines go (default: stderr).
+        unavailable: ``{tool: reason}`` already known missing (from an install
+            attempt); any other reference tool not on PATH is added here too,
+            so it shows as "not available (reason)", never silently skipped.
+
+    Raises:
+        BenchAbort: nginx is not available (nothing could be measured), the
+            disk is too small, or nginx would not start.
+        ConfigError: an option is out of range.
+    """
+    options.check()
+    console = console or progress_console()
+    missing = {**missing_tools(REFERENCE_TOOLS), **(unavailable or {})}
+    if "nginx" in missing:
+        raise BenchAbort(f"needs nginx to serve the data: {missing['nginx']}")
+    data_bytes = options.size + options.shards * options.shard_size
+    with bench_workdir(options.workdir, keep=options.keep, console=console) as wd:
+        # Source data, plus one output tree at a time, plus room for write-back lag.
+        require_free_space(
+            wd, data_bytes + max(options.size, options.shards * options.shard_size) + 256 * MiB
+        )
+        report = BenchReport("transfer", machine_facts(REFERENCE_TOOLS, wd), options.repeat)
+        console.print(f"generating {format_bytes(data_bytes)} of random data in {wd}")
+        workloads = _make_workloads(wd / "data", options)
+        with Nginx(wd / "data", wd / "nginx") as nginx:
+            console.print(f"nginx serving {wd / 'data'} on 127.0.0.1:{nginx.port}")
+            for w in workloads:
+                report.sections.append(_measure(w, nginx, wd / "out", options, missing, console))
+    report.notes.append(
+        "outputs verified (size + xxh3-128 per chunk; BDN also sha256 once) "
+        "outside the timing; source data served from the page cache; an "
+        "untimed warm-up write of each workload's size precedes its runs"
+    )
+    return report
+
+
+def options_from_args(args: argparse.Namespace) -> TransferBenchOptions:
+    """Build options from the parsed ``bdn bench transfer`` flags."""
+    return TransferBenchOptions(size=parse_size(args.size, field="--size"), **common_options(args))
+
+
+def transfer_command(args: argparse.Namespace) -> int:
+    """``bdn bench transfer``: install missing tools if allowed, run, print; the exit status."""
+    options = options_from_args(args)
+    return run_command(
+        "transfer",
+        args,
+        lambda console, unavailable: run_transfer_bench(
+            options, console=console, unavailable=unavailable
+        ),
+        tools=REFERENCE_TOOLS,
+    )
