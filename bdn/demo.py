@@ -16,11 +16,7 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import stat
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -36,6 +32,7 @@ from bdn.config.secrets import SecretResolver
 from bdn.config.units import format_bytes, parse_size
 from bdn.config.weights import WeightsEntry
 from bdn.errors import BdnError, ConfigError
+from bdn.fleet import FleetAgent, loopback_fleet, wait_ready
 from bdn.mirror import MirrorOptions, MirrorResult, run_mirror
 from bdn.pull import PullResult
 
@@ -53,35 +50,6 @@ class DemoOptions:
     agents: int = 4
     keep: bool = False
     workdir: Path | None = None
-
-
-@dataclass
-class _Agent:
-    name: str
-    port: int
-    root: Path
-    socket: Path
-    proc: subprocess.Popen[bytes]
-
-    @property
-    def address(self) -> str:
-        return f"unix://{self.socket}"
-
-
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``bdn demo`` to the ``bdn`` parser."""
-    p = sub.add_parser(
-        "demo",
-        help="mirror a synthetic model and a fine-tune, pull both on 4 local agents, report",
-        description="Build a synthetic model and a fine-tune sharing 6 of its 8 shards, mirror "
-        "both, start agents on loopback as a ring, pull both models on every agent at once, "
-        "print bytes per tier, then clean up. Needs ~4x the model size of free disk.",
-    )
-    p.add_argument("--size", default="1GiB", help="size of the base model (default 1GiB)")
-    p.add_argument("--agents", type=int, default=4, help="node agents in the ring (default 4)")
-    p.add_argument("--workdir", metavar="DIR", help="parent of the demo's temporary directory")
-    p.add_argument("--keep", action="store_true", help="keep the demo directory afterwards")
-    p.set_defaults(func=demo_command)
 
 
 def demo_command(args: argparse.Namespace) -> int:
@@ -113,8 +81,7 @@ def run_demo(options: DemoOptions, console: Console) -> int:
                 f"{format_bytes(res.bytes_stored)} stored, "
                 f"{format_bytes(res.bytes_deduplicated)} deduplicated"
             )
-        with _agents(work, store, options.agents) as agents:
-            asyncio.run(_wait_ring(agents))
+        with _ring(work, store, options.agents) as agents:
             console.print(f"started {len(agents)} agents on loopback as one ring")
             started = time.monotonic()
             results = asyncio.run(_pull_everywhere(agents, mirrored))
@@ -205,97 +172,22 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path)
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 @contextlib.contextmanager
-def _agents(work: Path, store: str, count: int) -> Iterator[list[_Agent]]:
+def _ring(work: Path, store: str, count: int) -> Iterator[list[FleetAgent]]:
+    """``count`` agents on loopback as one ring, each in ``work/agent-N``, ready."""
     token = work / "token"
     token.write_text(secrets.token_hex(16))
-    ports = _free_ports(count)
-    peers = ",".join(f"127.0.0.1:{p}" for p in ports)
-    agents: list[_Agent] = []
-    # Unix socket paths are limited to ~100 bytes, and the work dir may be deep.
-    sockets = Path(tempfile.mkdtemp(prefix="bdn-demo-"))
-    try:
-        for i, port in enumerate(ports):
-            root = work / f"agent-{i}"
-            root.mkdir()
-            sock = sockets / f"{i}.sock"
-            log = (root / "agent.log").open("wb")
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "bdn",
-                    "agent",
-                    "--store",
-                    store,
-                    "--cache",
-                    str(root / "cache"),
-                    "--socket",
-                    str(sock),
-                    "--listen",
-                    f"127.0.0.1:{port}",
-                    "--peers",
-                    peers,
-                    "--token-file",
-                    str(token),
-                    "--probe-interval",
-                    "0.5",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            log.close()
-            agents.append(_Agent(f"agent-{i}", port, root, sock, proc))
+    with loopback_fleet(count, store=store, roots=work, token_file=token,
+                        extra=("--probe-interval", "0.5")) as agents:
+        asyncio.run(wait_ready(agents, members=count, timeout=60, interval=0.1))
         yield agents
-    finally:
-        for agent in agents:
-            if agent.proc.poll() is None:
-                agent.proc.send_signal(signal.SIGTERM)
-        for agent in agents:
-            try:
-                agent.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                agent.proc.kill()
-                agent.proc.wait(timeout=10)
-        shutil.rmtree(sockets, ignore_errors=True)
-
-
-async def _wait_ring(agents: list[_Agent], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    for agent in agents:
-        client = AgentClient(agent.address)
-        while True:
-            if agent.proc.poll() is not None:
-                log = (agent.root / "agent.log").read_text(errors="replace")[-2000:]
-                raise BdnError(f"{agent.name} exited with {agent.proc.returncode}: {log}")
-            health = await client.health() if agent.socket.exists() else None
-            if health and len(health.get("members", ())) == len(agents):
-                break
-            if time.monotonic() > deadline:
-                raise BdnError(
-                    f"{agent.name} did not join a ring of {len(agents)} in "
-                    f"{timeout:.0f}s; see {agent.root / 'agent.log'}"
-                )
-            await asyncio.sleep(0.1)
 
 
 async def _pull_everywhere(
-    agents: list[_Agent], mirrored: list[MirrorResult]
+    agents: list[FleetAgent], mirrored: list[MirrorResult]
 ) -> list[tuple[str, str, PullResult]]:
-    async def one(agent: _Agent, label: str, manifest_id: str) -> tuple[str, str, PullResult]:
-        mount = agent.root / "models" / label
+    async def one(agent: FleetAgent, label: str, manifest_id: str) -> tuple[str, str, PullResult]:
+        mount = agent.spec.root / "models" / label
         status = await AgentClient(agent.address).pull(request_for(manifest_id, mount))
         return agent.name, label, to_pull_result(status)
 

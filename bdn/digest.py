@@ -2,7 +2,7 @@
 
 SHA-256 names blobs because dedup crosses models and tenants, so the identity
 must resist crafted collisions. xxh3-128 checks chunks on the hot path because
-it runs at ~8 GB/s per core against SHA-256's ~1.2 GB/s (DESIGN.md, "Chunk").
+it runs at ~8 GB/s per core against SHA-256's ~1.2 GB/s (docs/DESIGN.md, "Chunk").
 
 >>> d = Digest.parse("sha256:" + "ab" * 32)
 >>> d.hex[:4], str(d)[:11]
@@ -27,7 +27,7 @@ _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _XXH3_HEX = re.compile(r"[0-9a-f]{32}")
 
 DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024
-"""Chunk size for manifests when none is configured (DESIGN.md, "Chunk")."""
+"""Chunk size for manifests when none is configured (docs/DESIGN.md, "Chunk")."""
 
 
 @dataclass(frozen=True, slots=True, order=True)

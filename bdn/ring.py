@@ -1,4 +1,6 @@
-"""The consistent hash ring that gives every chunk an owner node (DESIGN.md, "Pull").
+"""The consistent hash ring that gives every chunk an owner node.
+
+See docs/DESIGN.md, "The three tiers".
 
 Pure: no I/O, no clock. Membership comes from outside (the agent's peer list
 or DNS); a change of members moves about 1/N of the chunks, so a node joining

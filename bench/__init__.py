@@ -16,7 +16,7 @@ import argparse
 from bdn.config.units import format_bytes
 from bench.harness import GiB, MiB
 
-__all__ = ["register"]
+__all__ = ["build_parser", "main", "register"]
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -130,17 +130,8 @@ def _add_mirror_server(sub: argparse._SubParsersAction) -> None:
     ms.set_defaults(func=_mirror_server, no_install=True)
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``bench`` with sub-commands ``transfer``, ``mirror``, ``pull`` and ``herd``.
-
-    Each sub-command sets ``func``: a callable taking the parsed arguments and
-    returning the exit status (0 ok, 1 a run failed, 2 a reference tool missing).
-    """
-    bench = subparsers.add_parser(
-        "bench", help="measure BDN against reference tools (curl, aria2c, cp) in the same run",
-        description="Measure BDN against reference tools in the same run; print ratios.")
-    sub = bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
-
+def _add_benches(sub: argparse._SubParsersAction) -> None:
+    """The sub-commands ``transfer``, ``mirror``, ``pull``, ``herd`` and ``mirror-server``."""
     t = sub.add_parser(
         "transfer", help="engine vs curl, aria2c and the page-cache write ceiling, over nginx",
         description="Serve random data with a throwaway nginx on loopback and download it "
@@ -176,3 +167,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     _add_herd(sub)
     _add_mirror_server(sub)
+
+
+_DESCRIPTION = "Measure BDN against reference tools in the same run; print ratios."
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``bench`` with its sub-commands (see :func:`_add_benches`) to a parser.
+
+    Each sub-command sets ``func``: a callable taking the parsed arguments and
+    returning the exit status (0 ok, 1 a run failed, 2 a reference tool missing).
+    """
+    bench = subparsers.add_parser(
+        "bench", help="measure BDN against reference tools (curl, aria2c, cp) in the same run",
+        description=_DESCRIPTION)
+    _add_benches(bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``bdn bench`` parser on its own: the sub-commands and flags of :func:`register`."""
+    parser = argparse.ArgumentParser(prog="bdn bench", description=_DESCRIPTION)
+    _add_benches(parser.add_subparsers(dest="bench_command", metavar="BENCH", required=True))
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Run ``bdn bench ARGV`` (``argv`` without ``bdn bench``); the exit status.
+
+    0 ok, 1 a run failed, 2 a reference tool missing or bad flags (argparse
+    exits). A bad option value raises ``ConfigError``, for the caller to print,
+    as every ``bdn`` command's errors are.
+    """
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))

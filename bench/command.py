@@ -6,13 +6,13 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from rich.console import Console
 
 from bdn.config.units import parse_size
 from bench.harness import BenchAbort, sigterm_as_exit
-from bench.report import BenchReport, emit_report, progress_console
+from bench.report import emit_report, progress_console
 from bench.tools import ensure_tools
 
 
@@ -27,15 +27,24 @@ def common_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+class _Report(Protocol):
+    """What every bench's report has: its exit status (1 if a run failed)."""
+
+    @property
+    def exit_code(self) -> int: ...
+
+
 def run_command(
     name: str,
     args: argparse.Namespace,
-    run: Callable[[Console, dict[str, str]], BenchReport],
+    run: Callable[[Console, dict[str, str]], _Report],
     *,
     tools: Sequence[str] = (),
+    emit: Callable[..., None] = emit_report,
 ) -> int:
     """Install missing reference ``tools`` if allowed, ``run`` the bench, print its
-    report; returns the exit status (a ``BenchAbort`` prints one line and exits 2)."""
+    report with ``emit`` (:func:`bench.report.emit_report` by default); returns the exit
+    status (a ``BenchAbort`` prints one line and exits with its code, 2 by default)."""
     console = progress_console()
     try:
         with sigterm_as_exit():
@@ -48,5 +57,5 @@ def run_command(
     except BenchAbort as err:
         print(f"bdn bench {name}: {err}", file=sys.stderr)
         return err.exit_code
-    emit_report(report, as_json=args.json)
+    emit(report, as_json=args.json)
     return report.exit_code

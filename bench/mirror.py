@@ -23,7 +23,7 @@ from bdn.backends import open_store
 from bdn.config.secrets import SecretResolver
 from bdn.config.units import format_bytes
 from bdn.config.weights import WeightsEntry
-from bdn.digest import DEFAULT_CHUNK_SIZE, Digest
+from bdn.digest import Digest
 from bdn.errors import BdnError, ConfigError
 from bdn.mirror import DEFAULT_MIRROR_OPTIONS, MirrorResult, run_mirror
 from bdn.store import blob_key
@@ -33,7 +33,6 @@ from bench.harness import (
     MiB,
     ToolFailed,
     bench_workdir,
-    generate_files,
     remove_outputs,
     require_free_space,
     run_timed,
@@ -41,6 +40,7 @@ from bench.harness import (
     verify_file,
     warm_up_writes,
 )
+from bench.model import generate_shards
 from bench.report import (
     Aim,
     BenchReport,
@@ -177,6 +177,30 @@ def _run_bdn(
     )
 
 
+def _section(options: MirrorBenchOptions, missing: dict[str, str]) -> tuple[Section, Result]:
+    """The bench's one section, empty, and its row of the unchanged re-mirror."""
+    title = f"file -> file mirror, {options.shards} files of {format_bytes(options.shard_size)}"
+    again = Result("again", "bdn re-mirror, unchanged", "info", options.nbytes)
+    section = Section(
+        title,
+        "bdn",
+        [
+            Result("bdn", "bdn mirror (sha256 + xxh3-128)", "bdn", options.nbytes),
+            Result("cp", "cp -r", "reference", options.nbytes, error=missing.get("cp")),
+            Result(
+                "cp_sync",
+                "cp -r + sync (durable, like the store)",
+                "reference",
+                options.nbytes,
+                error=missing.get("cp") or missing.get("sync"),
+            ),
+            again,
+        ],
+        AIMS,
+    )
+    return section, again
+
+
 def run_mirror_bench(
     options: MirrorBenchOptions = DEFAULT_MIRROR_BENCH_OPTIONS, *, console: Console | None = None
 ) -> BenchReport:
@@ -194,38 +218,9 @@ def run_mirror_bench(
         require_free_space(wd, 2 * options.nbytes + 256 * MiB)
         report = BenchReport("mirror", machine_facts(REFERENCE_TOOLS, wd), options.repeat)
         src = wd / "src"
-        src.mkdir()
-        width = len(str(options.shards))
         console.print(f"generating {format_bytes(options.nbytes)} of random data in {src}")
-        files = generate_files(
-            [
-                (
-                    src / f"model-{i + 1:0{width}d}-of-{options.shards}.safetensors",
-                    options.shard_size,
-                )
-                for i in range(options.shards)
-            ],
-            chunk_size=DEFAULT_CHUNK_SIZE,
-        )
-        title = f"file -> file mirror, {options.shards} files of {format_bytes(options.shard_size)}"
-        again = Result("again", "bdn re-mirror, unchanged", "info", options.nbytes)
-        section = Section(
-            title,
-            "bdn",
-            [
-                Result("bdn", "bdn mirror (sha256 + xxh3-128)", "bdn", options.nbytes),
-                Result("cp", "cp -r", "reference", options.nbytes, error=missing.get("cp")),
-                Result(
-                    "cp_sync",
-                    "cp -r + sync (durable, like the store)",
-                    "reference",
-                    options.nbytes,
-                    error=missing.get("cp") or missing.get("sync"),
-                ),
-                again,
-            ],
-            AIMS,
-        )
+        files = generate_shards(src, [options.shard_size] * options.shards)
+        section, again = _section(options, missing)
         runners: dict[str, Callable[[Result], Timed]] = {
             "bdn": functools.partial(
                 _run_bdn, src=src, files=files, store_dir=wd / "store", again_row=again

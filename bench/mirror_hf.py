@@ -81,7 +81,7 @@ def load_hf_server_module() -> ModuleType:
     Raises:
         BenchAbort: no checkout (an installed wheel), or pytest is missing.
     """
-    path = Path(__file__).resolve().parents[2] / "tests" / "hfserver.py"
+    path = Path(__file__).resolve().parents[1] / "tests" / "hfserver.py"
     if not path.is_file():
         raise BenchAbort(
             f"--source hf needs the Hugging Face test server from a source checkout "

@@ -29,6 +29,7 @@ from bdn.errors import ConfigError
 from bdn.http import DEFAULT_HTTP_CONFIG, HttpClient, HttpRangeReader
 from bdn.transfer.engine import DEFAULT_TRANSFER_CONFIG, FileTask, TransferEngine
 from bench.command import common_options, run_command
+from bench.fetchers import check_outputs, run_aria2c, run_curl
 from bench.harness import (
     BenchAbort,
     DataFile,
@@ -39,9 +40,6 @@ from bench.harness import (
     generate_files,
     remove_outputs,
     require_free_space,
-    run_timed,
-    timeout_for,
-    verify_file,
     warm_up_writes,
     write_ceiling,
 )
@@ -114,6 +112,10 @@ class Workload:
     def url(self, nginx: Nginx, f: DataFile) -> str:
         return nginx.url(f"{self.name}/{f.path.name}")
 
+    def downloads(self, nginx: Nginx) -> list[tuple[str, DataFile]]:
+        """Every file's URL with the file, for the reference downloaders."""
+        return [(self.url(nginx, f), f) for f in self.files]
+
 
 Runner = Callable[[Workload, Nginx, Path, TransferBenchOptions], Timed]
 
@@ -136,37 +138,12 @@ class Contender:
 
 
 def _run_curl(w: Workload, nginx: Nginx, out: Path, _: TransferBenchOptions) -> Timed:
-    start = time.perf_counter()
-    for f in w.files:
-        run_timed(
-            ["curl", "-sS", "--fail", "-o", str(out / f.path.name), w.url(nginx, f)],
-            timeout=timeout_for(f.size),
-        )
-    return Timed(time.perf_counter() - start)
+    return run_curl(w.downloads(nginx), out)
 
 
 def _run_aria2c(w: Workload, nginx: Nginx, out: Path, _: TransferBenchOptions) -> Timed:
-    argv = [
-        "aria2c",
-        "-x16",
-        "-s16",
-        "-k1M",
-        "--file-allocation=none",
-        "--quiet=true",
-        "--allow-overwrite=true",
-        "--auto-file-renaming=false",
-        "-d",
-        str(out),
-    ]
-    if len(w.files) == 1:
-        argv += ["-o", w.files[0].path.name, w.url(nginx, w.files[0])]
-        note = ""
-    else:
-        listing = out.parent / f"aria2c-{w.name}.txt"
-        listing.write_text("".join(f"{w.url(nginx, f)}\n  out={f.path.name}\n" for f in w.files))
-        argv += ["-j", str(len(w.files)), "-i", str(listing)]
-        note = f"-j {len(w.files)} via input file"
-    return Timed(run_timed(argv, timeout=timeout_for(w.nbytes)), note)
+    listing = None if len(w.files) == 1 else out.parent / f"aria2c-{w.name}.txt"
+    return run_aria2c(w.downloads(nginx), out, listing=listing)
 
 
 async def _engine_fetch(w: Workload, nginx: Nginx, out: Path, chunk_size: int) -> Timed:
@@ -260,14 +237,9 @@ def _run_once(
     out.mkdir(parents=True)
     try:
         timed = c.run(w, nginx, out, options)
-        for f in w.files:
-            if c.verify == "size":
-                size = (out / f.path.name).stat().st_size
-                if size != f.size:
-                    raise ToolFailed(f"{f.path.name} has {size} bytes, expected {f.size}")
-            else:
-                # SHA-256 of BDN's output once: the identity check a pull skips.
-                verify_file(out / f.path.name, f, sha256=c.role == "bdn" and not r.seconds)
+        # SHA-256 of BDN's output once: the identity check a pull skips.
+        check_outputs(out, w.files, content=c.verify == "content",
+                      sha256=c.role == "bdn" and not r.seconds)
         return timed
     finally:
         remove_outputs(out)

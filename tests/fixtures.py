@@ -1,4 +1,4 @@
-"""Factory helpers shared by the test modules (STYLE.md §9)."""
+"""Factory helpers shared by the test modules (docs/DESIGN.md, "Conventions")."""
 
 from __future__ import annotations
 

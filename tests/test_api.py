@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -130,3 +133,37 @@ def test_with_bdn_agent_set_the_agent_needs_a_mount_location(
     monkeypatch.setenv("BDN_AGENT", "unix:///nonexistent.sock")
     with pytest.raises(ConfigError, match="mount_location"):
         bdn.ensure_weights(str(env))
+
+
+def test_mirror_then_pull_by_id_through_the_orchestrator(env: Path) -> None:
+    # The calls `bdn mirror` and `bdn pull` make: one flow for the CLI and the API.
+    from bdn import api
+    from bdn.config.settings import Settings
+
+    src = make_model(env / "src", FILES)
+    settings = Settings.from_env(os.environ)
+    entry = api.weights_entry(str(src), where="bdn mirror")
+    labels: list[str] = []
+    seen: list[tuple[int, int]] = []
+    [mirrored] = asyncio.run(
+        api.mirror_weights(
+            [entry], settings, on_begin=labels.append, on_progress=lambda d, t: seen.append((d, t))
+        )
+    )
+    assert seen[-1] == (mirrored.bytes_transferred, mirrored.bytes_transferred)
+    result = asyncio.run(
+        api.pull_weights(mirrored.manifest_id, settings, mount=env / "m", on_begin=labels.append)
+    )
+    assert result.manifest_id == mirrored.manifest_id and _tree(env / "m") == FILES
+    assert labels == [f"mirror {entry.source}", f"pull {mirrored.manifest_id[:19]}…"]
+    with pytest.raises(ConfigError, match="mount"):
+        asyncio.run(api.pull_weights(mirrored.manifest_id, settings))
+
+
+def test_pulling_does_not_load_the_mirror() -> None:
+    # Only bdn.api decides to mirror first, and it imports bdn.mirror when it does.
+    script = "import sys, bdn.api, bdn.pull; print('bdn.mirror' in sys.modules)"
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert proc.stdout.strip() == "False"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -240,3 +242,51 @@ def test_pull_and_cache_commands(tmp_path: Path) -> None:
     conflict = run_bdn("pull", str(src), "--to", str(tmp_path / "mine"), home=tmp_path)
     _assert_one_line_error(conflict, "did not materialize")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+HEAVY_MODULES = ("boto3", "botocore", "google.cloud", "huggingface_hub", "aiohttp")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["pull", "--help"], ["mirror", "--help"]])
+def test_help_loads_no_sdk(argv: list[str]) -> None:
+    # The parser is built from light modules; each command imports its flow when it runs.
+    script = (
+        "import sys\nfrom bdn.cli.main import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        f"print(sorted(m for m in sys.modules if m.startswith({HEAVY_MODULES!r})))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_mirror_help_names_the_default_chunk_size() -> None:
+    from bdn.cli.mirror import CHUNK_SIZE_HELP
+    from bdn.config.units import format_bytes
+    from bdn.digest import DEFAULT_CHUNK_SIZE
+
+    assert CHUNK_SIZE_HELP.endswith(f"(default {format_bytes(DEFAULT_CHUNK_SIZE)})")
+
+
+def test_bench_forwards_every_argument_to_the_checkout(tmp_path: Path) -> None:
+    res = run_bdn("bench", "--help", home=tmp_path)
+    assert res.code == 0, res.stderr
+    assert res.stdout.startswith("usage: bdn bench") and "transfer" in res.stdout
+    res = run_bdn("bench", "transfer", "--help", home=tmp_path)
+    assert res.code == 0, res.stderr
+    assert res.stdout.startswith("usage: bdn bench transfer") and "--shard-size" in res.stdout
+
+
+def test_bench_without_a_checkout_is_a_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import bdn
+    from bdn.cli.main import main
+
+    monkeypatch.setattr(bdn, "__file__", str(tmp_path / "site-packages" / "bdn" / "__init__.py"))
+    assert main(["bench", "transfer"], environ={}) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bdn: error: ")
+    assert "source checkout" in err and "pip install -e" in err and "bdn bench" in err

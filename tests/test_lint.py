@@ -1,4 +1,8 @@
-"""The code base stays ruff-clean and type-checks (STYLE.md §10): part of the one test command."""
+"""The code base stays ruff-clean, type-checks and keeps its import contracts.
+
+Part of the one test command, so a lint error or a wrong import arrow fails the
+suite instead of waiting for a review. The contracts live in ``.importlinter``.
+"""
 
 from __future__ import annotations
 
@@ -27,4 +31,15 @@ def test_ruff_is_clean() -> None:
 
 def test_mypy_is_clean() -> None:
     res = _run(sys.executable, "-m", "mypy", "bdn")
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_import_contracts_hold() -> None:
+    lint_imports = shutil.which("lint-imports") or str(Path(sys.executable).parent / "lint-imports")
+    if not Path(lint_imports).exists():
+        pytest.fail(
+            "import-linter is not installed; install the dev extra: pip install -e '.[dev]'"
+        )
+    # --no-cache: the check takes about a second, and a cache would litter the checkout.
+    res = _run(lint_imports, "--no-cache", "--no-logo")
     assert res.returncode == 0, res.stdout + res.stderr

@@ -25,6 +25,7 @@ import xxhash
 from jsonschema import Draft202012Validator
 
 import bdn.manifest
+import bdn.manifest_json
 from bdn.digest import Digest
 from bdn.errors import ManifestInvalid
 from bdn.manifest import (
@@ -558,6 +559,7 @@ def test_to_dict_returns_a_fresh_json_data_model() -> None:
 
 def test_module_doctests_pass() -> None:
     assert doctest.testmod(bdn.manifest).failed == 0
+    assert doctest.testmod(bdn.manifest_json).failed == 0
 
 
 def _entry(path: str, data: bytes = b"", etag: str | None = None) -> FileEntry:

@@ -9,14 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from bdn.backends.gcs.client import SCOPE_READ_ONLY, gcp_oidc_credentials
+from bdn.backends.gcs.creds import SCOPE_READ_ONLY, gcp_oidc_credentials
 from bdn.backends.gcs.source import GcsSource
-from bdn.backends.oidc import (
-    OIDC_TOKEN_FILE_ENV,
-    aws_oidc_credentials,
-    oidc_token_file,
-    read_oidc_token,
-)
+from bdn.backends.oidc import OIDC_TOKEN_FILE_ENV, oidc_token_file, read_oidc_token
+from bdn.backends.s3.creds import aws_oidc_credentials
 from bdn.backends.s3.source import S3Source
 from bdn.config.weights import AuthConfig
 from bdn.errors import AuthError, ConfigError

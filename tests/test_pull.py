@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bdn.backends import open_store
+from bdn.backends.base import BlobStore
 from bdn.cache import NodeCache
 from bdn.config.secrets import SecretResolver
 from bdn.config.weights import WeightsEntry
@@ -38,20 +39,25 @@ MODEL = {
 FAST = PullOptions(transfer=TransferConfig(retry=RetryPolicy(max_attempts=6, base_delay=0.01)))
 
 
+async def mirror_into(store: BlobStore, src: Path) -> Manifest:
+    """Mirror the model directory ``src`` into ``store``, close it, return the manifest."""
+    try:
+        res = await run_mirror(
+            WeightsEntry(source=f"file://{src}"),
+            store=store,
+            secrets=SecretResolver(None, {}),
+            options=MirrorOptions(chunk_size=CHUNK),
+        )
+        return await Store(store).get_manifest(res.manifest_id)
+    finally:
+        await store.close()
+
+
 async def mirror_model(tmp_path: Path, files: dict[str, bytes] = MODEL) -> tuple[Path, Manifest]:
     """Mirror a model into a file store under ``tmp_path``; return the store root and manifest."""
     src = make_model(tmp_path / "src", files)
     store_root = tmp_path / "store"
-    store = open_store(f"file://{store_root}")
-    res = await run_mirror(
-        WeightsEntry(source=f"file://{src}"),
-        store=store,
-        secrets=SecretResolver(None, {}),
-        options=MirrorOptions(chunk_size=CHUNK),
-    )
-    manifest = await Store(store).get_manifest(res.manifest_id)
-    await store.close()
-    return store_root, manifest
+    return store_root, await mirror_into(open_store(f"file://{store_root}"), src)
 
 
 def serve_store(server: FaultServer, store_root: Path) -> str:
@@ -117,14 +123,7 @@ async def test_pull_from_moto_s3_store(
     bucket = moto_s3.make_bucket("pull-origin")
     src = make_model(tmp_path / "src", MODEL)
     store = open_store(f"s3://{bucket}/bdn", endpoint_url=moto_s3.endpoint_url)
-    res = await run_mirror(
-        WeightsEntry(source=f"file://{src}"),
-        store=store,
-        secrets=SecretResolver(None, {}),
-        options=MirrorOptions(chunk_size=CHUNK),
-    )
-    manifest = await Store(store).get_manifest(res.manifest_id)
-    await store.close()
+    manifest = await mirror_into(store, src)
     mount = tmp_path / "m"
     out = await pull(
         manifest, mount, f"s3://{bucket}/bdn", tmp_path / "cache", endpoint_url=moto_s3.endpoint_url

@@ -14,13 +14,8 @@ from pathlib import Path
 import pytest
 
 import bdn.config.secrets
-from bdn.config.secrets import (
-    S3Credentials,
-    SecretResolver,
-    is_valid_secret_name,
-    load_s3_credentials,
-    secret_env_name,
-)
+from bdn.backends.s3.creds import S3Credentials, load_s3_credentials
+from bdn.config.secrets import SecretResolver, is_valid_secret_name, secret_env_name
 from bdn.errors import SecretError
 
 FAKE_SECRET = "zzFAKE-s3cr3t-VALUE-9f8e7d6c"  # Distinctive: must never appear in an error.

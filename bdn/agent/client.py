@@ -8,10 +8,11 @@ Traceback (most recent call last):
 bdn.errors.ConfigError: BDN_AGENT: 'tcp://x' is not an agent address; ...
 
 :meth:`AgentClient.pull` posts a request and polls its progress until the
-agent reports the tree done, then returns the agent's final JSON (see
-``agent/pulls.py``, ``PullJob.to_dict``). A failed pull raises the bdn error
-the agent reported, with the agent's message; an agent that is not there
-raises one line naming the address and the fix.
+agent reports the tree done, then returns the agent's final JSON (a
+:class:`~bdn.agent.protocol.PullStatus` body). A failed pull raises the bdn
+error the agent reported, with the agent's message; an agent that is not there
+raises one line naming the address and the fix. Paths, bodies and error names
+are those of :mod:`bdn.agent.protocol`, which the agent's server uses too.
 """
 
 from __future__ import annotations
@@ -24,8 +25,15 @@ from typing import Any
 
 import aiohttp
 
-from bdn import errors
-from bdn.config.weights import WeightsEntry
+from bdn.agent.protocol import (
+    HEALTH_PATH,
+    PULLS_PATH,
+    PullStatus,
+    error_for_status,
+    error_of,
+    pull_path,
+    request_for,
+)
 from bdn.errors import BdnError, ConfigError, TransferError
 from bdn.http import redact_url
 from bdn.pull import PullResult
@@ -36,34 +44,6 @@ DEFAULT_POLL_INTERVAL = 0.15
 """Seconds between progress polls: a warm pull ends in well under a second."""
 
 _REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=5)
-
-# Error names the agent may report -> what we raise. Classes whose constructor
-# needs more than a message map to their nearest base that does not, so a
-# caller's `except` on the family still works.
-_ERRORS: dict[str, type[BdnError]] = {
-    cls.__name__: cls
-    for cls in (
-        errors.ConfigError,
-        errors.SecretError,
-        errors.AuthError,
-        errors.ManifestInvalid,
-        errors.NotFound,
-        errors.BlobNotFound,
-        errors.ManifestNotFound,
-        errors.RefNotFound,
-        errors.SourceNotFound,
-        errors.SourceError,
-        errors.StoreError,
-        errors.CacheError,
-        errors.MountConflict,
-        errors.TransferError,
-        errors.StallError,
-        errors.RangeError,
-        errors.IntegrityError,
-    )
-}
-_ERRORS["InsufficientSpace"] = errors.CacheError
-_ERRORS["HTTPStatusError"] = _ERRORS["RetryableHTTPError"] = errors.TransferError
 
 
 class AgentClient:
@@ -123,25 +103,25 @@ class AgentClient:
             the address when no agent answers there.
         """
         async with self._session() as session:
-            started = await self._call(session, "POST", "/v1/pulls", dict(request))
+            started = await self._call(session, "POST", PULLS_PATH, dict(request))
             pull_id = str(started["id"])
             while True:
-                status = await self._call(session, "GET", f"/v1/pulls/{pull_id}")
+                status = await self._call(session, "GET", pull_path(pull_id))
                 if on_progress is not None:
                     on_progress(int(status.get("bytes_done") or 0),
                                 int(status.get("bytes_total") or 0))
                 if status.get("state") == "succeeded":
                     return status
                 if status.get("state") == "failed":
-                    raise _error_of(status.get("error_type"),
-                                    f"agent {self.address}: {status.get('error')}")
+                    raise error_of(status.get("error_type"),
+                                   f"agent {self.address}: {status.get('error')}")
                 await asyncio.sleep(self.poll_interval)
 
     async def health(self) -> dict[str, Any] | None:
         """The agent's ``/healthz`` body, or ``None`` while it is not (yet) answering."""
         try:
             async with self._session() as session:
-                return await self._call(session, "GET", "/healthz")
+                return await self._call(session, "GET", HEALTH_PATH)
         except BdnError:
             return None
 
@@ -174,7 +154,7 @@ class AgentClient:
         if status < 300:
             return data
         message = f"agent {self.address}: {data.get('error') or f'HTTP {status}'}"
-        raise _STATUS_ERRORS.get(status, TransferError)(message)
+        raise error_for_status(status, message)
 
     def _unreachable(self, err: BaseException) -> TransferError:
         if self._socket is not None and not Path(self._socket).exists():
@@ -189,19 +169,6 @@ class AgentClient:
         )
 
 
-_STATUS_ERRORS: dict[int, type[BdnError]] = {
-    400: errors.ConfigError,
-    401: errors.AuthError,
-    404: errors.TransferError,  # The agent forgot the pull: it restarted.
-    409: errors.MountConflict,
-}
-
-
-def _error_of(name: object, message: str) -> BdnError:
-    cls = _ERRORS.get(name if isinstance(name, str) else "", errors.TransferError)
-    return cls(message)
-
-
 def _bad_address(address: str) -> ConfigError:
     return ConfigError(
         f"{address!r} is not an agent address; use unix:///path/agent.sock or "
@@ -210,33 +177,17 @@ def _bad_address(address: str) -> ConfigError:
     )
 
 
-def request_for(
-    target: str | WeightsEntry, mount: str | Path, *, background: bool = False
-) -> dict[str, Any]:
-    """The ``POST /v1/pulls`` body for a manifest id or a weights entry, into ``mount``.
-
-    >>> request_for("sha256:" + "a" * 64, "/models/m")["mount_location"]
-    '/models/m'
-    """
-    body: dict[str, Any] = (
-        {"manifest_id": target} if isinstance(target, str) else target.to_dict()
-    )
-    body["mount_location"] = str(mount)
-    if background:
-        body["background"] = True
-    return body
-
-
 def to_pull_result(status: Mapping[str, Any]) -> PullResult:
     """A :class:`~bdn.pull.PullResult` from the agent's final progress object."""
+    s = PullStatus.from_dict(status)
     return PullResult(
-        manifest_id=str(status.get("manifest_id") or ""),
-        path=Path(str(status["mount_location"])),
-        files=int(status.get("files") or 0),
-        total_bytes=int(status.get("tree_bytes") or 0),
-        bytes_from_node_cache=int(status.get("bytes_from_node_cache") or 0),
-        bytes_from_peers=int(status.get("bytes_from_peers") or 0),
-        bytes_from_origin=int(status.get("bytes_from_origin") or 0),
-        seconds=float(status.get("seconds") or 0.0),
-        materialized=str(status.get("materialized") or ""),
+        manifest_id=s.manifest_id or "",
+        path=Path(s.mount_location),
+        files=s.files or 0,
+        total_bytes=s.tree_bytes or 0,
+        bytes_from_node_cache=s.bytes_from_node_cache,
+        bytes_from_peers=s.bytes_from_peers,
+        bytes_from_origin=s.bytes_from_origin,
+        seconds=s.seconds,
+        materialized=s.materialized or "",
     )

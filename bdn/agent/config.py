@@ -2,25 +2,22 @@
 
 The ``bdn agent`` entry point (:mod:`bdn.cli.agent`) reads flags and the
 ``BDN_*`` environment once and builds an :class:`AgentConfig`; nothing under
-``agent/`` reads the environment or a file to configure itself (STYLE.md §7).
+``agent/`` reads the environment or a file to configure itself (docs/DESIGN.md, "Conventions").
+Addresses are parsed by :mod:`bdn.daemon.address`, as for the mirror service.
 
->>> parse_hostport("127.0.0.1:7070", field="--listen")
-('127.0.0.1', 7070)
->>> parse_hostport("[::1]:7070", field="--listen")
-('::1', 7070)
->>> is_loopback("localhost"), is_loopback("10.0.0.3"), is_loopback("0.0.0.0")
-(True, False, False)
+>>> parse_peer_list("10.0.0.2:7070, [::1]:7070,10.0.0.2:7070", field="--peers")
+('10.0.0.2:7070', '[::1]:7070')
 """
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+from bdn.agent.chunks import DEFAULT_CHUNK_CACHE_BYTES
 from bdn.config.settings import Settings
+from bdn.daemon.address import format_hostport, is_loopback, is_wildcard, parse_hostport
 from bdn.errors import ConfigError
-from bdn.peer.chunks import DEFAULT_CHUNK_CACHE_BYTES
 from bdn.pull import DEFAULT_PULL_OPTIONS, PullOptions
 from bdn.ring import DEFAULT_RING_CONFIG, RingConfig
 
@@ -86,7 +83,7 @@ class AgentConfig:
         background_fill_rate: bytes per second a pull requested with
             ``"background": true`` may take (``None``: no cap).
         peer_timeout: seconds a chunk request to a peer may take before the
-            pull falls back to origin (DESIGN.md: a short peer timeout).
+            pull falls back to origin (docs/DESIGN.md, "Pull": a short peer timeout).
         drain_timeout: seconds a SIGTERM waits for in-flight pulls and
             responses before cancelling them.
         finished_pulls_kept: finished pulls remembered for ``GET /v1/pulls/{id}``.
@@ -133,7 +130,7 @@ def check_config(config: AgentConfig) -> None:
         raise ConfigError("the peer token is empty; put a random secret in the token file",
                           field="--token-file")
     adv_host, _ = parse_hostport(config.advertise, field="--advertise")
-    if _is_wildcard(adv_host):
+    if is_wildcard(adv_host):
         raise ConfigError(
             f"{config.advertise} is a wildcard address peers cannot connect to; pass "
             "--advertise with this node's address, e.g. --advertise $(POD_IP):7070",
@@ -147,26 +144,6 @@ def check_config(config: AgentConfig) -> None:
         )
 
 
-def parse_hostport(text: str, *, field: str) -> tuple[str, int]:
-    """Split ``host:port`` (``[v6]:port`` for IPv6) and check the port.
-
-    Raises:
-        ConfigError: no port, a port outside 1-65535, or an empty host.
-    """
-    value = text.strip()
-    host, sep, port_text = value.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ConfigError(f"{text!r} is not HOST:PORT; e.g. 127.0.0.1:7070", field=field)
-    return host, int(port_text)
-
-
-def format_hostport(host: str, port: int) -> str:
-    """``host:port``, bracketing IPv6 literals."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def parse_peer_list(text: str, *, field: str) -> tuple[str, ...]:
     """``host:port,host:port`` into normalized ``host:port`` strings (order kept, deduplicated)."""
     peers: dict[str, None] = {}
@@ -174,20 +151,3 @@ def parse_peer_list(text: str, *, field: str) -> tuple[str, ...]:
         if item.strip():
             peers[format_hostport(*parse_hostport(item, field=field))] = None
     return tuple(peers)
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback IP literals; any other name is not trusted to be."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _is_wildcard(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_unspecified
-    except ValueError:
-        return False

@@ -2,7 +2,7 @@
 
 :class:`Agent` composes bdn's parts from one :class:`~bdn.agent.config.AgentConfig`:
 the store (wrapped to count origin requests), the node cache, the owner-side
-:class:`~bdn.peer.chunks.ChunkService`, peer membership and its ring, the
+:class:`~bdn.agent.chunks.ChunkService`, peer membership and its ring, the
 pull registry, and the two servers. :func:`run` adds signals.
 
 Shutdown (SIGTERM or SIGINT) drains, each phase bounded by ``drain_timeout``:
@@ -21,7 +21,6 @@ A second signal skips the wait of step 2.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -29,7 +28,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import disable_created_metrics
 
-from bdn.agent.config import AgentConfig, format_hostport
+from bdn.agent.chunks import ChunkService
+from bdn.agent.config import AgentConfig
 from bdn.agent.membership import HealthProber, Membership
 from bdn.agent.metrics import AgentMetrics, CountingStore
 from bdn.agent.pulls import PullContext, PullJob, PullRegistry
@@ -41,13 +41,14 @@ from bdn.agent.server import (
     pod_app,
     remove_unix_socket,
 )
+from bdn.backends import store_for
 from bdn.cache import NodeCache
+from bdn.daemon.address import format_hostport
 from bdn.daemon.jsonlog import JsonFormatter as JsonFormatter
 from bdn.daemon.jsonlog import setup_json_logging as setup_json_logging
-from bdn.daemon.lifecycle import serve_until_signalled
+from bdn.daemon.lifecycle import cancel_and_wait, serve_until_signalled
 from bdn.errors import ConfigError
 from bdn.http import HttpClient, HttpConfig
-from bdn.peer.chunks import ChunkService
 from bdn.peer.client import PeerClient
 from bdn.peer.tiered import TierConfig
 from bdn.ring import Ring
@@ -92,37 +93,11 @@ class Agent:
 
     async def _start(self) -> None:
         cfg, s = self.config, self.config.settings
-        # The store has its own HTTP client, so a slow origin cannot starve peers
-        # or probes of connections.
-        peer_http = HttpClient(
-            HttpConfig(max_connections=64, connect_timeout=cfg.peer_timeout,
-                       stall_timeout=max(5.0, 2 * cfg.peer_timeout))
-        )
-        probe_http = HttpClient(
-            HttpConfig(connect_timeout=cfg.membership.probe_timeout,
-                       stall_timeout=cfg.membership.probe_timeout)
-        )
-        self._closers += [peer_http.close, probe_http.close]
-        store = CountingStore(s.open_store(), self.metrics)
+        peer_http, probe_http = self._open_http_clients()
+        store = CountingStore(store_for(s), self.metrics)
         self._closers.append(store.close)
-        self.cache = cache = NodeCache(s.cache_dir, max_bytes=s.cache_max_bytes)
-        self._closers.append(self._close_cache)
-        self.chunks = chunks = ChunkService(
-            cache, store, chunk_cache_dir=cfg.chunk_cache_dir,
-            chunk_cache_bytes=cfg.chunk_cache_bytes,
-        )
-        self._closers.append(chunks.close)
-        self.metrics.watch_chunk_service(lambda: chunks.stats)
-        self.membership = membership = Membership(
-            cfg.membership,
-            self_addr=cfg.advertise,
-            ring_config=cfg.ring,
-            prober=HealthProber(probe_http, cfg.membership.probe_timeout),
-            on_change=self._ring_changed,
-        )
-        self._closers.append(membership.close)
-        self.metrics.ring_members.set(1)
-        await membership.start()
+        cache, chunks = self._open_caches(store)
+        membership = await self._start_membership(probe_http)
         tiers = TierConfig(
             ring=membership.current_ring,
             self_addr=cfg.advertise,
@@ -137,14 +112,61 @@ class Agent:
         )
         await self._serve(ServerContext(pulls, chunks, self.metrics, cfg.token, self.health))
         self._tasks.append(asyncio.create_task(self._scan_caches_forever(), name="bdn-scan"))
+        self._log_started(store.uri, membership)
+
+    def _open_http_clients(self) -> tuple[HttpClient, HttpClient]:
+        """The HTTP clients for peers and for health probes. The store has its own,
+        so a slow origin cannot starve peers or probes of connections."""
+        cfg = self.config
+        peer_http = HttpClient(
+            HttpConfig(max_connections=64, connect_timeout=cfg.peer_timeout,
+                       stall_timeout=max(5.0, 2 * cfg.peer_timeout))
+        )
+        probe_http = HttpClient(
+            HttpConfig(connect_timeout=cfg.membership.probe_timeout,
+                       stall_timeout=cfg.membership.probe_timeout)
+        )
+        self._closers += [peer_http.close, probe_http.close]
+        return peer_http, probe_http
+
+    def _open_caches(self, store: CountingStore) -> tuple[NodeCache, ChunkService]:
+        """The node cache, and the chunk service that owns this node's chunks over it."""
+        cfg, s = self.config, self.config.settings
+        self.cache = cache = NodeCache(s.cache_dir, max_bytes=s.cache_max_bytes)
+        self._closers.append(self._close_cache)
+        self.chunks = chunks = ChunkService(
+            cache, store, chunk_cache_dir=cfg.chunk_cache_dir,
+            chunk_cache_bytes=cfg.chunk_cache_bytes,
+        )
+        self._closers.append(chunks.close)
+        self.metrics.watch_chunk_service(lambda: chunks.stats)
+        return cache, chunks
+
+    async def _start_membership(self, probe_http: HttpClient) -> Membership:
+        """Find and probe the peers; the ring starts as this agent alone."""
+        cfg = self.config
+        self.membership = membership = Membership(
+            cfg.membership,
+            self_addr=cfg.advertise,
+            ring_config=cfg.ring,
+            prober=HealthProber(probe_http, cfg.membership.probe_timeout),
+            on_change=self._ring_changed,
+        )
+        self._closers.append(membership.close)
+        self.metrics.ring_members.set(1)
+        await membership.start()
+        return membership
+
+    def _log_started(self, store_uri: str, membership: Membership) -> None:
+        cfg = self.config
         log.info(
             "agent started",
             extra={
                 "listen": format_hostport(*cfg.listen),
                 "advertise": cfg.advertise,
                 "socket": str(cfg.socket_path),
-                "store": store.uri,
-                "cache": str(s.cache_dir),
+                "store": store_uri,
+                "cache": str(cfg.settings.cache_dir),
                 "members": sorted(membership.ring.members),
             },
         )
@@ -214,10 +236,7 @@ class Agent:
 
     async def stop(self) -> None:
         """Close everything (idempotent); removes the socket file."""
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks.clear()
         if self.pulls is not None:
             await self.pulls.cancel_all()

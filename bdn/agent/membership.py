@@ -24,7 +24,9 @@ import socket
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
-from bdn.agent.config import MembershipConfig, format_hostport
+from bdn.agent.config import MembershipConfig
+from bdn.agent.protocol import HEALTH_PATH
+from bdn.daemon.address import format_hostport
 from bdn.errors import BdnError
 from bdn.http import NO_RETRY, HttpClient
 from bdn.ring import Ring, RingConfig
@@ -58,7 +60,7 @@ class HealthProber:
     async def __call__(self, addr: str) -> bool:
         try:
             await asyncio.wait_for(
-                self._http.get_bytes(f"http://{addr}/healthz", policy=NO_RETRY), self._timeout
+                self._http.get_bytes(f"http://{addr}{HEALTH_PATH}", policy=NO_RETRY), self._timeout
             )
         except (BdnError, OSError, TimeoutError):
             return False

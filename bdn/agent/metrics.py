@@ -13,7 +13,7 @@ Where the numbers come from:
 - origin: :class:`CountingStore` wraps the agent's one store, so every range
   and metadata request to origin is counted once, whoever makes it (a pull's
   fallback or this node's chunk service as an owner);
-- the owner side: :class:`~bdn.peer.chunks.ChunkStats`, read at scrape time;
+- the owner side: :class:`~bdn.agent.chunks.ChunkStats`, read at scrape time;
 - the caches: :meth:`AgentMetrics.scan_caches`, run periodically off the loop.
 """
 
@@ -35,10 +35,10 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from bdn.agent.chunks import ChunkStats
 from bdn.backends.base import BlobStore, RangeReader
 from bdn.cache import NodeCache
 from bdn.digest import Digest
-from bdn.peer.chunks import ChunkStats
 from bdn.pull import PullResult
 
 __all__ = ["CONTENT_TYPE", "AgentMetrics", "CountingStore"]
@@ -58,73 +58,84 @@ class AgentMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        r = self.registry
-        self.pull_bytes = Counter(
-            "bdn_pull_bytes", "Bytes delivered to finished pulls, by tier.", ["tier"], registry=r
+        self._add_pull_metrics()
+        self._add_origin_metrics()
+        self._add_peer_metrics()
+        self._add_cache_metrics()
+        self.ring_members = self._gauge("bdn_ring_members", "Live members of the chunk ring.")
+        self.draining = self._gauge("bdn_draining", "1 while the agent drains for shutdown.")
+        self._seen_blobs: set[Digest] | None = None
+        self._scan_lock = threading.Lock()
+
+    def _counter(self, name: str, doc: str, *labels: str) -> Counter:
+        return Counter(name, doc, labels, registry=self.registry)
+
+    def _gauge(self, name: str, doc: str) -> Gauge:
+        return Gauge(name, doc, registry=self.registry)
+
+    def _add_pull_metrics(self) -> None:
+        """What the agent's own pulls did (counted by :meth:`observe_pull`)."""
+        self.pull_bytes = self._counter(
+            "bdn_pull_bytes", "Bytes delivered to finished pulls, by tier.", "tier"
         )
-        self.pulls = Counter("bdn_pulls", "Pulls finished, by outcome.", ["outcome"], registry=r)
+        self.pulls = self._counter("bdn_pulls", "Pulls finished, by outcome.", "outcome")
         self.pull_seconds = Histogram(
             "bdn_pull_duration_seconds",
             "Wall time of finished pulls, by outcome.",
             ["outcome"],
             buckets=PULL_BUCKETS,
-            registry=r,
+            registry=self.registry,
         )
-        self.pulls_running = Gauge("bdn_pulls_running", "Pulls in progress.", registry=r)
-        self.peer_failures = Counter(
+        self.pulls_running = self._gauge("bdn_pulls_running", "Pulls in progress.")
+        self.peer_failures = self._counter(
             "bdn_peer_failures",
             "Chunk requests to an owner peer that failed (down, slow, refused); "
             "each was read from origin instead.",
-            registry=r,
         )
-        self.corrupt_from_peers = Counter(
+        self.corrupt_from_peers = self._counter(
             "bdn_corrupt_chunks_from_peers",
             "Chunks a peer served that failed their xxh3-128 check; each was read from origin.",
-            registry=r,
         )
-        self.origin_requests = Counter(
+
+    def _add_origin_metrics(self) -> None:
+        """Requests and bytes to origin (counted by :class:`CountingStore`)."""
+        self.origin_requests = self._counter(
             "bdn_origin_requests",
             "Requests to origin: byte ranges of blobs, and metadata (manifests, refs).",
-            ["kind"],
-            registry=r,
+            "kind",
         )
-        self.origin_bytes = Counter(
-            "bdn_origin_bytes", "Blob bytes received from origin.", registry=r
+        self.origin_bytes = self._counter("bdn_origin_bytes", "Blob bytes received from origin.")
+
+    def _add_peer_metrics(self) -> None:
+        """What this agent answered on its peer port, as a chunk owner."""
+        self.peer_requests = self._counter(
+            "bdn_peer_requests", "Chunk requests this agent answered, by status.", "code"
         )
-        self.peer_requests = Counter(
-            "bdn_peer_requests", "Chunk requests this agent answered, by status.", ["code"],
-            registry=r,
+        self.peer_bytes_served = self._counter(
+            "bdn_peer_bytes_served", "Chunk bytes this agent served to peers."
         )
-        self.peer_bytes_served = Counter(
-            "bdn_peer_bytes_served", "Chunk bytes this agent served to peers.", registry=r
-        )
-        self.chunks_served = Counter(
+        self.chunks_served = self._counter(
             "bdn_peer_chunks_served",
             "Chunks served to peers, by where this agent found them.",
-            ["source"],
-            registry=r,
+            "source",
         )
-        self.node_cache_bytes = Gauge(
-            "bdn_node_cache_bytes", "Bytes of complete blobs in the node cache.", registry=r
+
+    def _add_cache_metrics(self) -> None:
+        """The caches on disk (set by :meth:`scan_caches`)."""
+        self.node_cache_bytes = self._gauge(
+            "bdn_node_cache_bytes", "Bytes of complete blobs in the node cache."
         )
-        self.node_cache_blobs = Gauge(
-            "bdn_node_cache_blobs", "Complete blobs in the node cache.", registry=r
+        self.node_cache_blobs = self._gauge(
+            "bdn_node_cache_blobs", "Complete blobs in the node cache."
         )
-        self.node_cache_evictions = Counter(
+        self.node_cache_evictions = self._counter(
             "bdn_node_cache_evictions",
             "Blobs that left the node cache between two scans (LRU eviction, or removal "
             "of a corrupt blob).",
-            registry=r,
         )
-        self.chunk_cache_bytes = Gauge(
-            "bdn_chunk_cache_bytes", "Bytes on disk of the owner-side chunk cache.", registry=r
+        self.chunk_cache_bytes = self._gauge(
+            "bdn_chunk_cache_bytes", "Bytes on disk of the owner-side chunk cache."
         )
-        self.ring_members = Gauge("bdn_ring_members", "Live members of the chunk ring.",
-                                  registry=r)
-        self.draining = Gauge("bdn_draining", "1 while the agent drains for shutdown.",
-                              registry=r)
-        self._seen_blobs: set[Digest] | None = None
-        self._scan_lock = threading.Lock()
 
     def watch_chunk_service(self, stats: Callable[[], ChunkStats]) -> None:
         """Export the owner side's counters, read from ``stats()`` at every scrape."""

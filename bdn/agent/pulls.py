@@ -1,4 +1,4 @@
-"""Pulls the agent runs for pods: request validation, coalescing, progress, drain.
+"""Pulls the agent runs for pods: coalescing, progress, drain.
 
 A pod asks for a tree with ``POST /v1/pulls``; the agent runs the pull as a
 task in its own event loop through :func:`bdn.pull.resolve_manifest` (never
@@ -6,131 +6,37 @@ mirroring: in agent mode the mirror service or ``bdn mirror`` does that) and
 :func:`bdn.pull.pull_manifest` with the peer tier. Identical concurrent
 requests (same manifest or weights config, same mount location) share one
 pull; a request for a mount another running pull is filling is refused.
+Requests are validated, and progress written, by :mod:`bdn.agent.protocol`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
-import posixpath
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
 
 from bdn.agent.metrics import AgentMetrics
+from bdn.agent.protocol import PullRequest, PullStatus, State, error_type_of
 from bdn.backends.base import BlobStore
 from bdn.cache import NodeCache
 from bdn.config.secrets import SecretResolver
-from bdn.config.weights import WeightsEntry, parse_entry
-from bdn.digest import Digest
-from bdn.errors import BdnError, ConfigError, ManifestInvalid, MountConflict
+from bdn.daemon.lifecycle import cancel_and_wait
+from bdn.errors import BdnError, MountConflict, TransferError
 from bdn.peer.tiered import TierConfig
 from bdn.pull import PullOptions, PullResult, pull_manifest, resolve_manifest
 
 log = logging.getLogger(__name__)
 
-State = Literal["running", "succeeded", "failed"]
-
-_SOURCE_KEYS = ("source", "allow_patterns", "ignore_patterns", "auth")
-_ALL_KEYS = frozenset({"manifest_id", "mount_location", "background", *_SOURCE_KEYS})
-
-
-@dataclass(frozen=True, slots=True)
-class PullRequest:
-    """A validated ``POST /v1/pulls`` body.
-
-    Attributes:
-        target: the manifest id (``sha256:<hex>``), or the weights entry whose
-            mirrored manifest is looked up by config hash.
-        mount: the absolute, normalized mount location.
-        background: a fill nobody waits on (warming a node); it runs under the
-            agent's background fill rate so it does not starve inference I/O.
-    """
-
-    target: str | WeightsEntry
-    mount: str
-    background: bool = False
-
-    @property
-    def key(self) -> tuple[str, str]:
-        """What makes two requests the same pull: the content asked for, and where."""
-        what = self.target if isinstance(self.target, str) else self.target.config_hash()
-        return what, self.mount
-
-
-def parse_pull_request(body: object) -> PullRequest:
-    """Validate a request body (already decoded from JSON).
-
-    Raises:
-        ConfigError: a one-line message naming the field and the fix.
-    """
-    if not isinstance(body, Mapping):
-        raise ConfigError(
-            'the body must be a JSON object such as {"manifest_id": "sha256:...", '
-            '"mount_location": "/models/m"}',
-            field="request",
-        )
-    unknown = sorted(set(body) - _ALL_KEYS)
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) {', '.join(map(repr, unknown))}; accepted: "
-            f"{', '.join(sorted(_ALL_KEYS))}",
-            field="request",
-        )
-    mount = _mount(body.get("mount_location"))
-    background = body.get("background", False)
-    if not isinstance(background, bool):
-        raise ConfigError("must be true or false", field="background")
-    manifest_id = body.get("manifest_id")
-    if manifest_id is not None:
-        if any(body.get(k) is not None for k in _SOURCE_KEYS):
-            raise ConfigError(
-                "give either manifest_id or source (with its patterns and auth), not both",
-                field="request",
-            )
-        if not isinstance(manifest_id, str):
-            raise ConfigError('must be a string "sha256:<64 hex>"', field="manifest_id")
-        try:
-            digest = Digest.parse(manifest_id.strip())
-        except ManifestInvalid as err:
-            raise ConfigError(str(err), field="manifest_id") from None
-        return PullRequest(str(digest), mount, background)
-    if body.get("source") is None:
-        raise ConfigError(
-            "give manifest_id (as printed by `bdn mirror`) or source (a weights entry)",
-            field="request",
-        )
-    data = {k: body[k] for k in _SOURCE_KEYS if body.get(k) is not None}
-    data["mount_location"] = mount
-    return PullRequest(parse_entry(data, where="request"), mount, background)
-
-
-def _mount(value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(
-            "is required: the absolute directory the tree appears in, e.g. /models/m",
-            field="mount_location",
-        )
-    if not value.startswith("/") or ".." in value.split("/"):
-        raise ConfigError(
-            f"{value!r} must be an absolute path without '..', e.g. /models/m",
-            field="mount_location",
-        )
-    mount = "/" + posixpath.normpath(value).lstrip("/")
-    if mount == "/":
-        raise ConfigError("must not be the filesystem root", field="mount_location")
-    return mount
-
 
 @dataclass(slots=True)
 class PullJob:
-    """One pull and its progress, as ``GET /v1/pulls/{id}`` shows it.
+    """One pull and its progress; :meth:`status` is what ``GET /v1/pulls/{id}`` shows.
 
     ``bytes_total`` is what the pull has to fetch (known once the node cache
     was consulted; 0 before) and ``bytes_done`` how much of it has arrived.
@@ -150,27 +56,27 @@ class PullJob:
     seconds: float = 0.0
     task: asyncio.Task[None] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON object of the pod API."""
+    def status(self) -> PullStatus:
+        """The pull as the pod API shows it."""
         r = self.result
         seconds = self.seconds if self.state != "running" else time.monotonic() - self.started
-        return {
-            "id": self.id,
-            "state": self.state,
-            "manifest_id": self.manifest_id,
-            "mount_location": self.request.mount,
-            "bytes_total": self.bytes_total,
-            "bytes_done": self.bytes_done,
-            "bytes_from_node_cache": r.bytes_from_node_cache if r else 0,
-            "bytes_from_peers": r.bytes_from_peers if r else 0,
-            "bytes_from_origin": r.bytes_from_origin if r else 0,
-            "files": r.files if r else None,
-            "tree_bytes": r.total_bytes if r else None,
-            "materialized": r.materialized if r else None,
-            "seconds": round(seconds, 3),
-            "error": self.error,
-            "error_type": self.error_type,
-        }
+        return PullStatus(
+            id=self.id,
+            state=self.state,
+            manifest_id=self.manifest_id,
+            mount_location=self.request.mount,
+            bytes_total=self.bytes_total,
+            bytes_done=self.bytes_done,
+            bytes_from_node_cache=r.bytes_from_node_cache if r else 0,
+            bytes_from_peers=r.bytes_from_peers if r else 0,
+            bytes_from_origin=r.bytes_from_origin if r else 0,
+            files=r.files if r else None,
+            tree_bytes=r.total_bytes if r else None,
+            materialized=r.materialized if r else None,
+            seconds=round(seconds, 3),
+            error=self.error,
+            error_type=self.error_type,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,12 +165,7 @@ class PullRegistry:
 
     async def cancel_all(self) -> None:
         """Cancel the running pulls; each ends ``failed`` (their partials stay resumable)."""
-        tasks = [j.task for j in self._running.values() if j.task is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(j.task for j in self._running.values() if j.task is not None)
 
     async def _run(self, job: PullJob) -> None:
         extra = {"pull_id": job.id, "mount": job.request.mount}
@@ -275,9 +176,7 @@ class PullRegistry:
         )
         outcome = "failed"
         try:
-            manifest = await resolve_manifest(
-                target, self._ctx.store, secrets=self._ctx.secrets, mirror_if_missing=False
-            )
+            manifest = await resolve_manifest(target, self._ctx.store)
             job.manifest_id = manifest.id
 
             def plan(nbytes: int) -> None:
@@ -298,15 +197,15 @@ class PullRegistry:
             )
             job.state = outcome = "succeeded"
         except asyncio.CancelledError:
-            job.state, job.error_type = "failed", "TransferError"
+            job.state, job.error_type = "failed", TransferError.__name__
             job.error = "the agent shut down before the pull finished; pull again"
             log.warning("pull cancelled by shutdown", extra=extra)
             raise
         except BdnError as err:
-            job.state, job.error, job.error_type = "failed", str(err), type(err).__name__
+            job.state, job.error, job.error_type = "failed", str(err), error_type_of(err)
             log.warning("pull failed: %s", err, extra=extra)
         except Exception as err:
-            job.state, job.error_type = "failed", "BdnError"
+            job.state, job.error_type = "failed", BdnError.__name__
             job.error = f"internal error in the agent: {type(err).__name__}: {err}"
             log.exception("pull failed unexpectedly", extra=extra)
         finally:

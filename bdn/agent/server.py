@@ -4,7 +4,7 @@ Pod-facing (a unix socket, 0660, so only the node's pods that mount it reach it)
 
     POST /v1/pulls          {"manifest_id": ...} or {"source": ..., ...} + "mount_location"
                             -> 202 {"id", "state"}; 400 bad body; 409 mount busy; 503 draining
-    GET  /v1/pulls/{id}     -> 200 progress (see PullJob.to_dict); 404 unknown id
+    GET  /v1/pulls/{id}     -> 200 progress (a PullStatus body); 404 unknown id
     GET  /healthz           -> 200 {"status": "ok", ...}; 503 {"status": "draining"}
     GET  /metrics           -> Prometheus text
 
@@ -18,8 +18,10 @@ Peer-facing (TCP, the cluster network)::
     POST /v1/pulls, GET /v1/pulls/{id}  (as above, behind the bearer token; 403 when
                                          the agent has no token)
 
+Paths, bodies and error names are those of :mod:`bdn.agent.protocol`.
+
 A chunk request is answered only from this agent's own
-:class:`~bdn.peer.chunks.ChunkService` (node cache, chunk cache, origin),
+:class:`~bdn.agent.chunks.ChunkService` (node cache, chunk cache, origin),
 which never asks another peer. So a forwarded request (``X-BDN-Forwarded: 1``,
 sent by every :class:`~bdn.peer.client.PeerClient`) is never forwarded again,
 and a ring that disagrees between two nodes cannot make a request loop.
@@ -31,7 +33,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import socket
 import stat
 from collections.abc import Awaitable, Callable
@@ -41,17 +42,25 @@ from typing import Any
 
 from aiohttp import web
 
+from bdn.agent.chunks import ChunkService
 from bdn.agent.metrics import CONTENT_TYPE, AgentMetrics
-from bdn.agent.pulls import PullRegistry, parse_pull_request
+from bdn.agent.protocol import (
+    CHUNK_ROUTE,
+    HEALTH_PATH,
+    METRICS_PATH,
+    PULL_ROUTE,
+    PULLS_PATH,
+    parse_chunk_ref,
+    parse_pull_request,
+    pull_path,
+    status_for,
+)
+from bdn.agent.pulls import PullRegistry
 from bdn.daemon.tokens import authorized, json_error, unauthorized
-from bdn.digest import Digest, chunk_count, is_xxh3_hex
 from bdn.errors import AuthError, BdnError, ConfigError, MountConflict, NotFound, TransferError
-from bdn.peer.chunks import ChunkRef, ChunkService
 
 log = logging.getLogger(__name__)
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_UINT = re.compile(r"[0-9]{1,19}")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -79,24 +88,27 @@ CONTEXT = web.AppKey("bdn_context", ServerContext)
 
 def pod_app(ctx: ServerContext) -> web.Application:
     """The pod-facing application (serve it on the unix socket)."""
-    app = web.Application(middlewares=[_json_errors])
-    app[CONTEXT] = ctx
-    app.router.add_post("/v1/pulls", post_pull)
-    app.router.add_get("/v1/pulls/{id}", get_pull)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
-    return app
+    return _app(ctx, [
+        web.post(PULLS_PATH, post_pull),
+        web.get(PULL_ROUTE, get_pull),
+    ])
 
 
 def peer_app(ctx: ServerContext) -> web.Application:
     """The peer-facing application (serve it on ``--listen``)."""
+    return _app(ctx, [
+        web.get(CHUNK_ROUTE, get_chunk),
+        web.post(PULLS_PATH, _with_token(post_pull)),
+        web.get(PULL_ROUTE, _with_token(get_pull)),
+    ])
+
+
+def _app(ctx: ServerContext, routes: list[web.RouteDef]) -> web.Application:
+    """An application of ``routes``, plus the unguarded ``/healthz`` and ``/metrics``
+    (for probes and scrapers) that both faces serve."""
     app = web.Application(middlewares=[_json_errors])
     app[CONTEXT] = ctx
-    app.router.add_get("/v1/chunks/{digest}/{index}", get_chunk)
-    app.router.add_post("/v1/pulls", _with_token(post_pull))
-    app.router.add_get("/v1/pulls/{id}", _with_token(get_pull))
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
+    app.add_routes([*routes, web.get(HEALTH_PATH, healthz), web.get(METRICS_PATH, metrics)])
     return app
 
 
@@ -113,14 +125,12 @@ async def post_pull(request: web.Request) -> web.Response:
         return _error(400, "request: the body is not valid JSON")
     try:
         job = ctx.pulls.submit(parse_pull_request(body))
-    except ConfigError as err:
-        return _error(400, str(err))
-    except MountConflict as err:
-        return _error(409, str(err))
+    except (ConfigError, MountConflict) as err:
+        return _error(status_for(err), str(err))
     return web.json_response(
         {"id": job.id, "state": job.state},
         status=202,
-        headers={"Location": f"/v1/pulls/{job.id}"},
+        headers={"Location": pull_path(job.id)},
     )
 
 
@@ -132,7 +142,7 @@ async def get_pull(request: web.Request) -> web.Response:
             f"no pull {request.match_info['id']!r} on this agent (it may have restarted "
             "since); post the request again",
         )
-    return web.json_response(job.to_dict())
+    return web.json_response(job.status().to_dict())
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -153,8 +163,8 @@ async def get_chunk(request: web.Request) -> web.Response:
         counter.labels("401").inc()
         return _unauthorized()
     try:
-        ref = parse_chunk_ref(request.match_info["digest"], request.match_info["index"],
-                              request.query)
+        match = request.match_info
+        ref = parse_chunk_ref(match["digest"], match["index"], request.query)
     except ValueError as err:
         counter.labels("400").inc()
         return _error(400, str(err))
@@ -174,30 +184,6 @@ async def get_chunk(request: web.Request) -> web.Response:
     ctx.metrics.chunks_served.labels(source).inc()
     ctx.metrics.peer_bytes_served.inc(len(data))
     return web.Response(body=data, content_type="application/octet-stream")
-
-
-def parse_chunk_ref(digest: str, index: str, query: Any) -> ChunkRef:
-    """The :class:`ChunkRef` a chunk request names.
-
-    Raises:
-        ValueError: a one-line description of the malformed parameter.
-    """
-    if not _HEX64.fullmatch(digest):
-        raise ValueError("the blob digest must be 64 lowercase hex characters")
-    numbers: dict[str, int] = {}
-    for name, text in (("index", index), ("size", query.get("size")),
-                       ("chunk_size", query.get("chunk_size"))):
-        if text is None or not _UINT.fullmatch(text):
-            raise ValueError(f"{name} must be a non-negative integer")
-        numbers[name] = int(text)
-    xxh3 = query.get("xxh3")
-    if xxh3 is None or not is_xxh3_hex(xxh3):
-        raise ValueError("xxh3 must be 32 lowercase hex characters")
-    size, chunk_size, i = numbers["size"], numbers["chunk_size"], numbers["index"]
-    if chunk_size < 1 or i >= chunk_count(size, chunk_size):
-        raise ValueError(f"chunk {i} does not exist in a {size}-byte blob of "
-                         f"{chunk_size}-byte chunks")
-    return ChunkRef(Digest(digest), i, size, chunk_size, xxh3)
 
 
 # -- auth and errors -------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Backends by URI scheme: :func:`open_store` for the mirrored origin a pull reads and
 a mirror writes, :func:`open_source` for the upstream a mirror copies from.
 
-Each SDK is imported only when its scheme is used, so ``bdn --help`` and a pull
-from a ``file://`` store never load boto3, google-cloud or huggingface_hub.
+One table per side maps a scheme (or a source kind) to the factory of the
+backend package that serves it. A factory is imported only when its scheme is
+used, so ``bdn --help`` and a pull from a ``file://`` store never load boto3,
+google-cloud or huggingface_hub.
 
 >>> open_store("file:///srv/bdn").uri
 'file:///srv/bdn'
@@ -18,16 +20,18 @@ bdn.errors.ConfigError: unsupported store './relative': the path is relative; us
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from bdn.backends.base import BlobStore, Source, SourceObject
 from bdn.backends.http.store import HttpStore
 from bdn.backends.local.store import FileStore
-from bdn.backends.s3.store import S3Store
-from bdn.config.secrets import S3Credentials, SecretResolver, load_s3_credentials
+from bdn.config.secrets import SecretResolver
+from bdn.config.settings import Settings
 from bdn.config.weights import WeightsEntry
 from bdn.errors import ConfigError
 from bdn.http import HttpClient, redact_url
@@ -35,11 +39,54 @@ from bdn.http import HttpClient, redact_url
 if TYPE_CHECKING:
     from google.auth.credentials import Credentials as GcsCredentials
 
-# GcsStore lives in bdn.backends.gcs.store and is imported only when a gs:// store is
-# opened: google-cloud-storage adds ~0.15 s to every CLI start otherwise.
+    from bdn.backends.s3.creds import S3Credentials
+
+__all__ = ["DEFAULT_SOURCE_ENV", "BlobStore", "FileStore", "HttpStore", "Source",
+           "SourceEnv", "SourceObject", "open_source", "open_store"]
+
+# A factory as the tables call it: the URI or weights entry, then the caller's options.
+_Build = Callable[[Any, Mapping[str, Any]], Any]
 
 _ACCEPTED = ("use file:///abs/path (or an absolute path), s3://bucket[/prefix], "
              "gs://bucket[/prefix] or http(s)://host[:port]/prefix")
+
+
+@dataclass(frozen=True, slots=True)
+class _Factory:
+    """A backend's factory, named rather than imported so that its SDK loads only
+    when its scheme is used.
+
+    Attributes:
+        module: the module that defines it.
+        name: its name there.
+        options: which of the caller's options it takes, as ``{option: parameter}``.
+    """
+
+    module: str
+    name: str
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    def __call__(self, target: Any, given: Mapping[str, Any]) -> Any:
+        factory = getattr(importlib.import_module(self.module), self.name)
+        return factory(target, **{param: given[option] for option, param in self.options.items()})
+
+
+# open_store's keyword arguments, per URI scheme.
+_STORES: dict[str, _Build] = {
+    "s3": _Factory("bdn.backends.s3.store", "open_s3_store",
+                   {"endpoint_url": "endpoint_url", "credentials": "credentials", "http": "http"}),
+    "gs": _Factory("bdn.backends.gcs.store", "open_gcs_store",
+                   {"gcs_credentials": "credentials", "gcs_emulator_host": "emulator_host",
+                    "http": "http"}),
+    "http": _Factory("bdn.backends.http.store", "open_http_store", {"http": "http"}),
+    "https": _Factory("bdn.backends.http.store", "open_http_store", {"http": "http"}),
+}
+
+
+def store_for(settings: Settings) -> BlobStore:
+    """The blob store ``settings`` name, with the platform's own credentials."""
+    return open_store(settings.store_uri, endpoint_url=settings.endpoint_url,
+                      gcs_emulator_host=settings.gcs_emulator_host)
 
 
 def open_store(
@@ -65,49 +112,39 @@ def open_store(
             entry point (never from ``os.environ`` here); the emulator is used
             anonymously.
         gcs_credentials: google-auth credentials for ``gs://`` (e.g.
-            :func:`bdn.backends.gcs.client.gcs_credentials_from_secret` with the read-write
-            scope); ``None`` uses Application Default Credentials.
+            :func:`bdn.backends.gcs.creds.gcs_credentials_from_secret` with the
+            read-write scope); ``None`` uses Application Default Credentials.
 
     Raises:
         ConfigError: unknown scheme, relative path or missing bucket.
     """
     text = uri.strip()
+    path = _local_path(text, uri)
+    if path is not None:
+        return FileStore(path)
+    factory = _STORES.get(urlsplit(text).scheme.lower())
+    if factory is None:
+        raise ConfigError(f"unsupported store {redact_url(uri)!r}; {_ACCEPTED}")
+    store: BlobStore = factory(uri, {
+        "endpoint_url": endpoint_url, "http": http, "credentials": credentials,
+        "gcs_emulator_host": gcs_emulator_host, "gcs_credentials": gcs_credentials,
+    })
+    return store
+
+
+def _local_path(text: str, uri: str) -> Path | None:
+    """The directory of a ``file://`` URI or a plain path, ``None`` for any other URI."""
     if text.startswith("file://"):
-        path = text[len("file://"):]
+        text = text[len("file://"):]
         # file://localhost/x is the long spelling of file:///x.
-        if path.startswith("localhost/"):
-            path = path[len("localhost"):]
-        return FileStore(_absolute(path, uri))
-    if text.startswith(("/", "~", ".")):
-        return FileStore(_absolute(text, uri))
-    parts = urlsplit(text)
-    scheme = parts.scheme.lower()
-    if scheme == "s3":
-        if not parts.netloc:
-            raise ConfigError(f"store {uri!r} names no bucket; expected s3://bucket[/prefix]")
-        return S3Store(parts.netloc, parts.path.strip("/"), endpoint_url=endpoint_url,
-                       credentials=credentials, http=http)
-    if scheme == "gs":
-        from bdn.backends.gcs.store import GcsStore
-
-        if not parts.netloc:
-            raise ConfigError(f"store {uri!r} names no bucket; expected gs://bucket[/prefix]")
-        return GcsStore(parts.netloc, parts.path.strip("/"), credentials=gcs_credentials,
-                        emulator_host=gcs_emulator_host, http=http)
-    if scheme in ("http", "https"):
-        return HttpStore(text, http=http)
-    raise ConfigError(f"unsupported store {redact_url(uri)!r}; {_ACCEPTED}")
-
-
-def _absolute(text: str, uri: str) -> Path:
+        if text.startswith("localhost/"):
+            text = text[len("localhost"):]
+    elif not text.startswith(("/", "~", ".")):
+        return None
     path = Path(text).expanduser()
     if not path.is_absolute():
         raise ConfigError(f"unsupported store {uri!r}: the path is relative; {_ACCEPTED}")
     return path
-
-
-__all__ = ["DEFAULT_SOURCE_ENV", "BlobStore", "FileStore", "HttpStore", "S3Store", "Source",
-           "SourceEnv", "SourceObject", "open_source", "open_store"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,11 +170,29 @@ class SourceEnv:
 
 DEFAULT_SOURCE_ENV = SourceEnv()
 
-_SECRET_REQUIRED = (
-    "secret_id is required: name a secret with the bucket's credentials, "
-    "e.g. `auth: {auth_method: CUSTOM_SECRET, auth_secret_name: aws_credentials}` "
-    "or `--auth-secret aws_credentials`"
-)
+
+def _hf_source(entry: WeightsEntry, given: Mapping[str, Any]) -> Source:
+    """The Hub source: its factory wants an endpoint, so the default is filled in here."""
+    # Imported here, not at the top: huggingface_hub loads only for hf:// sources.
+    from bdn.backends.hf.source import DEFAULT_HF_ENDPOINT, hf_source_from_entry
+
+    return hf_source_from_entry(entry, secrets=given["secrets"], http=given["http"],
+                                endpoint=given["hf_endpoint"] or DEFAULT_HF_ENDPOINT)
+
+
+# What each source kind's factory takes: ``secrets``, ``http`` and fields of SourceEnv.
+_SOURCES: dict[str, _Build] = {
+    "local": _Factory("bdn.backends.local.source", "local_source_from_entry"),
+    "s3": _Factory("bdn.backends.s3.source", "s3_source_from_entry",
+                   {"secrets": "secrets", "http": "http", "endpoint_url": "endpoint_url",
+                    "oidc_token_file": "token_file"}),
+    "hf": _hf_source,
+    "gcs": _Factory("bdn.backends.gcs.source", "gcs_source_from_entry",
+                    {"secrets": "secrets", "http": "http", "gcs_emulator_host": "emulator_host",
+                     "oidc_token_file": "token_file"}),
+    "r2": _Factory("bdn.backends.s3.r2", "r2_source_from_entry",
+                   {"secrets": "secrets", "http": "http", "r2_endpoint_url": "endpoint_override"}),
+}
 
 
 def open_source(
@@ -154,47 +209,9 @@ def open_source(
         SecretError: the named secret is missing or malformed.
         AuthError: OIDC was asked for but no token file is available.
     """
-    parsed = entry.parsed_source
-    if parsed.kind == "local":
-        from bdn.backends.local.source import LocalSource
-
-        assert parsed.path is not None
-        return LocalSource(Path(parsed.path), parsed.uri)
-    if parsed.kind == "s3":
-        return _s3_source(entry, secrets=secrets, http=http, env=env)
-    if parsed.kind == "hf":
-        from bdn.backends.hf.source import DEFAULT_HF_ENDPOINT, hf_source_from_entry
-
-        return hf_source_from_entry(
-            entry, secrets=secrets, endpoint=env.hf_endpoint or DEFAULT_HF_ENDPOINT, http=http
-        )
-    if parsed.kind == "gcs":
-        from bdn.backends.gcs.source import gcs_source_from_entry
-
-        return gcs_source_from_entry(entry, secrets=secrets, emulator_host=env.gcs_emulator_host,
-                                     http=http, token_file=env.oidc_token_file)
-    if parsed.kind == "r2":
-        from bdn.backends.s3.r2 import r2_source_from_entry
-
-        return r2_source_from_entry(entry, secrets=secrets, http=http,
-                                    endpoint_override=env.r2_endpoint_url)
-    raise ConfigError(f"{parsed.kind} sources are not supported", field="source")
-
-
-def _s3_source(entry: WeightsEntry, *, secrets: SecretResolver, http: HttpClient,
-               env: SourceEnv) -> Source:
-    from bdn.backends.s3.source import S3Source
-
-    parsed, auth = entry.parsed_source, entry.auth
-    if auth is None or (auth.auth_method == "CUSTOM_SECRET" and not auth.auth_secret_name):
-        raise ConfigError(_SECRET_REQUIRED, field="auth")
-    assert parsed.bucket is not None
-    if auth.auth_method == "AWS_OIDC":
-        from bdn.backends.oidc import aws_oidc_credentials
-
-        credentials = aws_oidc_credentials(auth, token_file=env.oidc_token_file)
-    else:
-        assert auth.auth_secret_name is not None
-        credentials = load_s3_credentials(secrets, auth.auth_secret_name)
-    return S3Source(parsed.bucket, parsed.prefix, credentials=credentials,
-                    endpoint_url=env.endpoint_url, http=http)
+    kind = entry.parsed_source.kind
+    factory = _SOURCES.get(kind)
+    if factory is None:
+        raise ConfigError(f"{kind} sources are not supported", field="source")
+    source: Source = factory(entry, {"secrets": secrets, "http": http, **asdict(env)})
+    return source

@@ -50,6 +50,30 @@ class RangeReader(Protocol):
 
 
 @runtime_checkable
+class LocalCopyReader(Protocol):
+    """Optional capability of a :class:`RangeReader` whose object is a file on this machine.
+
+    The transfer engine checks for it with ``isinstance`` and, when present,
+    lets the kernel copy each chunk straight into the destination file instead
+    of streaming it through user space, which halves the memory traffic of a
+    local copy. The engine still hashes what landed in the destination, so
+    verification is the same as on the network path.
+
+    Contract for implementations:
+
+    - ``copy_to(dst_fd, start, end)`` writes the bytes of ``[start, end)`` into
+      the open file descriptor ``dst_fd`` at the same offsets, or raises. It
+      blocks (the engine calls it from a worker thread) and must not close
+      ``dst_fd``.
+    - Failures of the object itself are raised as :mod:`bdn.errors` types, as
+      ``open_range`` raises them; a failed write to ``dst_fd`` is an ``OSError``.
+    """
+
+    def copy_to(self, dst_fd: int, start: int, end: int) -> None:
+        ...
+
+
+@runtime_checkable
 class BlobStore(Protocol):
     """Byte storage addressed by ``/``-separated keys.
 

@@ -1,16 +1,19 @@
-"""OIDC workload identity: trade a projected service-account token for cloud credentials.
+"""OIDC workload identity: the projected service-account token that both clouds take.
 
 Truss's ``AWS_OIDC`` and ``GCP_OIDC`` auth methods store no secret: the pod
 proves who it is with a short-lived OIDC token that Kubernetes projects into a
 file, and the cloud's token service exchanges it for credentials. BDN does
-that exchange with the clouds' own SDKs, and only when such a file exists:
+that exchange with the clouds' own SDKs, each in its backend, and only when
+such a file exists:
 
 - the file is named by ``BDN_OIDC_TOKEN_FILE`` (read once at the entry point,
   see :func:`oidc_token_file`);
 - ``AWS_OIDC``: STS ``AssumeRoleWithWebIdentity`` through boto3
-  (:func:`aws_oidc_credentials`);
+  (:func:`bdn.backends.s3.creds.aws_oidc_credentials`);
 - ``GCP_OIDC``: google-auth's identity-pool credentials with service-account
-  impersonation (:func:`bdn.backends.gcs.client.gcp_oidc_credentials`).
+  impersonation (:func:`bdn.backends.gcs.creds.gcp_oidc_credentials`).
+
+This module holds only what both share, so it imports neither SDK.
 
 Without a token file nothing is pretended: :func:`read_oidc_token` raises a
 one-line :class:`~bdn.errors.AuthError` that names the variable and says that
@@ -21,20 +24,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-import boto3
-import botocore.exceptions as bce
-from botocore import UNSIGNED
-from botocore.config import Config
-
-from bdn.config.auth import AuthConfig
-from bdn.config.secrets import S3Credentials
-from bdn.errors import AuthError, ConfigError
+from bdn.errors import AuthError
 
 __all__ = [
     "OIDC_TOKEN_FILE_ENV",
-    "aws_oidc_credentials",
     "oidc_token_file",
     "read_oidc_token",
 ]
@@ -101,82 +95,4 @@ def _no_token_message(method: str, problem: str) -> str:
         f"{_AUDIENCE.get(method, 'the audience the token service expects')} and set "
         f"{OIDC_TOKEN_FILE_ENV} to its path, or use auth_method: CUSTOM_SECRET with "
         f"{_FALLBACK.get(method, 'a credentials secret')} meanwhile"
-    )
-
-
-def aws_oidc_credentials(
-    auth: AuthConfig,
-    *,
-    token_file: Path | None,
-    sts_endpoint_url: str | None = None,
-    session_name: str = "bdn",
-    duration_s: int | None = None,
-) -> S3Credentials:
-    """Assume ``auth.aws_oidc_role_arn`` with the token in ``token_file`` (STS
-    ``AssumeRoleWithWebIdentity``, an unsigned call) and return the temporary keys.
-
-    Blocking: one STS round trip; call it from a worker thread on an event loop.
-    The keys expire (after ``duration_s``, default the role's one hour) and are
-    not renewed: a mirror that outlives them fails with an ``AuthError``.
-
-    Args:
-        auth: an ``AWS_OIDC`` auth block (role ARN and region are required).
-        token_file: the projected token (see :func:`oidc_token_file`).
-        sts_endpoint_url: STS endpoint; ``None`` is AWS's regional endpoint
-            for ``aws_oidc_region`` (tests point it at moto).
-        session_name: ``RoleSessionName``, shown in CloudTrail.
-        duration_s: requested lifetime; ``None`` takes the role's default.
-
-    Returns:
-        Credentials with a session token, region ``aws_oidc_region``.
-
-    Raises:
-        ConfigError: ``auth`` is not a complete ``AWS_OIDC`` block.
-        AuthError: no usable token file (see :func:`read_oidc_token`), STS
-            refused the token or the role, or STS could not be reached.
-    """
-    role, region = auth.aws_oidc_role_arn, auth.aws_oidc_region
-    if auth.auth_method != "AWS_OIDC" or not role or not region:
-        raise ConfigError(
-            "AWS OIDC needs auth_method: AWS_OIDC with aws_oidc_role_arn and aws_oidc_region",
-            field="auth",
-        )
-    token = read_oidc_token(token_file, "AWS_OIDC")
-    client = boto3.session.Session().client(
-        "sts", region_name=region, endpoint_url=sts_endpoint_url,
-        # The token is the proof of identity: the call is unsigned, so no
-        # ambient AWS credentials are looked for or used.
-        config=Config(signature_version=UNSIGNED, retries={"mode": "standard", "max_attempts": 4},
-                      connect_timeout=10, read_timeout=30),
-    )
-    where = sts_endpoint_url or f"AWS STS ({region})"
-    params: dict[str, Any] = {"RoleArn": role, "RoleSessionName": session_name,
-                              "WebIdentityToken": token}
-    if duration_s is not None:
-        params["DurationSeconds"] = duration_s
-    try:
-        answer = client.assume_role_with_web_identity(**params)
-    except bce.ClientError as err:
-        code = str(err.response.get("Error", {}).get("Code", "")) or "an error"
-        raise AuthError(
-            f"AWS_OIDC: {where} refused to assume {role} with the token from {token_file} "
-            f"({code}); check the role's trust policy (OIDC provider, audience and subject) "
-            "and that the token has not expired",
-            url=sts_endpoint_url, status=err.response.get("ResponseMetadata", {})
-            .get("HTTPStatusCode"),
-        ) from err
-    except bce.BotoCoreError as err:
-        raise AuthError(
-            f"AWS_OIDC: cannot exchange the token for {role} at {where} "
-            f"({type(err).__name__}); check the network and aws_oidc_region",
-            url=sts_endpoint_url,
-        ) from err
-    finally:
-        client.close()
-    keys = answer["Credentials"]
-    return S3Credentials(
-        access_key_id=str(keys["AccessKeyId"]),
-        secret_access_key=str(keys["SecretAccessKey"]),
-        region=region,
-        session_token=str(keys["SessionToken"]),
     )

@@ -1,15 +1,16 @@
 """The node cache: node-local content-addressed blobs that pulls read and fill.
 
 Pulls look blobs up here, fetch missing ones into resumable partial files under
-a per-blob cross-process lock, commit them atomically, and materialize
-read-only trees from hardlinks. Least recently used blobs that no live tree
-references are evicted to respect the disk and a byte budget (DESIGN.md,
-"Pull (node agent)" and "Eviction").
+a per-blob cross-process lock and commit them atomically (the write path,
+:func:`fill_blob`), and materialize read-only trees from hardlinks. Least
+recently used blobs that no live tree references are evicted to respect the
+disk and a byte budget (docs/DESIGN.md, "Pull" and "Eviction").
 """
 
 from __future__ import annotations
 
 from bdn.cache.evict import BlobInfo
+from bdn.cache.fill import FetchInto, fill_blob, recheck_after_reboot
 from bdn.cache.materialize import Materialized
 from bdn.cache.node import (
     DEFAULT_PARTIAL_MAX_AGE_S,
@@ -24,10 +25,13 @@ __all__ = [
     "DEFAULT_PARTIAL_MAX_AGE_S",
     "BlobInfo",
     "CorruptBlob",
+    "FetchInto",
     "GcReport",
     "Materialized",
     "NodeCache",
     "Partial",
     "PartialInfo",
     "VerifyReport",
+    "fill_blob",
+    "recheck_after_reboot",
 ]

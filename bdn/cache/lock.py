@@ -70,6 +70,19 @@ def _still_linked(fd: int, path: Path) -> bool:
     return (on_path.st_dev, on_path.st_ino) == (held.st_dev, held.st_ino)
 
 
+def _release(fd: int) -> None:
+    """Unlock and close ``fd``, a held lock.
+
+    Closing the last descriptor of the open file description drops the lock;
+    the explicit unlock only makes the release independent of any inherited
+    copy of the descriptor.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
 @contextlib.asynccontextmanager
 async def async_file_lock(path: Path) -> AsyncIterator[None]:
     """Hold an exclusive lock on ``path`` (created if missing) while the body runs.
@@ -99,13 +112,7 @@ async def async_file_lock(path: Path) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        # Closing the last descriptor of the open file description drops the
-        # lock; the explicit unlock only makes the release independent of any
-        # inherited copy of the descriptor.
-        try:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+        _release(fd)
 
 
 @contextlib.contextmanager
@@ -124,10 +131,7 @@ def file_lock(path: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
+        _release(fd)
 
 
 @contextlib.contextmanager

@@ -1,21 +1,33 @@
-"""Pieces every ``bdn`` sub-command shares: store flags, settings, running async work."""
+"""Pieces every ``bdn`` sub-command shares: flags, settings, env twins, running async work.
+
+This module is imported while the parser is built, so it imports nothing heavy:
+:class:`~bdn.config.settings.Settings` and the size parser are loaded when a
+command runs, not when ``bdn --help`` prints.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from bdn.backends.base import BlobStore
-from bdn.config.settings import Settings
+from bdn.errors import ConfigError
+
+if TYPE_CHECKING:
+    from bdn.config.settings import Settings
+    from bdn.config.weights import WeightsEntry
+
+    # What ``add_subparsers`` returns; every command group's ``register`` takes one.
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 T = TypeVar("T")
+C = TypeVar("C")
+D = TypeVar("D", bound=int | None)
 
 
 def add_store_flags(p: argparse.ArgumentParser) -> None:
+    """``--store`` and ``--endpoint-url``: which blob store a command reads or writes."""
     p.add_argument(
         "--store",
         metavar="URI",
@@ -30,6 +42,7 @@ def add_store_flags(p: argparse.ArgumentParser) -> None:
 
 
 def add_cache_flags(p: argparse.ArgumentParser) -> None:
+    """``--cache`` and ``--max-cache-bytes``: the node cache a command uses."""
     p.add_argument(
         "--cache",
         metavar="DIR",
@@ -44,6 +57,9 @@ def add_cache_flags(p: argparse.ArgumentParser) -> None:
 
 def settings(args: argparse.Namespace) -> Settings:
     """The environment snapshot of ``main`` with this command's flags applied."""
+    import dataclasses
+
+    from bdn.config.settings import Settings
     from bdn.config.units import parse_size
 
     base = Settings.from_env(args.environ)
@@ -61,15 +77,97 @@ def settings(args: argparse.Namespace) -> Settings:
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
-def with_store(args: argparse.Namespace, use: Callable[[BlobStore], Awaitable[T]]) -> T:
-    """Open the store the flags and environment name, run ``use`` on it, close it."""
-    conf = settings(args)
+def source_entry(args: argparse.Namespace, source: str, *, where: str) -> WeightsEntry:
+    """The weights entry of a SOURCE given on the command line with ``--allow``,
+    ``--ignore`` and ``--auth-secret`` (``bdn mirror`` and ``bdn pull``)."""
+    from bdn import api
 
-    async def go() -> T:
-        store = conf.open_store()
-        try:
-            return await use(store)
-        finally:
-            await store.close()
+    auth = (
+        {"auth_method": "CUSTOM_SECRET", "auth_secret_name": args.auth_secret}
+        if args.auth_secret
+        else None
+    )
+    return api.weights_entry(
+        source,
+        allow_patterns=args.allow or None,
+        ignore_patterns=args.ignore or None,
+        auth=auth,
+        where=where,
+    )
 
-    return asyncio.run(go())
+
+class FlagOrEnv:
+    """Values of a daemon's flags with environment twins, for ``bdn agent`` and
+    ``bdn mirror-server``: a flag wins over its variable, which wins over the default.
+
+    ``twins`` maps a flag's dest to its variable; an empty variable counts as unset.
+    Malformed values raise :class:`ConfigError` naming the flag. (A plain class:
+    the dataclasses module would add ~10 ms to every ``bdn --help``.)
+    """
+
+    __slots__ = ("args", "twins")
+
+    def __init__(self, args: argparse.Namespace, twins: Mapping[str, str]) -> None:
+        self.args = args
+        self.twins = twins
+
+    def text(self, dest: str) -> str | None:
+        """The flag's value as text, else its twin's, else None."""
+        value = getattr(self.args, dest, None)
+        if value is not None:
+            return str(value)
+        environ: Mapping[str, str] = self.args.environ
+        return environ.get(self.twins[dest]) or None
+
+    def integer(self, dest: str, default: int) -> int:
+        """A whole number, or ``default`` when neither flag nor twin is set."""
+        text = self.text(dest)
+        return parse_int(text, _flag(dest)) if text else default
+
+    def seconds(self, dest: str, default: float) -> float:
+        """A number of seconds, or ``default`` when neither flag nor twin is set."""
+        text = self.text(dest)
+        return parse_seconds(text, _flag(dest)) if text else default
+
+    def size(self, dest: str, default: D) -> int | D:
+        """A byte size such as ``8GiB``, or ``default`` when neither flag nor twin is set."""
+        from bdn.config.units import parse_size
+
+        text = self.text(dest)
+        return parse_size(text, field=_flag(dest)) if text else default
+
+
+def run_daemon(args: argparse.Namespace, config: C, run: Callable[[C], int]) -> int:
+    """Switch to one-JSON-object-per-line logs, then ``run(config)`` until SIGTERM
+    (``bdn agent``, ``bdn mirror-server``); the config was checked before logging changed."""
+    from bdn.daemon.jsonlog import setup_json_logging
+
+    setup_json_logging(verbose=bool(getattr(args, "verbose", False)))
+    return run(config)
+
+
+def parse_int(text: str, field: str) -> int:
+    """``text`` as a whole number; ConfigError naming ``field`` otherwise."""
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a whole number", field=field) from None
+
+
+def parse_seconds(text: str, field: str) -> float:
+    """``text`` as a number of seconds; ConfigError naming ``field`` otherwise."""
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a number of seconds", field=field) from None
+
+
+def read_token(path_text: str, purpose: str) -> str:
+    """The bearer token in the file ``--token-file`` (or ``BDN_TOKEN_FILE``) names."""
+    from bdn.daemon.tokens import read_token_file
+
+    return read_token_file(Path(path_text).expanduser(), field="--token-file", purpose=purpose)
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")

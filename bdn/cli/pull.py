@@ -1,91 +1,34 @@
-"""``bdn pull`` and ``bdn cache``: the node side of the CLI."""
+"""``bdn pull`` and ``bdn cache``: the node side of the CLI.
+
+Parsing only: ``bdn pull`` hands its target to :func:`bdn.api.pull_weights`
+(in-process, or through ``--agent``), the same flow ``bdn.ensure_weights``
+runs. Library modules are imported when a command runs, so ``bdn pull --help``
+loads no SDK.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import dataclasses
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from bdn.cache import NodeCache
-from bdn.cli.common import add_cache_flags, add_store_flags, settings
-from bdn.cli.progress import ByteProgress
-from bdn.config.units import format_bytes
-from bdn.config.weights import WeightsEntry, parse_entry, source_from_cli
+from bdn.cli.common import add_cache_flags, add_store_flags, settings, source_entry
 from bdn.errors import ConfigError
-from bdn.pull import (
-    PullOptions,
-    PullResult,
-    looks_like_manifest_id,
-    pull_manifest,
-    resolve_manifest,
-)
+
+if TYPE_CHECKING:
+    from bdn.api import NodeCache
+    from bdn.cli.common import Subparsers
+    from bdn.config.weights import WeightsEntry
+
+T = TypeVar("T")
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: Subparsers) -> None:
     """Add ``pull`` and ``cache`` to the ``bdn`` parser."""
-    p = sub.add_parser(
-        "pull",
-        help="materialize a model's verified, read-only tree",
-        description="Materialize the tree of a manifest (or of a source's mirrored manifest) at "
-        "DIR: node cache first, then origin; every chunk verified; files 0444, dirs 0555. "
-        "A source never mirrored is mirrored first (embedded mode).",
-    )
-    p.add_argument(
-        "ref",
-        metavar="MANIFEST_ID|SOURCE",
-        help="sha256:<hex> as printed by `bdn mirror`, or a source (s3://…, ./dir)",
-    )
-    p.add_argument("--to", required=True, metavar="DIR", help="where the tree appears")
-    add_store_flags(p)
-    add_cache_flags(p)
-    p.add_argument(
-        "--agent",
-        metavar="ADDR",
-        help="node agent, unix:///path.sock or http://host:port (env BDN_AGENT)",
-    )
-    p.add_argument(
-        "--allow",
-        action="append",
-        metavar="PATTERN",
-        help="with a SOURCE: only files matching (repeatable)",
-    )
-    p.add_argument(
-        "--ignore",
-        action="append",
-        metavar="PATTERN",
-        help="with a SOURCE: skip files matching (repeatable)",
-    )
-    p.add_argument(
-        "--auth-secret", metavar="NAME", help="with a SOURCE: secret holding its credentials"
-    )
-    p.add_argument(
-        "--strict",
-        action="store_true",
-        help="also verify every file's SHA-256 (chunks are always verified)",
-    )
-    p.add_argument(
-        "--background",
-        action="store_true",
-        help="with --agent: a fill nobody waits on (warming a node); the agent caps it at "
-        "its --background-fill-rate so it does not starve inference I/O",
-    )
-    p.add_argument(
-        "--fsync",
-        action="store_true",
-        help="flush every blob to disk before committing it (default: blobs are marked "
-        "unflushed and re-verified after a reboot, which keeps the flush off the cold start)",
-    )
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help="print bytes per tier (node cache, peers, origin) and seconds as JSON",
-    )
-    p.set_defaults(func=cmd_pull)
-
+    _add_pull(sub)
     c = sub.add_parser("cache", help="inspect and maintain the node cache")
     cs = c.add_subparsers(dest="cache_command", metavar="ACTION")
     for name, helptext, func in (
@@ -105,9 +48,82 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         q.set_defaults(func=func)
 
 
+# (flags, keyword arguments of add_argument) of `bdn pull` after the store and cache flags.
+_PULL_FLAGS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
+    (("--agent",), {"metavar": "ADDR",
+                    "help": "node agent, unix:///path.sock or http://host:port (env BDN_AGENT)"}),
+    (("--allow",), {"action": "append", "metavar": "PATTERN",
+                    "help": "with a SOURCE: only files matching (repeatable)"}),
+    (("--ignore",), {"action": "append", "metavar": "PATTERN",
+                     "help": "with a SOURCE: skip files matching (repeatable)"}),
+    (("--auth-secret",), {"metavar": "NAME",
+                          "help": "with a SOURCE: secret holding its credentials"}),
+    (("--strict",), {"action": "store_true",
+                     "help": "also verify every file's SHA-256 (chunks are always verified)"}),
+    (("--background",), {"action": "store_true",
+                         "help": "with --agent: a fill nobody waits on (warming a node); the "
+                         "agent caps it at its --background-fill-rate so it does not starve "
+                         "inference I/O"}),
+    (("--fsync",), {"action": "store_true",
+                    "help": "flush every blob to disk before committing it (default: blobs "
+                    "are marked unflushed and re-verified after a reboot, which keeps the "
+                    "flush off the cold start)"}),
+    (("--json",), {"action": "store_true",
+                   "help": "print bytes per tier (node cache, peers, origin) and seconds as JSON"}),
+)
+
+
+def _add_pull(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "pull",
+        help="materialize a model's verified, read-only tree",
+        description="Materialize the tree of a manifest (or of a source's mirrored manifest) at "
+        "DIR: node cache first, then origin; every chunk verified; files 0444, dirs 0555. "
+        "A source never mirrored is mirrored first (embedded mode).",
+    )
+    p.add_argument(
+        "ref",
+        metavar="MANIFEST_ID|SOURCE",
+        help="sha256:<hex> as printed by `bdn mirror`, or a source (s3://…, ./dir)",
+    )
+    p.add_argument("--to", required=True, metavar="DIR", help="where the tree appears")
+    add_store_flags(p)
+    add_cache_flags(p)
+    for flags, kwargs in _PULL_FLAGS:
+        p.add_argument(*flags, **kwargs)
+    p.set_defaults(func=cmd_pull)
+
+
 def cmd_pull(args: argparse.Namespace) -> int:
+    """Pull a manifest id or a SOURCE into --to and print the tree's path (or --json)."""
+    import asyncio
+
+    from bdn import api
+    from bdn.cli.progress import ByteProgress
+
     conf = settings(args)
-    target: str | WeightsEntry = args.ref.strip()
+    target = _target(args)
+    mount = Path(args.to).expanduser().absolute()
+    with ByteProgress(f"pull via {conf.agent}" if conf.agent else None) as bar:
+        result = asyncio.run(
+            api.pull_weights(
+                target,
+                conf,
+                mount=mount,
+                options=api.PullOptions(strict=args.strict, fsync=args.fsync),
+                background=args.background,
+                on_progress=bar.update,
+                on_begin=bar.describe,
+            )
+        )
+    print(json.dumps(result.summary(), indent=2) if args.json else result.path)
+    return 0
+
+
+def _target(args: argparse.Namespace) -> str | WeightsEntry:
+    """A manifest id as given, or the entry of a SOURCE and its --allow/--ignore/--auth-secret."""
+    from bdn.api import looks_like_manifest_id
+
     if args.ref.startswith("sha256:") and not looks_like_manifest_id(args.ref):
         raise ConfigError(
             f"{args.ref!r} is not a manifest id; ids are 'sha256:' and 64 hex "
@@ -115,94 +131,25 @@ def cmd_pull(args: argparse.Namespace) -> int:
             field="bdn pull",
         )
     if not looks_like_manifest_id(args.ref):
-        target = _entry(args)
-    elif args.allow or args.ignore or args.auth_secret:
+        return source_entry(args, args.ref, where="bdn pull")
+    if args.allow or args.ignore or args.auth_secret:
         raise ConfigError(
             "--allow/--ignore/--auth-secret apply to a SOURCE, not a manifest id "
             "(its filters were fixed when it was mirrored)",
             field="bdn pull",
         )
-    mount = Path(args.to).expanduser().absolute()
-    if conf.agent:
-        return _pull_through_agent(args, conf.agent, target, mount)
-
-    async def go() -> PullResult:
-        store = conf.open_store()
-        cache = NodeCache(conf.cache_dir, max_bytes=conf.cache_max_bytes)
-        try:
-            started = time.monotonic()
-            manifest = await resolve_manifest(
-                target,
-                store,
-                secrets=conf.secrets(),
-                mirror_options=conf.mirror_options(),
-                mirror_if_missing=True,
-            )
-            with ByteProgress(f"pull {manifest.id[:19]}…") as bar:
-                result = await pull_manifest(
-                    manifest,
-                    mount,
-                    store=store,
-                    cache=cache,
-                    options=PullOptions(strict=args.strict, fsync=args.fsync),
-                    on_progress=bar.advance,
-                    on_plan=bar.set_total,
-                )
-            result.seconds = time.monotonic() - started
-            return result
-        finally:
-            cache.close()
-            await store.close()
-
-    result = asyncio.run(go())
-    if args.json:
-        print(json.dumps(result.summary(), indent=2))
-    else:
-        print(result.path)
-    return 0
+    stripped: str = args.ref.strip()
+    return stripped
 
 
-def _pull_through_agent(
-    args: argparse.Namespace, agent: str, target: str | WeightsEntry, mount: Path
-) -> int:
-    """Hand the pull to the node agent and follow its progress."""
-    from bdn.agent.client import AgentClient, request_for, to_pull_result
-
-    client = AgentClient(agent)
-
-    async def go() -> dict[str, Any]:
-        with ByteProgress(f"pull via {agent}") as bar:
-            done = 0
-
-            def progress(now: int, total: int) -> None:
-                nonlocal done
-                bar.set_total(total)
-                bar.advance(now - done)
-                done = now
-
-            return await client.pull(
-                request_for(target, mount, background=args.background), on_progress=progress
-            )
-
-    result = to_pull_result(asyncio.run(go()))
-    print(json.dumps(result.summary(), indent=2) if args.json else result.path)
-    return 0
+# -- bdn cache ------------------------------------------------------------------
 
 
-def _entry(args: argparse.Namespace) -> WeightsEntry:
-    data: dict[str, Any] = {"source": source_from_cli(args.ref, Path.cwd())}
-    if args.auth_secret:
-        data["auth"] = {"auth_method": "CUSTOM_SECRET", "auth_secret_name": args.auth_secret}
-    if args.allow:
-        data["allow_patterns"] = args.allow
-    if args.ignore:
-        data["ignore_patterns"] = args.ignore
-    return parse_entry(data, where="bdn pull", require_mount_location=False)
+def _with_cache(args: argparse.Namespace, use: Callable[[NodeCache], T]) -> T:
+    """Open the node cache the flags and environment name, run ``use`` on it, close it."""
+    from bdn import api
 
-
-def _cache(args: argparse.Namespace) -> NodeCache:
-    conf = settings(args)
-    return NodeCache(conf.cache_dir, max_bytes=conf.cache_max_bytes)
+    return api.with_node_cache(settings(args), use)
 
 
 def _print_json(value: Any) -> None:
@@ -210,6 +157,8 @@ def _print_json(value: Any) -> None:
 
 
 def _jsonable(value: Any) -> Any:
+    import dataclasses
+
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, list | tuple | set | frozenset):
@@ -222,11 +171,10 @@ def _jsonable(value: Any) -> Any:
 
 
 def cmd_cache_ls(args: argparse.Namespace) -> int:
-    cache = _cache(args)
-    try:
-        blobs, partials = cache.ls(), cache.ls_partials()
-    finally:
-        cache.close()
+    """List cached blobs (most recently used first) and partial downloads."""
+    from bdn.config.units import format_bytes
+
+    blobs, partials = _with_cache(args, lambda cache: (cache.ls(), cache.ls_partials()))
     if args.json:
         _print_json({"blobs": blobs, "partials": partials})
         return 0
@@ -247,11 +195,8 @@ def cmd_cache_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_cache_gc(args: argparse.Namespace) -> int:
-    cache = _cache(args)
-    try:
-        report = cache.gc()
-    finally:
-        cache.close()
+    """Evict down to the byte budget and forget deleted trees."""
+    report = _with_cache(args, lambda cache: cache.gc())
     if args.json:
         _print_json(report)
     else:
@@ -260,11 +205,8 @@ def cmd_cache_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_cache_verify(args: argparse.Namespace) -> int:
-    cache = _cache(args)
-    try:
-        report = cache.verify(fix=args.fix)
-    finally:
-        cache.close()
+    """Re-hash every cached blob; exit 1 on corruption unless --fix removed it."""
+    report = _with_cache(args, lambda cache: cache.verify(fix=args.fix))
     if args.json:
         _print_json(report)
     else:

@@ -160,7 +160,16 @@ def parse_auth(data: object, *, where: str = "auth") -> AuthConfig:
         )
     reject_unknown_keys(data, _AUTH_KEYS, where)
     values = {key: data[key] for key in _AUTH_KEYS if data.get(key) not in (None, "")}
-    method = values.get("auth_method")
+    method = _auth_method(values.get("auth_method"), where)
+    rules = _AUTH_RULES[method]
+    _reject_other_methods_fields(values, method, rules, where)
+    for rule in rules:
+        _check_rule(rule, values.get(rule.key), method, where)
+    return AuthConfig(**values)
+
+
+def _auth_method(method: object, where: str) -> str:
+    """The ``auth_method`` value, which must name a known method (case matters)."""
     if method is None:
         raise ConfigError(
             f"auth_method is missing; set it to one of {', '.join(AUTH_METHODS)}", field=where
@@ -172,7 +181,13 @@ def parse_auth(data: object, *, where: str = "auth") -> AuthConfig:
             f"unknown auth_method {method!r}{hint}; use one of {', '.join(AUTH_METHODS)}",
             field=f"{where}.auth_method",
         )
-    rules = _AUTH_RULES[method]
+    return method
+
+
+def _reject_other_methods_fields(
+    values: Mapping[str, object], method: str, rules: tuple[_AuthRule, ...], where: str
+) -> None:
+    """Refuse a field that belongs to another method, naming the method that uses it."""
     needed = {rule.key for rule in rules}
     for key in values:
         if key != "auth_method" and key not in needed:
@@ -182,22 +197,23 @@ def parse_auth(data: object, *, where: str = "auth") -> AuthConfig:
                 f"or set auth_method: {owner}",
                 field=f"{where}.{key}",
             )
-    for rule in rules:
-        value = values.get(rule.key)
-        field = f"{where}.{rule.key}"
-        if value is None:
-            raise ConfigError(
-                f"is required when auth_method is {method}; add {rule.key}: {rule.example}",
-                field=field,
-            )
-        if not isinstance(value, str) or not rule.valid(value):
-            shown = repr(value) if isinstance(value, str) else type_name(value)
-            raise ConfigError(
-                f"{shown} does not look like {rule.shape}; use e.g. {rule.example}"
-                + _provider_hint(rule.key, value),
-                field=field,
-            )
-    return AuthConfig(**values)
+
+
+def _check_rule(rule: _AuthRule, value: object, method: str, where: str) -> None:
+    """Require one field of ``method`` and check its shape against ``rule``."""
+    field = f"{where}.{rule.key}"
+    if value is None:
+        raise ConfigError(
+            f"is required when auth_method is {method}; add {rule.key}: {rule.example}",
+            field=field,
+        )
+    if not isinstance(value, str) or not rule.valid(value):
+        shown = repr(value) if isinstance(value, str) else type_name(value)
+        raise ConfigError(
+            f"{shown} does not look like {rule.shape}; use e.g. {rule.example}"
+            + _provider_hint(rule.key, value),
+            field=field,
+        )
 
 
 def _provider_hint(key: str, value: object) -> str:

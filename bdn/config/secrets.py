@@ -3,15 +3,16 @@
 A weights entry names its secret (``auth_secret_name``); :class:`SecretResolver`
 turns the name into a value, from a file in the secrets directory
 (``BDN_SECRETS_DIR``, one file per key as a mounted Kubernetes Secret) or from
-``BDN_SECRET_<NAME>``. :func:`load_s3_credentials` parses Baseten's S3 secret
-format. Secret values never appear in an error message or a ``repr``.
+``BDN_SECRET_<NAME>``. :func:`json_object_secret` and :func:`secret_string` read
+the JSON credential secrets whose formats each backend defines (S3 keys in
+:mod:`bdn.backends.s3.creds`, GCP keys in :mod:`bdn.backends.gcs.creds`).
+Secret values never appear in an error message or a ``repr``.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from bdn.errors import SecretError
@@ -19,39 +20,17 @@ from bdn.errors import SecretError
 __all__ = [
     "SECRETS_DIR_ENV",
     "SECRET_ENV_PREFIX",
-    "S3Credentials",
     "SecretResolver",
     "is_valid_secret_name",
-    "load_s3_credentials",
+    "json_object_secret",
     "secret_env_name",
+    "secret_string",
 ]
 
 #: Environment variable naming the directory that holds one file per secret.
 SECRETS_DIR_ENV = "BDN_SECRETS_DIR"
 #: Prefix of the environment variable that carries a secret when no file does.
 SECRET_ENV_PREFIX = "BDN_SECRET_"
-
-
-@dataclass(frozen=True, slots=True)
-class S3Credentials:
-    """AWS-style credentials from a Baseten-format JSON secret.
-
-    ``repr`` hides the secret parts so a credentials object can never leak
-    through a log line or a traceback.
-    """
-
-    access_key_id: str
-    secret_access_key: str = field(repr=False)
-    region: str | None = None
-    session_token: str | None = field(default=None, repr=False)
-
-
-_S3_FORMAT_HINT = (
-    "S3 credentials must be a JSON object with aws_access_key_id and aws_secret_access_key"
-)
-# Baseten's own wording for this mistake, kept verbatim so users searching for
-# it find the same fix in both products' docs.
-_S3_REQUIRED_MESSAGE = "aws_access_key_id and aws_secret_access_key are required in S3 credentials"
 
 
 def is_valid_secret_name(name: str) -> bool:
@@ -211,27 +190,14 @@ class SecretResolver:
         )
 
 
-def load_s3_credentials(resolver: SecretResolver, name: str) -> S3Credentials:
-    """Read secret ``name`` as Baseten-format S3 credentials.
+def json_object_secret(resolver: SecretResolver, name: str) -> dict[str, object] | None:
+    """Secret ``name`` parsed as a JSON object, or ``None`` when it is not one.
 
-    The value is a JSON object::
-
-        {"aws_access_key_id": "...", "aws_secret_access_key": "...",
-         "aws_region": "us-east-1", "aws_session_token": "..."}
-
-    ``aws_region`` and ``aws_session_token`` are optional; surrounding
-    whitespace is stripped and empty strings count as missing.
-
-    Args:
-        resolver: where to look the secret up.
-        name: the secret's name (e.g. the ``auth_secret_name`` of a weights entry).
-
-    Returns:
-        The credentials; their ``repr`` hides the secret parts.
+    Credential secrets (S3 keys, GCP service-account keys) are JSON objects;
+    each format says in its own words what a malformed one should look like.
 
     Raises:
-        SecretError: the secret is missing, is not a JSON object, lacks either
-            key, or has a non-string value. No message contains the value.
+        SecretError: the secret is missing or unreadable (see :meth:`SecretResolver.get`).
     """
     raw = resolver.get(name)
     try:
@@ -241,27 +207,15 @@ def load_s3_credentials(resolver: SecretResolver, name: str) -> S3Credentials:
         # the whole document (the secret) in ``.doc``, where a traceback printer or
         # an error reporter could find it.
         data = None
-    if not isinstance(data, dict):
-        raise SecretError(f"secret {name!r} is not valid JSON: {_S3_FORMAT_HINT}", secret_name=name)
-    access_key_id = _optional_string(data, "aws_access_key_id", name)
-    secret_access_key = _optional_string(data, "aws_secret_access_key", name)
-    if access_key_id is None or secret_access_key is None:
-        raise SecretError(
-            f"{_S3_REQUIRED_MESSAGE} (secret {name!r}); store a JSON object with the keys "
-            "aws_access_key_id and aws_secret_access_key (exactly these names), "
-            "optionally aws_region and aws_session_token",
-            secret_name=name,
-        )
-    return S3Credentials(
-        access_key_id=access_key_id,
-        secret_access_key=secret_access_key,
-        region=_optional_string(data, "aws_region", name),
-        session_token=_optional_string(data, "aws_session_token", name),
-    )
+    return data if isinstance(data, dict) else None
 
 
-def _optional_string(data: Mapping[str, object], key: str, name: str) -> str | None:
-    """Return ``data[key]`` stripped, None when absent, null or empty; reject other types."""
+def secret_string(data: Mapping[str, object], key: str, name: str) -> str | None:
+    """Return ``data[key]`` stripped, None when absent, null or empty; reject other types.
+
+    Raises:
+        SecretError: the value is not a JSON string (the message names its type only).
+    """
     value = data.get(key)
     if value is None:
         return None
@@ -272,96 +226,3 @@ def _optional_string(data: Mapping[str, object], key: str, name: str) -> str | N
             secret_name=name,
         )
     return value.strip() or None
-
-
-# --------------------------------------------------------------------------- GCP
-
-__all__ += ["GCP_SERVICE_ACCOUNT_KEYS", "GcpServiceAccount", "load_gcp_service_account"]
-
-
-@dataclass(frozen=True, slots=True)
-class GcpServiceAccount:
-    """A GCP service-account key (the JSON file the Cloud console downloads).
-
-    ``info`` is the whole JSON object, handed to google-auth as is; it holds
-    the private key, so it is left out of ``repr``.
-    """
-
-    client_email: str
-    project_id: str | None
-    info: Mapping[str, object] = field(repr=False)
-
-
-#: Keys a service-account key must have for google-auth to sign token requests.
-GCP_SERVICE_ACCOUNT_KEYS: tuple[str, ...] = ("type", "client_email", "private_key", "token_uri")
-
-_GCP_FORMAT_HINT = (
-    "store the service account's JSON key file as downloaded from the Google Cloud console "
-    "(IAM > Service accounts > Keys > Add key > JSON); it has the keys type, project_id, "
-    "private_key_id, private_key, client_email and token_uri"
-)
-
-
-def _plain_word(text: str | None) -> bool:
-    """True for a short ``[a-z_]`` word (a credential type), safe to quote in a message."""
-    return bool(text) and len(str(text)) <= 40 and all(c.islower() or c == "_" for c in str(text))
-
-
-def load_gcp_service_account(resolver: SecretResolver, name: str) -> GcpServiceAccount:
-    """Read secret ``name`` as a GCP service-account key (JSON).
-
-    Only the shape is checked here (a JSON object of type ``service_account``
-    with :data:`GCP_SERVICE_ACCOUNT_KEYS` as non-empty strings and a PEM
-    private key); whether the key is genuine is for Google to say.
-
-    Args:
-        resolver: where to look the secret up.
-        name: the secret's name (the ``auth_secret_name`` of a ``gs://`` entry).
-
-    Returns:
-        The key; its ``repr`` shows only the account's email and project.
-
-    Raises:
-        SecretError: the secret is missing, is not a JSON object, is another
-            kind of credential, or lacks keys (all missing keys are named in
-            one line). No message contains a value other than ``type``.
-    """
-    raw = resolver.get(name)
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        data = None  # Not chained: a JSONDecodeError holds the whole document.
-    if not isinstance(data, dict):
-        raise SecretError(
-            f"secret {name!r} is not valid JSON: a GCP service-account key must be a JSON "
-            f"object; {_GCP_FORMAT_HINT}",
-            secret_name=name,
-        )
-    values = {key: _optional_string(data, key, name) for key in GCP_SERVICE_ACCOUNT_KEYS}
-    missing = [key for key, value in values.items() if value is None]
-    if missing:
-        raise SecretError(
-            f"secret {name!r} is not a GCP service-account key: missing "
-            f"{', '.join(missing)}; {_GCP_FORMAT_HINT}",
-            secret_name=name,
-        )
-    kind = values["type"]
-    if kind != "service_account":
-        shown = repr(kind) if _plain_word(kind) else "another type"
-        raise SecretError(
-            f"secret {name!r} is a GCP credential of type {shown}, not 'service_account'; "
-            f"{_GCP_FORMAT_HINT}",
-            secret_name=name,
-        )
-    if "PRIVATE KEY-----" not in str(values["private_key"]):
-        raise SecretError(
-            f"secret {name!r}: private_key is not a PEM private key (it should start with "
-            "-----BEGIN PRIVATE KEY-----, with line breaks written as \\n in the JSON); "
-            f"{_GCP_FORMAT_HINT}",
-            secret_name=name,
-        )
-    email = values["client_email"]
-    assert email is not None  # Checked with the other required keys above.
-    return GcpServiceAccount(
-        client_email=email, project_id=_optional_string(data, "project_id", name), info=data
-    )

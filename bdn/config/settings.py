@@ -2,7 +2,9 @@
 
 The CLI and the Python API each build one :class:`Settings` from the
 environment when they start and pass it down; nothing below reads
-``os.environ`` (STYLE.md §7). Flags override fields with
+``os.environ`` (docs/DESIGN.md, "Conventions"). The store they name is opened by
+:func:`bdn.backends.store_for`, and mirror options come from
+:meth:`bdn.mirror.MirrorOptions.from_settings`. Flags override fields with
 :func:`dataclasses.replace`.
 """
 
@@ -11,14 +13,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from bdn.config.secrets import SecretResolver
 from bdn.config.units import parse_size
-
-if TYPE_CHECKING:
-    from bdn.backends.base import BlobStore
-    from bdn.mirror import MirrorOptions
 
 DEFAULT_STORE_DIR = "~/.cache/bdn/store"
 DEFAULT_CACHE_DIR = "~/.cache/bdn/node"
@@ -76,25 +73,6 @@ class Settings:
             oidc_token_file=Path(token) if (token := environ.get("BDN_OIDC_TOKEN_FILE")) else None,
             environ=dict(environ),
         )
-
-    def mirror_options(self) -> MirrorOptions:
-        """Mirror options that carry this environment's endpoints."""
-        from bdn.mirror import MirrorOptions
-
-        return MirrorOptions(
-            endpoint_url=self.endpoint_url,
-            hf_endpoint=self.hf_endpoint,
-            gcs_emulator_host=self.gcs_emulator_host,
-            r2_endpoint_url=self.r2_endpoint_url,
-            oidc_token_file=self.oidc_token_file,
-        )
-
-    def open_store(self) -> BlobStore:
-        """The blob store these settings name, with the platform's own credentials."""
-        from bdn.backends import open_store
-
-        return open_store(self.store_uri, endpoint_url=self.endpoint_url,
-                          gcs_emulator_host=self.gcs_emulator_host)
 
     def secrets(self) -> SecretResolver:
         """The resolver for named secrets (directory first, then ``BDN_SECRET_*``)."""

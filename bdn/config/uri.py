@@ -62,6 +62,12 @@ _SCHEME_HINTS: Mapping[str, str] = {
     "huggingface": "write hf://owner/repo",
 }
 
+# Schemes that name an upstream BDN cannot reach, and what to do instead.
+_REFUSED_SCHEMES: Mapping[str, str] = {
+    "bt": "Baseten Training sources are not available outside Baseten; "
+    "mirror the checkpoint to s3://, gs:// or hf:// and use that URI",
+}
+
 DEFAULT_HF_REVISION = "main"
 
 _URI_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://(.*)", re.DOTALL)
@@ -118,6 +124,10 @@ class ParsedSource:
         return f"{self.scheme}://{host}" + (f"/{self.prefix}" if self.prefix else "")
 
 
+# Splits what follows ``scheme://``; None when it does not fit the scheme's form.
+_SourceParser = Callable[[str], ParsedSource | None]
+
+
 def parse_source(text: str, *, field: str | None = None) -> ParsedSource:
     """Validate a source URI and split it into its parts.
 
@@ -146,30 +156,8 @@ def parse_source(text: str, *, field: str | None = None) -> ParsedSource:
             f"must be a string URI, got {type_name(text)}; use e.g. hf://owner/repo",
             field=field,
         )
-    match = _URI_RE.fullmatch(text)
-    if match is None:
-        hint = ""
-        if _HF_REPO_RE.fullmatch(text):
-            hint = f" (did you mean hf://{text}?)"
-        elif text.startswith("/"):
-            hint = f" (did you mean file://{text}?)"
-        raise ConfigError(f"{text!r} has no scheme{hint}; use one of {_scheme_list()}", field=field)
-    scheme, rest = match.group(1).lower(), match.group(2)
-    if scheme == "bt":
-        raise ConfigError(
-            f"{text!r}: Baseten Training sources are not available outside Baseten; "
-            "mirror the checkpoint to s3://, gs:// or hf:// and use that URI",
-            field=field,
-        )
-    parser = _SOURCE_PARSERS.get(scheme)
-    if parser is None:
-        advice = _SCHEME_HINTS.get(scheme)
-        raise ConfigError(
-            f"unknown scheme {scheme + '://'!r} in {text!r}"
-            + (f"; {advice}" if advice else "")
-            + f"; supported schemes: {_scheme_list()}",
-            field=field,
-        )
+    scheme, rest = _split_scheme(text, field)
+    parser = _parser_for(scheme, text, field)
     if scheme == "file" and rest and not rest.startswith("/"):
         raise ConfigError(
             f"{text!r} has a relative path; use an absolute path with three slashes, "
@@ -182,6 +170,36 @@ def parse_source(text: str, *, field: str | None = None) -> ParsedSource:
             f"malformed {scheme}:// source {text!r}; use {_SOURCE_FORMS[scheme]}", field=field
         )
     return parsed
+
+
+def _split_scheme(text: str, field: str | None) -> tuple[str, str]:
+    """``scheme://rest`` -> (lower-cased scheme, rest); a bare path or repo gets a hint."""
+    match = _URI_RE.fullmatch(text)
+    if match is not None:
+        return match.group(1).lower(), match.group(2)
+    hint = ""
+    if _HF_REPO_RE.fullmatch(text):
+        hint = f" (did you mean hf://{text}?)"
+    elif text.startswith("/"):
+        hint = f" (did you mean file://{text}?)"
+    raise ConfigError(f"{text!r} has no scheme{hint}; use one of {_scheme_list()}", field=field)
+
+
+def _parser_for(scheme: str, text: str, field: str | None) -> _SourceParser:
+    """The parser of a supported scheme; a refused or unknown one says what to write instead."""
+    refusal = _REFUSED_SCHEMES.get(scheme)
+    if refusal is not None:
+        raise ConfigError(f"{text!r}: {refusal}", field=field)
+    parser = _SOURCE_PARSERS.get(scheme)
+    if parser is None:
+        advice = _SCHEME_HINTS.get(scheme)
+        raise ConfigError(
+            f"unknown scheme {scheme + '://'!r} in {text!r}"
+            + (f"; {advice}" if advice else "")
+            + f"; supported schemes: {_scheme_list()}",
+            field=field,
+        )
+    return parser
 
 
 def _scheme_list() -> str:
@@ -232,7 +250,7 @@ def _parse_file(rest: str) -> ParsedSource | None:
     return ParsedSource(scheme="file", kind="local", path=normalize_abs(rest))
 
 
-_SOURCE_PARSERS: Mapping[str, Callable[[str], ParsedSource | None]] = {
+_SOURCE_PARSERS: Mapping[str, _SourceParser] = {
     "hf": _parse_hf,
     "s3": _parse_s3,
     "gs": _parse_gs,

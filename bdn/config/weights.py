@@ -162,14 +162,7 @@ def parse_entry(
             field=where,
         )
     reject_unknown_keys(data, _ENTRY_KEYS, where)
-    source = data.get("source")
-    if not isinstance(source, str):
-        problem = "is missing" if source is None else f"must be a string, got {type_name(source)}"
-        raise ConfigError(
-            f"{problem}; add source: with a URI such as hf://owner/repo or s3://bucket/prefix",
-            field=f"{where}.source",
-        )
-    parsed = parse_source(source, field=f"{where}.source")
+    source, parsed = _parse_entry_source(data.get("source"), f"{where}.source")
     mount = _parse_mount(
         data.get("mount_location"), f"{where}.mount_location", parsed, require_mount_location
     )
@@ -184,14 +177,22 @@ def parse_entry(
             "remove allow_patterns to take every file",
             field=f"{where}.allow_patterns",
         )
+    # An empty ignore list is stored as None, so it hashes like an absent one.
     ignore = _parse_patterns(data.get("ignore_patterns"), f"{where}.ignore_patterns") or None
     return WeightsEntry(
-        source=source,
-        mount_location=mount,
-        auth=auth,
-        allow_patterns=allow,
-        ignore_patterns=ignore,
+        source=source, mount_location=mount, auth=auth, allow_patterns=allow, ignore_patterns=ignore
     )
+
+
+def _parse_entry_source(value: object, field: str) -> tuple[str, ParsedSource]:
+    """The entry's ``source``, which must be present and a valid URI."""
+    if not isinstance(value, str):
+        problem = "is missing" if value is None else f"must be a string, got {type_name(value)}"
+        raise ConfigError(
+            f"{problem}; add source: with a URI such as hf://owner/repo or s3://bucket/prefix",
+            field=field,
+        )
+    return value, parse_source(value, field=field)
 
 
 def _parse_mount(value: object, field: str, parsed: ParsedSource, required: bool) -> str | None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Iterable
 from typing import Protocol
 
 log = logging.getLogger(__name__)
@@ -52,3 +53,14 @@ async def serve_until_signalled(service: Service, name: str) -> int:
                 loop.remove_signal_handler(sig)
     log.info("%s stopped", name)
     return 0
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait until each has ended, so nothing they hold outlives
+    the caller's close; their cancellation is expected, not an error."""
+    pending = list(tasks)
+    for task in pending:
+        task.cancel()
+    for task in pending:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -20,9 +20,10 @@ from pathlib import Path
 
 from bdn.backends import SourceEnv, open_source
 from bdn.backends.base import BlobStore, Source, SourceObject
-from bdn.backends.local.store import staging_name
+from bdn.backends.staging import staging_name
 from bdn.config import patterns
 from bdn.config.secrets import SecretResolver
+from bdn.config.settings import Settings
 from bdn.config.weights import WeightsEntry
 from bdn.digest import DEFAULT_CHUNK_SIZE, Digest
 from bdn.errors import ConfigError
@@ -62,6 +63,14 @@ class MirrorOptions:
     gcs_emulator_host: str | None = None
     r2_endpoint_url: str | None = None
     oidc_token_file: Path | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MirrorOptions:
+        """Default options that carry the endpoints of ``settings``."""
+        return cls(endpoint_url=settings.endpoint_url, hf_endpoint=settings.hf_endpoint,
+                   gcs_emulator_host=settings.gcs_emulator_host,
+                   r2_endpoint_url=settings.r2_endpoint_url,
+                   oidc_token_file=settings.oidc_token_file)
 
     def source_env(self) -> SourceEnv:
         """The upstream endpoints these options carry."""
@@ -107,7 +116,7 @@ class MirrorResult:
     _claimed: set[Digest] = field(default_factory=set, repr=False)
 
     def summary(self) -> dict[str, object]:
-        """The ``--json`` summary of DESIGN.md's interface."""
+        """The ``--json`` summary of README's ``bdn mirror`` section."""
         return {
             "manifest_id": self.manifest_id,
             "files": self.files,

@@ -1,14 +1,19 @@
-"""The in-cluster peer tier: chunk owners, the client that asks them, the tiered reader."""
+"""The in-cluster peer tier, pull side: the client that asks chunk owners, the tiered reader.
 
-from bdn.peer.chunks import ChunkRef, ChunkService, ChunkStats
-from bdn.peer.client import FORWARDED_HEADER, PeerClient, chunk_path
+The owner side (the chunk service a peer's request reaches) is daemon code:
+:mod:`bdn.agent.chunks`. The wire both sides speak is :mod:`bdn.agent.protocol`.
+"""
+
+from bdn.agent.protocol import FORWARDED_HEADER, ChunkRef, chunk_path
+from bdn.peer.chunks import ChunkOrigin, LocalChunks
+from bdn.peer.client import PeerClient
 from bdn.peer.tiered import TierConfig, TieredReader, TierStats
 
 __all__ = [
     "FORWARDED_HEADER",
+    "ChunkOrigin",
     "ChunkRef",
-    "ChunkService",
-    "ChunkStats",
+    "LocalChunks",
     "PeerClient",
     "TierConfig",
     "TierStats",

@@ -1,216 +1,33 @@
-"""The owner side of the peer tier: hand out verified chunks, fetching each from origin once.
+"""The seam between a pull and this node's own chunk owner (the agent's chunk service).
 
-A node owns the chunks the ring assigns to it. Asked for one (by a peer, or by
-its own pulls), it serves it from the node cache when it holds the whole blob,
-else from a bounded on-disk chunk cache (LRU, ``diskcache``), else it fetches
-the chunk from origin — once, however many callers ask at the same time
-(single-flight) — verifies it against the chunk digest and keeps it. This is
-what turns N nodes starting one model into ~1x the model's bytes at origin.
+The tiered reader (:mod:`bdn.peer.tiered`) reads the chunks this node owns
+through :class:`LocalChunks` rather than over HTTP. The library only names the
+shape here; the agent implements it (:class:`bdn.agent.chunks.ChunkService`),
+so ``bdn.peer`` never imports daemon code.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
-import diskcache
+from bdn.agent.protocol import ChunkRef
 
-from bdn.backends.base import BlobStore
-from bdn.cache import NodeCache
-from bdn.digest import Digest, is_xxh3_hex, new_xxh3
-from bdn.errors import IntegrityError, TransferError
-from bdn.http import RETRY_DATA, RetryPolicy, retrying
-from bdn.store import blob_key
+__all__ = ["ChunkOrigin", "LocalChunks"]
 
-log = logging.getLogger(__name__)
-
-GiB = 1024**3
-DEFAULT_CHUNK_CACHE_BYTES = 8 * GiB
-
-Origin = Literal["node_cache", "chunk_cache", "origin", "coalesced"]
+ChunkOrigin = Literal["node_cache", "chunk_cache", "origin", "coalesced"]
+"""Where a local chunk came from: kept on this node already (``node_cache``,
+``chunk_cache``), or fetched from origin by this read or one it joined
+(``origin``, ``coalesced``)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ChunkRef:
-    """One chunk of one blob, with the digest it must have.
+class LocalChunks(Protocol):
+    """This node's chunk owner, as a pull sees it."""
 
-    Attributes:
-        digest: the blob's SHA-256.
-        index: the chunk's position in the blob.
-        blob_size: the blob's size in bytes (bounds the last, shorter chunk).
-        chunk_size: the manifest's chunk size.
-        xxh3: the chunk's xxh3-128 hex from the (trusted) manifest.
-    """
-
-    digest: Digest
-    index: int
-    blob_size: int
-    chunk_size: int
-    xxh3: str
-
-    def __post_init__(self) -> None:
-        exists = 0 <= self.start < max(self.blob_size, 1)
-        if self.chunk_size < 1 or self.blob_size < 0 or not exists:
-            raise ValueError(
-                f"chunk {self.index} of a {self.blob_size}-byte blob in "
-                f"{self.chunk_size}-byte chunks does not exist"
-            )
-        if not is_xxh3_hex(self.xxh3):
-            raise ValueError(f"not an xxh3-128 digest: {self.xxh3!r}")
-
-    @property
-    def start(self) -> int:
-        return self.index * self.chunk_size
-
-    @property
-    def end(self) -> int:
-        return min(self.start + self.chunk_size, self.blob_size)
-
-    @property
-    def key(self) -> str:
-        return f"{self.digest.hex}:{self.chunk_size}:{self.index}"
-
-
-@dataclass(slots=True)
-class ChunkStats:
-    """What a :class:`ChunkService` did; the agent exports these as metrics."""
-
-    origin_fetches: int = 0
-    origin_bytes: int = 0
-    coalesced_waiters: int = 0
-    from_node_cache: int = 0
-    from_chunk_cache: int = 0
-
-
-def xxh3_of(data: bytes | bytearray | memoryview) -> str:
-    h = new_xxh3()
-    h.update(data)
-    return h.hexdigest()
-
-
-class ChunkService:
-    """Serves chunks this node owns. Coroutine-safe within one event loop.
-
-    ``read`` never returns bytes that fail the chunk digest: origin bytes are
-    verified before they are kept or handed out, and chunk-cache bytes are
-    verified again when read (the disk under the cache may lie).
-    """
-
-    def __init__(
-        self,
-        cache: NodeCache,
-        origin: BlobStore,
-        *,
-        chunk_cache_dir: Path,
-        chunk_cache_bytes: int = DEFAULT_CHUNK_CACHE_BYTES,
-        retry: RetryPolicy = RETRY_DATA,
-    ) -> None:
-        self.cache = cache
-        self.origin = origin
-        self.retry = retry
-        self.stats = ChunkStats()
-        chunk_cache_dir.mkdir(parents=True, exist_ok=True)
-        # Values above ~32 KiB are stored as files by diskcache, so chunks cost
-        # no database bloat; the size limit makes it an LRU of chunk bytes.
-        self._chunks = diskcache.Cache(
-            str(chunk_cache_dir),
-            size_limit=chunk_cache_bytes,
-            eviction_policy="least-recently-used",
-        )
-        self._inflight: dict[str, asyncio.Future[tuple[bytes, Origin]]] = {}
-
-    async def read(self, ref: ChunkRef) -> bytes:
-        """The chunk's verified bytes (see :meth:`read_with_origin`)."""
-        data, _ = await self.read_with_origin(ref)
-        return data
-
-    async def read_with_origin(self, ref: ChunkRef) -> tuple[bytes, Origin]:
+    async def read_with_origin(self, ref: ChunkRef) -> tuple[bytes, ChunkOrigin]:
         """The chunk's verified bytes and where they came from.
 
         Raises:
-            NotFound: origin does not have the blob.
-            IntegrityError: origin's bytes keep failing the chunk digest.
-            TransferError / AuthError: origin could not be read.
+            NotFound, IntegrityError, TransferError, AuthError: origin could
+                not give the chunk's bytes.
         """
-        # Join or register the flight before the first await: a caller that
-        # arrives while another looks in the caches or fetches must wait for
-        # that one, never start a second origin fetch.
-        waiting = self._inflight.get(ref.key)
-        if waiting is not None:
-            self.stats.coalesced_waiters += 1
-            data, _ = await asyncio.shield(waiting)
-            return data, "coalesced"
-        future: asyncio.Future[tuple[bytes, Origin]] = asyncio.get_running_loop().create_future()
-        self._inflight[ref.key] = future
-        try:
-            found = await self._resolve(ref)
-        except BaseException as err:
-            future.set_exception(err)
-            future.exception()  # Retrieved: waiters get it; no "never retrieved" warning.
-            raise
-        else:
-            future.set_result(found)
-        finally:
-            del self._inflight[ref.key]
-        return found
-
-    async def _resolve(self, ref: ChunkRef) -> tuple[bytes, Origin]:
-        if self.cache.has_blob(ref.digest, ref.blob_size):
-            data = await asyncio.to_thread(self._read_blob, ref)
-            if data is not None:
-                self.stats.from_node_cache += 1
-                return data, "node_cache"
-        cached = await asyncio.to_thread(self._chunks.get, ref.key)
-        if isinstance(cached, bytes) and xxh3_of(cached) == ref.xxh3:
-            self.stats.from_chunk_cache += 1
-            return cached, "chunk_cache"
-        return await self._fetch(ref), "origin"
-
-    def _read_blob(self, ref: ChunkRef) -> bytes | None:
-        try:
-            fd = os.open(self.cache.blob_path(ref.digest), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None  # Evicted between the check and the open: use the other tiers.
-        try:
-            return os.pread(fd, ref.end - ref.start, ref.start)
-        finally:
-            os.close(fd)
-
-    async def _fetch(self, ref: ChunkRef) -> bytes:
-        reader = self.origin.reader(blob_key(ref.digest), ref.blob_size)
-
-        async def once() -> bytes:
-            parts = [bytes(p) async for p in reader.open_range(ref.start, ref.end)]
-            data = b"".join(parts)
-            self.stats.origin_bytes += len(data)
-            if len(data) != ref.end - ref.start:
-                raise TransferError(
-                    f"origin sent {len(data)} bytes for chunk {ref.index} of "
-                    f"{ref.digest}, expected {ref.end - ref.start}"
-                )
-            actual = await asyncio.to_thread(xxh3_of, data)
-            if actual != ref.xxh3:
-                raise IntegrityError(
-                    f"chunk {ref.index} of {ref.digest} from origin fails its xxh3-128 check",
-                    expected=ref.xxh3,
-                    actual=actual,
-                )
-            return data
-
-        try:
-            self.stats.origin_fetches += 1
-            data = await retrying(
-                self.retry, once, describe=f"chunk {ref.index} of {ref.digest} from origin"
-            )
-        finally:
-            await reader.close()
-        await asyncio.to_thread(self._chunks.set, ref.key, data)
-        return data
-
-    async def close(self) -> None:
-        """Close the chunk cache (idempotent)."""
-        await asyncio.to_thread(self._chunks.close)
+        ...

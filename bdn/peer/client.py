@@ -1,14 +1,11 @@
 """The asking side of the peer tier: read a chunk from the node that owns it.
 
-Wire protocol (served by ``agent/server.py``)::
-
-    GET /v1/chunks/<sha256 hex>/<index>?size=<blob size>&chunk_size=<n>&xxh3=<32 hex>
-    Authorization: Bearer <token>
-    X-BDN-Forwarded: 1
-
-200 carries exactly the chunk's bytes. The owner answers from its node cache,
-its chunk cache or origin, and never forwards the request to another peer
-(the header says so explicitly, for any future proxy in between).
+The request (path, query, headers) is the peer wire of
+:mod:`bdn.agent.protocol`, served by :mod:`bdn.agent.server`. 200 carries
+exactly the chunk's bytes. The owner answers from its node cache, its chunk
+cache or origin, and never forwards the request to another peer (the
+``X-BDN-Forwarded: 1`` header says so explicitly, for any future proxy in
+between).
 """
 
 from __future__ import annotations
@@ -18,11 +15,10 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 
+from bdn.agent.protocol import FORWARDED_HEADER, ChunkRef, chunk_path
 from bdn.errors import TransferError
 from bdn.http import HttpClient, raise_for_status, translate_client_error
-from bdn.peer.chunks import ChunkRef
 
-FORWARDED_HEADER = "X-BDN-Forwarded"
 DEFAULT_PEER_TIMEOUT = 2.0
 """Seconds to connect to a peer before counting it as down and going to origin."""
 
@@ -30,14 +26,6 @@ DEFAULT_ANSWER_TIMEOUT = 120.0
 """Seconds an owner may take to answer: it may first fetch the whole chunk from
 origin (64 MiB over a shared 100 MB/s link is seconds, more with a queue), and
 giving up early would send the asker to origin too, bringing the herd back."""
-
-
-def chunk_path(ref: ChunkRef) -> str:
-    """The request path and query of a chunk, as the peer server expects it."""
-    return (
-        f"/v1/chunks/{ref.digest.hex}/{ref.index}?size={ref.blob_size}"
-        f"&chunk_size={ref.chunk_size}&xxh3={ref.xxh3}"
-    )
 
 
 class PeerClient:

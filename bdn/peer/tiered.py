@@ -1,4 +1,4 @@
-"""A chunk reader that goes owner peer first, origin second (DESIGN.md, "Pull", tiers 2-3).
+"""A chunk reader that goes owner peer first, origin second (docs/DESIGN.md, "Pull", tiers 2-3).
 
 The transfer engine asks for one chunk per range request. For each, the ring
 names its owners (one, or more with replicas): this node's own
@@ -8,6 +8,11 @@ owner, then origin; one that fails part-way, or whose bytes the engine rejects
 (it asks for the same chunk again), is not asked for that chunk a second time.
 So pulls complete while peers die, and a corrupt peer costs one chunk's bytes,
 counted.
+
+:class:`TierConfig` is the peer tier a pull is given (it implements
+``bdn.pull.Tier``, structurally: this module does not import the pull);
+:meth:`TierConfig.start_pull` hands each pull a :class:`PeerPull` whose
+:class:`TierStats` that pull's result reports.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from bdn.agent.protocol import ChunkRef
 from bdn.backends.base import RangeReader
 from bdn.digest import Digest
 from bdn.errors import AuthError, BdnError, TransferError
-from bdn.peer.chunks import ChunkRef, ChunkService
+from bdn.manifest import FileEntry
+from bdn.peer.chunks import LocalChunks
 from bdn.peer.client import PeerClient
 from bdn.ring import Ring
 
@@ -43,12 +50,16 @@ class TierConfig:
     ring: Ring | Callable[[], Ring]
     self_addr: str | None
     peers: PeerClient
-    local: ChunkService | None = None
+    local: LocalChunks | None = None
 
     def current_ring(self) -> Ring:
         """The ring now: a callable ``ring`` is asked per chunk, so a pull follows
         membership changes while it runs."""
         return self.ring if isinstance(self.ring, Ring) else self.ring()
+
+    def start_pull(self) -> PeerPull:
+        """This tier for one pull, with counters of its own (``bdn.pull.Tier``)."""
+        return PeerPull(self)
 
 
 @dataclass(slots=True)
@@ -60,6 +71,24 @@ class TierStats:
     bytes_from_local_cache: int = 0
     peer_failures: int = 0
     corrupt_from_peers: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PeerPull:
+    """One pull through the peer tier: its readers share ``stats``.
+
+    Implements ``bdn.pull.TierPull``: every byte its readers hand over is
+    counted in ``stats`` by where it came from, origin included.
+    """
+
+    tiers: TierConfig
+    stats: TierStats = field(default_factory=TierStats)
+
+    def reader(self, origin: RangeReader, entry: FileEntry, chunk_size: int) -> TieredReader:
+        """A reader of ``entry``'s blob that asks its chunks' owners before ``origin``."""
+        return TieredReader(
+            origin, entry.sha256, entry.size, chunk_size, entry.chunks, self.tiers, self.stats
+        )
 
 
 @dataclass(slots=True)

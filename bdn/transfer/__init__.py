@@ -1,13 +1,16 @@
-"""The transfer engine and its readers (see :mod:`bdn.transfer.engine`)."""
+"""The transfer engine (see :mod:`bdn.transfer.engine`) and the values it works with.
+
+Readers are the backends' business: the engine takes any
+:class:`~bdn.backends.base.RangeReader` and never imports a backend.
+"""
 
 from bdn.backends.base import RangeReader
-from bdn.backends.local.reader import LocalFileReader
-from bdn.transfer.engine import (
+from bdn.transfer.engine import TransferEngine
+from bdn.transfer.task import (
     DEFAULT_TRANSFER_CONFIG,
     FileResult,
     FileTask,
     TransferConfig,
-    TransferEngine,
     TransferStats,
 )
 
@@ -15,7 +18,6 @@ __all__ = [
     "DEFAULT_TRANSFER_CONFIG",
     "FileResult",
     "FileTask",
-    "LocalFileReader",
     "RangeReader",
     "TransferConfig",
     "TransferEngine",

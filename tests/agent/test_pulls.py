@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from bdn.agent.pulls import PullContext, parse_pull_request
+from bdn.agent.protocol import parse_pull_request
+from bdn.agent.pulls import PullContext
 from bdn.errors import ConfigError
 from bdn.pull import PullOptions
 

@@ -9,17 +9,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import http.client
-import io
 import json
-import shutil
 import zlib
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 
 from bdn.digest import xxh3_128_hex
-from bench import register
+from bench import build_parser, main, register
 from bench.harness import (
     BenchAbort,
     MiB,
@@ -42,6 +39,7 @@ from bench.report import (
     ratio,
 )
 from bench.tools import MachineFacts, ensure_tools, missing_tools
+from tests.bench.support import need, parse_bench, quiet_console
 
 FACTS = MachineFacts(
     cores=2,
@@ -53,12 +51,8 @@ FACTS = MachineFacts(
 )
 
 
-def _console() -> Console:
-    return Console(file=io.StringIO(), width=240, color_system=None)
-
-
 def _rendered(section: Section) -> str:
-    console = _console()
+    console = quiet_console()
     console.print(build_table(section))
     out = console.file.getvalue()  # type: ignore[attr-defined]
     assert isinstance(out, str)
@@ -192,7 +186,7 @@ def test_missing_tool_names_install_command_and_never_installs(
     reasons = missing_tools(["curl", "aria2c"])
     assert "apt-get install -y --no-install-recommends aria2" in reasons["aria2c"]
     with pytest.raises(BenchAbort) as info:
-        ensure_tools(["nginx", "aria2c"], allow_install=False, console=_console())
+        ensure_tools(["nginx", "aria2c"], allow_install=False, console=quiet_console())
     assert info.value.exit_code == 2
     assert "apt-get install -y --no-install-recommends nginx aria2" in str(info.value)
     assert "\n" not in str(info.value)
@@ -222,14 +216,6 @@ def test_nginx_config_keeps_everything_in_the_workdir(tmp_path: Path) -> None:
     assert conf.count("{") == conf.count("}")
 
 
-def _need(*binaries: str) -> None:
-    missing = [b for b in binaries if shutil.which(b) is None]
-    if missing:
-        reason = f"{', '.join(missing)} not installed (apt-get install nginx curl aria2)"
-        print(f"skipping: {reason}")
-        pytest.skip(reason)
-
-
 def _answers(port: int) -> bool:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
     try:
@@ -243,7 +229,7 @@ def _answers(port: int) -> bool:
 
 
 def test_nginx_serves_and_is_stopped_even_on_error(tmp_path: Path) -> None:
-    _need("nginx")
+    need("nginx")
     root = tmp_path / "data"
     root.mkdir()
     (root / "hello").write_bytes(b"hi there")
@@ -271,14 +257,31 @@ def test_register_adds_bench_transfer_and_mirror() -> None:
     assert callable(args.func) and args.json and args.shards == 2
 
 
+def test_main_parses_bdn_bench_on_its_own_with_the_same_flags() -> None:
+    parser = build_parser()
+    assert parser.prog == "bdn bench"
+    for argv in (["transfer", "--size", "8MiB", "--repeat", "1"], ["mirror", "--shards", "2"],
+                 ["pull", "--json"], ["herd", "--nodes", "2,4", "--netns"],
+                 ["mirror-server", "--jobs", "3"]):
+        via_main = vars(parse_bench(*argv))
+        outer = argparse.ArgumentParser(prog="bdn")
+        register(outer.add_subparsers(dest="command"))
+        via_register = vars(outer.parse_args(["bench", *argv]))
+        assert via_register.pop("command") == "bench"
+        assert via_main == via_register
+    with pytest.raises(SystemExit) as exit_:
+        main(["no-such-bench"])
+    assert exit_.value.code == 2
+
+
 def test_transfer_bench_smoke(tmp_path: Path) -> None:
-    _need("nginx", "curl")
+    need("nginx", "curl")
     from bench.transfer import TransferBenchOptions, run_transfer_bench
 
     options = TransferBenchOptions(
         size=8 * MiB, shards=2, shard_size=4 * MiB, repeat=1, workdir=tmp_path, ceiling_threads=2
     )
-    report = run_transfer_bench(options, console=_console())
+    report = run_transfer_bench(options, console=quiet_console())
     assert [s.title for s in report.sections] == [
         "(a) one 8.00 MiB file",
         "(b) 2 files of 4.00 MiB",
@@ -295,14 +298,15 @@ def test_transfer_bench_smoke(tmp_path: Path) -> None:
 
 
 def test_unavailable_reference_is_shown_not_skipped(tmp_path: Path) -> None:
-    _need("nginx", "curl")
+    need("nginx", "curl")
     from bench.transfer import TransferBenchOptions, run_transfer_bench
 
     options = TransferBenchOptions(
         size=1 * MiB, shards=1, shard_size=1 * MiB, repeat=1, workdir=tmp_path
     )
     report = run_transfer_bench(
-        options, console=_console(), unavailable={"aria2c": "apt-get install failed: no network"}
+        options, console=quiet_console(),
+        unavailable={"aria2c": "apt-get install failed: no network"},
     )
     for section in report.sections:
         aria = section.get("aria2c")
@@ -320,7 +324,7 @@ def test_mirror_bench_smoke(tmp_path: Path) -> None:
 
     report = run_mirror_bench(
         MirrorBenchOptions(shards=2, shard_size=3 * MiB, repeat=1, workdir=tmp_path),
-        console=_console(),
+        console=quiet_console(),
     )
     rows = {r.key: r for r in report.sections[0].results}
     assert set(rows) == {"bdn", "cp", "cp_sync", "again"}

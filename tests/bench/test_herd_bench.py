@@ -9,7 +9,6 @@ about N x for the naive agents.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil
@@ -18,31 +17,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 
 from bdn.errors import ConfigError
-from bench import register
+from bdn.fleet import AgentSpec, FleetAgent, agent_env
 from bench.harness import GiB, MiB
-from bench.herd import (
-    HerdBenchOptions,
-    HerdCase,
-    HerdReport,
-    HerdRun,
-    options_from_args,
-    parse_nodes,
-    run_herd_bench,
-)
-from bench.herd_fleet import (
-    AgentPaths,
-    AgentProc,
-    Node,
-    OriginTally,
-    agent_argv,
-    agent_env,
-    netns_nodes,
-    origin_config,
-    tally_log,
-)
+from bench.herd import options_from_args, run_herd_bench
+from bench.herd_fleet import agent_argv, netns_nodes, ring_changes_since
+from bench.herd_origin import OriginTally, origin_config, tally_log
+from bench.herd_report import HerdBenchOptions, HerdCase, HerdReport, HerdRun, parse_nodes
 from bench.netns import (
     NetnsPlan,
     Topology,
@@ -54,16 +36,11 @@ from bench.netns import (
     teardown_commands,
 )
 from bench.tools import MachineFacts
-
-
-def _console() -> Console:
-    return Console(file=io.StringIO(), width=240, color_system=None)
+from tests.bench.support import parse_bench, quiet_console
 
 
 def _parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="bdn")
-    register(parser.add_subparsers(dest="command"))
-    return parser.parse_args(["bench", "herd", *argv])
+    return parse_bench("herd", *argv)
 
 
 # -- options ----------------------------------------------------------------------
@@ -110,7 +87,7 @@ def test_parse_nodes() -> None:
 
 def test_bad_options_fail_before_any_work(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--repeat"):
-        run_herd_bench(HerdBenchOptions(repeat=0, workdir=tmp_path), console=_console())
+        run_herd_bench(HerdBenchOptions(repeat=0, workdir=tmp_path), console=quiet_console())
     assert list(tmp_path.iterdir()) == []
 
 
@@ -166,11 +143,11 @@ def test_tally_log_counts_every_byte_and_blob_bodies_apart() -> None:
 
 
 def test_agent_command_lines_for_ring_and_naive(tmp_path: Path) -> None:
-    node = Node("n0", "127.0.0.1:7001", "http://127.0.0.1:8080")
-    paths = AgentPaths(tmp_path / "n0", tmp_path / "n0.sock")
+    spec = AgentSpec("n0", "127.0.0.1:7001", "http://127.0.0.1:8080", tmp_path / "n0",
+                     tmp_path / "n0.sock")
     peers = ["127.0.0.1:7001", "127.0.0.1:7002"]
-    ring = agent_argv(node, "ring", peers, paths, tmp_path / "token")
-    naive = agent_argv(node, "naive", peers, paths, tmp_path / "token")
+    ring = agent_argv(spec, "ring", peers, tmp_path / "token")
+    naive = agent_argv(spec, "naive", peers, tmp_path / "token")
     assert ring[:4] == [sys.executable, "-m", "bdn", "agent"]
     assert ring[ring.index("--peers") + 1] == "127.0.0.1:7001,127.0.0.1:7002"
     assert "--peers" not in naive
@@ -192,20 +169,19 @@ def test_agent_env_drops_what_would_steer_an_agent(monkeypatch: pytest.MonkeyPat
 
 
 def test_ring_changes_are_counted_from_the_agent_log_after_a_time(tmp_path: Path) -> None:
-    paths = AgentPaths(tmp_path, tmp_path / "a.sock")
-    agent = AgentProc(Node("n0", "127.0.0.1:1", "http://x"), paths,
-                      subprocess.Popen([sys.executable, "-c", ""]))
+    agent = FleetAgent(AgentSpec("n0", "127.0.0.1:1", "http://x", tmp_path, tmp_path / "a.sock"),
+                       subprocess.Popen([sys.executable, "-c", ""]))
     agent.proc.wait(10)
-    assert agent.ring_changes_since(0) == 0  # no log yet
+    assert ring_changes_since(agent, 0) == 0  # no log yet
     lines = [
         {"ts": "2026-01-01T00:00:00.000+00:00", "msg": "ring membership changed"},
         {"ts": "2026-01-01T00:00:05.000+00:00", "msg": "pull started"},
         {"ts": "2026-01-01T00:00:06.500+00:00", "msg": "ring membership changed"},
     ]
-    paths.log.write_text("\n".join(json.dumps(line) for line in lines) + "\nnot json\n")
+    agent.log.write_text("\n".join(json.dumps(line) for line in lines) + "\nnot json\n")
     start = 1767225605.0  # 2026-01-01T00:00:05Z
-    assert agent.ring_changes_since(start) == 1
-    assert agent.ring_changes_since(0) == 2
+    assert ring_changes_since(agent, start) == 1
+    assert ring_changes_since(agent, 0) == 2
 
 
 def test_netns_nodes_run_in_their_namespace_over_their_own_origin_link() -> None:
@@ -336,7 +312,7 @@ def test_report_ratios_aims_and_json() -> None:
     assert report.wall_ratio(4) == pytest.approx(0.25)
     lines = {aim.metric: (got, met) for aim, got, met in report.aim_lines()}
     assert lines == {"wall": (pytest.approx(0.25), True), "origin": (pytest.approx(1.01), True)}
-    out = _console()
+    out = quiet_console()
     report.render(out)
     text = out.file.getvalue()  # type: ignore[attr-defined]
     assert "0.250x" in text and "ring wall time <= 0.35x naive" in text and "(met)" in text
@@ -348,7 +324,7 @@ def test_report_ratios_aims_and_json() -> None:
     # On loopback only the origin aim applies; N = 4 not run says so.
     loop = HerdReport(_facts(), HerdBenchOptions(nodes=(2,)), "t",
                       [HerdCase(2, "ring", model), HerdCase(2, "naive", model)])
-    out = _console()
+    out = quiet_console()
     loop.render(out)
     assert [a.metric for a, _, _ in loop.aim_lines()] == ["origin"]
     assert "N = 4 not run" in out.file.getvalue()  # type: ignore[attr-defined]
@@ -362,7 +338,7 @@ def test_tiny_herd_counts_origin_bytes_at_the_origin(tmp_path: Path) -> None:
         print("skipping: nginx not installed (apt-get install nginx)")
         pytest.skip("nginx not installed")
     options = HerdBenchOptions(nodes=(2,), size=4 * MiB, shards=4, workdir=tmp_path)
-    report = run_herd_bench(options, console=_console())
+    report = run_herd_bench(options, console=quiet_console())
     ring, naive = report.case(2, "ring"), report.case(2, "naive")
     assert ring is not None and naive is not None
     assert ring.error is None and naive.error is None, (ring.error, naive.error)

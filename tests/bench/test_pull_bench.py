@@ -8,35 +8,22 @@ the caller's environment are left as they were.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 
 from bdn.errors import ConfigError
-from bench import register
 from bench.harness import MiB
-from bench.pull import (
-    PullBenchOptions,
-    bdn_environ,
-    options_from_args,
-    remove_tree,
-    run_pull_bench,
-)
-
-
-def _console() -> Console:
-    return Console(file=io.StringIO(), width=240, color_system=None)
+from bench.model import remove_tree
+from bench.pull import PullBenchOptions, options_from_args, run_pull_bench
+from bench.pull_warm import bdn_environ
+from tests.bench.support import need, parse_bench, quiet_console
 
 
 def _parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="bdn")
-    register(parser.add_subparsers(dest="command"))
-    return parser.parse_args(["bench", "pull", *argv])
+    return parse_bench("pull", *argv)
 
 
 # -- options ---------------------------------------------------------------------
@@ -73,7 +60,7 @@ def test_check_rejects_values_below_one(field: str, flag: str) -> None:
 
 def test_bad_options_fail_before_any_work(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--repeat"):
-        run_pull_bench(PullBenchOptions(repeat=0, workdir=tmp_path), console=_console())
+        run_pull_bench(PullBenchOptions(repeat=0, workdir=tmp_path), console=quiet_console())
     assert list(tmp_path.iterdir()) == []
 
 
@@ -131,21 +118,13 @@ def test_remove_tree_deletes_read_only_trees(tmp_path: Path) -> None:
 # -- smoke run ------------------------------------------------------------------------
 
 
-def _need(*binaries: str) -> None:
-    missing = [b for b in binaries if shutil.which(b) is None]
-    if missing:
-        reason = f"{', '.join(missing)} not installed (apt-get install nginx curl aria2)"
-        print(f"skipping: {reason}")
-        pytest.skip(reason)
-
-
 def test_pull_bench_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _need("nginx", "curl")
+    need("nginx", "curl")
     monkeypatch.setenv("BDN_STORE", "file:///somewhere/else")
     options = PullBenchOptions(
         shards=2, shard_size=4 * MiB, repeat=1, fast_repeat=2, workdir=tmp_path, ceiling_threads=2
     )
-    report = run_pull_bench(options, console=_console())
+    report = run_pull_bench(options, console=quiet_console())
     assert [s.bdn_key for s in report.sections] == ["bdn", "new", "same", "api"]
     for section in report.sections:
         for r in section.results:

@@ -10,29 +10,29 @@ from pathlib import Path
 
 import pytest
 
-from bdn.cache import NodeCache
+from bdn.cache import NodeCache, Partial, fill_blob
 from bdn.cache.layout import CacheLayout
 from bdn.cache.lock import try_file_lock, try_remove_lock_file
 from bdn.digest import Digest
-from tests.cache import CHUNK, chunks_of
+from tests.cache import CHUNK, entry_of, write_blob
 
 DATA = b"single flight " * 40
 DIGEST = Digest.of_bytes(DATA)
 
 
 async def fetch_once(cache: NodeCache) -> str:
-    """What a pull does per blob: under the lock, fetch unless someone already did."""
-    async with cache.lock(DIGEST):
-        if cache.has_blob(DIGEST, len(DATA)):
-            return "hit"
-        partial = cache.open_partial(DIGEST, len(DATA), CHUNK, chunks_of(DATA))
+    """What a pull does per blob (the cache's write path): fetch unless someone already did."""
+
+    async def slowly(partial: Partial) -> int:
         # Write slowly, so any waiter that got in would find a half file.
         with open(partial.path, "wb") as f:
             for i in range(0, len(DATA), 64):
                 f.write(DATA[i : i + 64])
                 await asyncio.sleep(0.005)
-        partial.commit()
-        return "fetched"
+        return len(DATA)
+
+    fetched = await fill_blob(cache, entry_of(DATA), CHUNK, slowly)
+    return "hit" if fetched is None else "fetched"
 
 
 def _process_fetch(root: str, start: float, out: multiprocessing.SimpleQueue) -> None:
@@ -88,9 +88,7 @@ def test_a_second_process_waits_for_the_holder(tmp_path: Path) -> None:
             proc.start()
             await asyncio.sleep(0.3)
             assert results.empty()  # Still waiting on our lock.
-            partial = cache.open_partial(DIGEST, len(DATA), CHUNK, chunks_of(DATA))
-            partial.path.write_bytes(DATA)
-            partial.commit()
+            write_blob(cache, DATA)
         await asyncio.to_thread(proc.join, 10)
         assert proc.exitcode == 0
 
@@ -158,8 +156,6 @@ async def test_gc_removing_a_lock_file_never_lets_two_holders_in(tmp_path: Path)
         # and queue behind us on the new file instead of entering.
         await asyncio.sleep(0.1)
         assert not waiter.done()
-        partial = cache.open_partial(DIGEST, len(DATA), CHUNK, chunks_of(DATA))
-        partial.path.write_bytes(DATA)
-        partial.commit()
+        write_blob(cache, DATA)
     assert await waiter == "hit"
     cache.close()

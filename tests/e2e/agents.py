@@ -4,7 +4,8 @@
   :func:`publish_store` puts that store's files on a :class:`FaultServer`, so
   origin bytes are counted at the origin.
 - :class:`AgentProcess` / :func:`start_agent` run ``python -m bdn agent`` with
-  its own cache and a short unix socket path, and talk to it.
+  its own cache and a short unix socket path (through :mod:`bdn.fleet`, which
+  the demo and the herd bench use too), and talk to it.
 - :class:`CorruptingProxy` sits in front of one agent's peer port and flips a
   byte of every chunk it relays: a peer serving corrupt bytes, with no test
   hook in the agent itself.
@@ -15,14 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,9 +26,13 @@ import aiohttp
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from bdn import fleet
 from bdn.backends import open_store
 from bdn.config.secrets import SecretResolver
 from bdn.config.weights import WeightsEntry
+from bdn.fleet import AgentSpec, FleetAgent, stop_agents
+from bdn.fleet import free_ports as free_ports  # re-exported for the tests
+from bdn.fleet import short_dir as short_dir
 from bdn.manifest import Manifest
 from bdn.mirror import MirrorOptions, run_mirror
 from bdn.store import Store
@@ -95,42 +93,27 @@ def unique_size(manifest: Manifest) -> int:
 # -- processes ----------------------------------------------------------------------------
 
 
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct ports free right now on 127.0.0.1 (held open until all are picked)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+@dataclass(slots=True)
+class AgentProcess(FleetAgent):
+    """One ``bdn agent`` subprocess of a test, talked to over its peer port.
 
+    A :class:`~bdn.fleet.FleetAgent` whose :meth:`health` asks the peer port
+    (as the ring's probes do), so :func:`wait_ready` waits for that port too.
+    """
 
-@contextlib.contextmanager
-def short_dir() -> Iterator[Path]:
-    """A directory with a short path: unix socket paths must fit in 108 bytes."""
-    path = Path(tempfile.mkdtemp(prefix="bdn-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@dataclass
-class AgentProcess:
-    """One ``bdn agent`` subprocess and the addresses it serves."""
-
-    name: str
-    port: int
-    advertise: str
-    socket: Path
-    cache: Path
-    log: Path
-    proc: subprocess.Popen[bytes]
     token: str | None = TOKEN
+
+    @property
+    def port(self) -> int:
+        return int(self.spec.listen.rpartition(":")[2])
+
+    @property
+    def advertise(self) -> str:
+        return self.spec.advertise or self.spec.listen
+
+    @property
+    def cache(self) -> Path:
+        return self.spec.cache
 
     @property
     def url(self) -> str:
@@ -138,23 +121,7 @@ class AgentProcess:
 
     @property
     def agent_address(self) -> str:
-        return f"unix://{self.socket}"
-
-    def signal(self, sig: int) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-
-    def stop(self, timeout: float = 30) -> int:
-        """SIGTERM, wait; returns the exit status (SIGKILL after ``timeout``)."""
-        self.signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)
-
-    def logs(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+        return self.address
 
     async def health(self) -> dict[str, Any] | None:
         """The peer port's ``/healthz`` body, or None when it does not answer 200."""
@@ -200,69 +167,40 @@ def start_agent(
     extra: Sequence[str] = (),
     home: Path | None = None,
 ) -> AgentProcess:
-    """Start ``bdn agent`` as a subprocess; it is not ready until :func:`wait_ready`."""
+    """Start ``bdn agent`` in ``base/name`` (via :func:`bdn.fleet.start_agent`);
+    it is not ready until :func:`wait_ready`."""
     root = base / name
     root.mkdir(parents=True, exist_ok=True)
-    args = [
-        sys.executable, "-m", "bdn", "agent",
-        "--store", store,
-        "--cache", str(root / "cache"),
-        "--socket", str(root / "a.sock"),
-        "--listen", f"127.0.0.1:{port}",
-        # Short intervals: a dead or new peer is noticed within a fraction of a second.
-        "--probe-interval", "0.2",
-        "--peer-timeout", "5",
-        "--drain-timeout", "60",
-        *extra,
-    ]
-    if advertise:
-        args += ["--advertise", advertise]
-    if peers:
-        args += ["--peers", ",".join(peers)]
+    token_file = None
     if token:
         token_file = root / "token"
         token_file.write_text(token + "\n")
-        args += ["--token-file", str(token_file)]
-    log = root / "agent.log"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            args, stdout=sink, stderr=subprocess.STDOUT, env=bdn_env(home or root),
-            start_new_session=True,  # A ^C in the test runner must not drain the agents first.
-        )
-    return AgentProcess(name, port, advertise or f"127.0.0.1:{port}", root / "a.sock",
-                        root / "cache", log, proc, token)
+    spec = AgentSpec(name, f"127.0.0.1:{port}", store, root, root / "a.sock",
+                     advertise=advertise)
+    started = fleet.start_agent(
+        spec, peers=peers, token_file=token_file, env=bdn_env(home or root),
+        # Short intervals: a dead or new peer is noticed within a fraction of a second.
+        extra=["--probe-interval", "0.2", "--peer-timeout", "5", "--drain-timeout", "60",
+               *extra],
+    )
+    return AgentProcess(spec, started.proc, token)
 
 
 async def wait_ready(
     agents: Sequence[AgentProcess], *, members: int | None = None, timeout: float = 60
 ) -> None:
-    """Wait until every agent answers ``/healthz`` (seeing ``members`` ring members, if given)."""
-    deadline = time.monotonic() + timeout
-    pending = list(agents)
-    while pending:
-        for agent in list(pending):
-            if agent.proc.poll() is not None:
-                raise AssertionError(f"agent {agent.name} exited {agent.proc.returncode}:\n"
-                                     + agent.logs()[-3000:])
-            body = await agent.health()
-            if body is not None and (members is None or len(body["members"]) == members):
-                pending.remove(agent)
-        if pending and time.monotonic() > deadline:
-            states = {a.name: await a.health() for a in pending}
-            raise AssertionError(f"agents not ready: {states}")
-        await asyncio.sleep(0.05)
+    """Wait until every agent answers ``/healthz`` on its peer port (seeing ``members``
+    ring members, if given); an agent that exited fails with its log's tail."""
+    await fleet.wait_ready(agents, members=members, timeout=timeout, log_lines=60)
 
 
 @contextlib.contextmanager
 def running(agents: list[AgentProcess]) -> Iterator[list[AgentProcess]]:
-    """Stop (and if need be kill) every agent in ``agents`` on the way out, even on failure."""
+    """Kill every agent in ``agents`` on the way out, even on failure (no drain)."""
     try:
         yield agents
     finally:
-        for agent in agents:
-            if agent.proc.poll() is None:
-                agent.proc.kill()
-                agent.proc.wait(10)
+        stop_agents(agents, drain=False)
 
 
 async def http_json(address: str, method: str, path: str, body: Any = None,

@@ -85,23 +85,39 @@ async def metric_sum(agents: Sequence[AgentProcess], name: str) -> float:
     return sum([(await a.metrics()).get(name, 0.0) for a in agents])
 
 
+async def published_model(tmp_path: Path, server: FaultServer) -> tuple[str, Manifest]:
+    """Mirror :data:`MODEL` and serve its store from ``server``: (origin URL, manifest)."""
+    _, store_root, manifest = await mirrored_model(tmp_path, MODEL, CHUNK)
+    return publish_store(server, store_root), manifest
+
+
+def start_ring(base: Path, ports: Sequence[int], origin: str,
+               peers: Sequence[str]) -> list[AgentProcess]:
+    """Agents ``n0``, ``n1``... on ``ports``, each with the same ``peers`` list."""
+    return [start_agent(base, f"n{i}", p, store=origin, peers=peers)
+            for i, p in enumerate(ports)]
+
+
+def assert_all_pulled(agents: Sequence[AgentProcess],
+                      results: Sequence[dict[str, Any] | BaseException], mounts: Path) -> None:
+    """Every pull succeeded and its tree is :data:`MODEL`, bit for bit."""
+    for agent, result in zip(agents, results, strict=True):
+        assert isinstance(result, dict), (result, agent.logs()[-2000:])
+        assert result["state"] == "succeeded"
+        assert_same_tree(mounts / agent.name, MODEL)
+
+
 async def test_four_cold_agents_fetch_the_model_from_origin_about_once(
     tmp_path: Path, fault_server: FaultServer
 ) -> None:
-    _, store_root, manifest = await mirrored_model(tmp_path, MODEL, CHUNK)
-    origin = publish_store(fault_server, store_root)
+    origin, manifest = await published_model(tmp_path, fault_server)
     ports = free_ports(4)
     peers = [addr(p) for p in ports]
-    with short_dir() as base, running(
-        [start_agent(base, f"n{i}", p, store=origin, peers=peers) for i, p in enumerate(ports)]
-    ) as agents:
+    with short_dir() as base, running(start_ring(base, ports, origin, peers)) as agents:
         await wait_ready(agents, members=4)
         fault_server.reset_stats()
         results = await pull_all(agents, manifest, tmp_path / "models")
-        for agent, result in zip(agents, results, strict=True):
-            assert isinstance(result, dict), (result, agent.logs()[-2000:])
-            assert result["state"] == "succeeded"
-            assert_same_tree(tmp_path / "models" / agent.name, MODEL)
+        assert_all_pulled(agents, results, tmp_path / "models")
         # Counted at the origin: every byte it sent, manifests included.
         assert fault_server.stats.bytes_served <= 1.05 * manifest.total_size, (
             fault_server.stats.bytes_served, manifest.total_size)
@@ -125,13 +141,10 @@ async def test_four_cold_agents_fetch_the_model_from_origin_about_once(
 async def test_an_owner_killed_mid_burst_does_not_stop_the_others(
     tmp_path: Path, fault_server: FaultServer
 ) -> None:
-    _, store_root, manifest = await mirrored_model(tmp_path, MODEL, CHUNK)
-    origin = publish_store(fault_server, store_root)
+    origin, manifest = await published_model(tmp_path, fault_server)
     ports = free_ports(4)
     peers = [addr(p) for p in ports]
-    with short_dir() as base, running(
-        [start_agent(base, f"n{i}", p, store=origin, peers=peers) for i, p in enumerate(ports)]
-    ) as agents:
+    with short_dir() as base, running(start_ring(base, ports, origin, peers)) as agents:
         await wait_ready(agents, members=4)
         fault_server.reset_stats()
         # About a second per chunk from origin: the burst lasts long enough to cut into.
@@ -143,10 +156,7 @@ async def test_an_owner_killed_mid_burst_does_not_stop_the_others(
         victim.proc.kill()  # SIGKILL: no drain, connections die mid-body.
         results = await burst
         assert isinstance(results[0], TransferError), results[0]
-        for agent, result in zip(agents[1:], results[1:], strict=True):
-            assert isinstance(result, dict), (result, agent.logs()[-2000:])
-            assert result["state"] == "succeeded"
-            assert_same_tree(tmp_path / "models" / agent.name, MODEL)
+        assert_all_pulled(agents[1:], results[1:], tmp_path / "models")
         # The survivors saw the owner fail (or had already dropped it from the ring).
         await wait_ready(agents[1:], members=3)
 
@@ -154,14 +164,10 @@ async def test_an_owner_killed_mid_burst_does_not_stop_the_others(
 async def test_a_membership_change_in_the_middle_of_a_pull(
     tmp_path: Path, fault_server: FaultServer
 ) -> None:
-    _, store_root, manifest = await mirrored_model(tmp_path, MODEL, CHUNK)
-    origin = publish_store(fault_server, store_root)
+    origin, manifest = await published_model(tmp_path, fault_server)
     ports = free_ports(5)
     peers = [addr(p) for p in ports]  # The fifth is not running yet: probes leave it out.
-    with short_dir() as base, running(
-        [start_agent(base, f"n{i}", p, store=origin, peers=peers)
-         for i, p in enumerate(ports[:4])]
-    ) as agents:
+    with short_dir() as base, running(start_ring(base, ports[:4], origin, peers)) as agents:
         await wait_ready(agents, members=4)
         fault_server.reset_stats()
         fault_server.faults = FaultPlan(bytes_per_second=256 * 1024)
@@ -173,10 +179,7 @@ async def test_a_membership_change_in_the_middle_of_a_pull(
         leaving = agents[3]
         leaving.signal(signal.SIGTERM)
         results = await burst
-        for agent, result in zip(agents[:4], results, strict=True):
-            assert isinstance(result, dict), (result, agent.logs()[-2000:])
-            assert result["state"] == "succeeded"
-            assert_same_tree(tmp_path / "models" / agent.name, MODEL)
+        assert_all_pulled(agents[:4], results, tmp_path / "models")
         assert await asyncio.to_thread(leaving.proc.wait, 60) == 0, "drained, then exited 0"
         stayed = [*agents[:3], joining]
         await wait_ready(stayed, members=4)
@@ -195,25 +198,20 @@ async def test_a_membership_change_in_the_middle_of_a_pull(
 async def test_a_peer_serving_corrupt_bytes_is_detected_counted_and_routed_around(
     tmp_path: Path, fault_server: FaultServer
 ) -> None:
-    _, store_root, manifest = await mirrored_model(tmp_path, MODEL, CHUNK)
-    origin = publish_store(fault_server, store_root)
+    origin, manifest = await published_model(tmp_path, fault_server)
     *honest_ports, liar_port, proxy_port = free_ports(5)
     # The liar is known to the ring by its proxy's address: every chunk the
     # others get from it has a flipped byte; its health probes pass untouched.
     peers = [addr(p) for p in honest_ports] + [addr(proxy_port)]
     with CorruptingProxy(upstream_port=liar_port, port=proxy_port) as proxy, short_dir() as base:
-        agents = [start_agent(base, f"n{i}", p, store=origin, peers=peers)
-                  for i, p in enumerate(honest_ports)]
+        agents = start_ring(base, honest_ports, origin, peers)
         agents.append(start_agent(base, "liar", liar_port, store=origin, peers=peers,
                                   advertise=addr(proxy_port)))
         with running(agents):
             await wait_ready(agents, members=4)
             fault_server.reset_stats()
             results = await pull_all(agents, manifest, tmp_path / "models")
-            for agent, result in zip(agents, results, strict=True):
-                assert isinstance(result, dict), (result, agent.logs()[-2000:])
-                assert result["state"] == "succeeded"
-                assert_same_tree(tmp_path / "models" / agent.name, MODEL)
+            assert_all_pulled(agents, results, tmp_path / "models")
             assert proxy.flipped > 0
             corrupt = await metric_sum(agents[:3], "bdn_corrupt_chunks_from_peers_total")
             assert 0 < corrupt <= proxy.flipped

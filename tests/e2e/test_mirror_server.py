@@ -235,34 +235,29 @@ async def test_sigterm_drains_running_jobs_and_exits_0(
                              "BDN_SECRET_AWS_CREDS": s3_secret(moto_s3)})
     store = f"file://{tmp_path / 'store'}"
 
+    async def sigterm_mid_job(name: str, *extra: str) -> tuple[MirrorServerProcess, str]:
+        """Start a server, submit model ``name``, SIGTERM it once bytes move; it exits 0."""
+        server = start_mirror_server(tmp_path / name, store=store, env=env, token=TOKEN,
+                                     extra=extra)
+        servers.append(server)
+        await server.wait_ready()
+        jid = await server.submit(s3_weights(s3_bucket, name, f"/m/{name}"))
+
+        async def moving() -> bool:
+            return relay.bytes_under(f"/{s3_bucket}/{name}/") > 0
+
+        await until(moving, "bytes to move")
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(60) == 0
+        return server, jid
+
     # A drain long enough: the running job finishes, the process exits 0.
-    server = start_mirror_server(tmp_path / "a", store=store, env=env, token=TOKEN)
-    servers.append(server)
-    await server.wait_ready()
-    jid = await server.submit(s3_weights(s3_bucket, "small", "/m/small"))
-
-    async def moving() -> bool:
-        return relay.bytes_under(f"/{s3_bucket}/small/") > 0
-
-    await until(moving, "bytes to move")
-    server.proc.send_signal(signal.SIGTERM)
-    assert server.proc.wait(60) == 0
+    server, jid = await sigterm_mid_job("small")
     assert record(server, jid)["state"] == "succeeded"
     assert '"msg": "draining"' in server.logs()
 
     # A drain deadline shorter than the job: exit 0 anyway, the job left to resume.
-    server = start_mirror_server(tmp_path / "b", store=store, env=env, token=TOKEN,
-                                 extra=["--drain-timeout", "0.2"])
-    servers.append(server)
-    await server.wait_ready()
-    jid = await server.submit(s3_weights(s3_bucket, "big", "/m/big"))
-
-    async def big_moving() -> bool:
-        return relay.bytes_under(f"/{s3_bucket}/big/") > 0
-
-    await until(big_moving, "bytes to move")
-    server.proc.send_signal(signal.SIGTERM)
-    assert server.proc.wait(60) == 0
+    server, jid = await sigterm_mid_job("big", "--drain-timeout", "0.2")
     assert record(server, jid)["state"] == "running"
     assert "drain deadline reached" in server.logs()
 

@@ -32,14 +32,17 @@ def _creds(moto: MotoS3) -> SecretResolver:
     return SecretResolver(secrets_dir=None, environ={"BDN_SECRET_AWS_CREDENTIALS": secret})
 
 
-def _s3_entry(bucket: str, prefix: str, **kw: object) -> WeightsEntry:
+def _s3_entry(bucket: str, prefix: str) -> WeightsEntry:
     return WeightsEntry(
         source=f"s3://{bucket}/{prefix}",
-        mount_location=None,
         auth=AuthConfig(auth_method="CUSTOM_SECRET", auth_secret_name="aws_credentials"),
-        allow_patterns=kw.get("allow"),
-        ignore_patterns=kw.get("ignore"),  # type: ignore[arg-type]
     )
+
+
+def _local_entry(src: Path, *, mount: str | None = None,
+                 allow: tuple[str, ...] | None = None) -> WeightsEntry:
+    """A ``file://`` entry of directory ``src``: no auth, no ignore_patterns."""
+    return WeightsEntry(source=f"file://{src}", mount_location=mount, allow_patterns=allow)
 
 
 def _upload(moto: MotoS3, bucket: str, prefix: str, files: dict[str, bytes]) -> None:
@@ -132,16 +135,7 @@ async def test_identical_content_under_two_paths_and_two_sources_is_stored_once(
     store_dir = tmp_path / "store"
     store_uri = f"file://{store_dir}"
 
-    def local_entry(p: Path) -> WeightsEntry:
-        return WeightsEntry(
-            source=f"file://{p}",
-            mount_location=None,
-            auth=None,
-            allow_patterns=None,
-            ignore_patterns=None,
-        )
-
-    res = await _mirror(s3_env, local_entry(a), store_uri)
+    res = await _mirror(s3_env, _local_entry(a), store_uri)
     assert res.bytes_stored == len(same)
     assert res.bytes_deduplicated == len(same)
     blobs = [p for p in (store_dir / "blobs").rglob("*") if p.is_file()]
@@ -166,13 +160,7 @@ async def test_local_source_into_s3_store_and_patterns(s3_env: MotoS3, tmp_path:
     (src / "tokenizer" / "vocab.json").write_text("{}")
     (src / "tokenizer" / "extra.safetensors").write_bytes(b"x")
     dst = s3_env.make_bucket("dst-patterns")
-    entry = WeightsEntry(
-        source=f"file://{src}",
-        mount_location=None,
-        auth=None,
-        allow_patterns=("*.safetensors", "tokenizer/*.json"),
-        ignore_patterns=None,
-    )
+    entry = _local_entry(src, allow=("*.safetensors", "tokenizer/*.json"))
     res = await _mirror(s3_env, entry, f"s3://{dst}/store")
     store = Store(open_store(f"s3://{dst}/store", endpoint_url=s3_env.endpoint_url))
     manifest = await store.get_manifest(res.manifest_id)
@@ -187,13 +175,7 @@ async def test_filter_selecting_nothing_is_a_clear_error(tmp_path: Path) -> None
     src = tmp_path / "m"
     src.mkdir()
     (src / "a.bin").write_bytes(b"1")
-    entry = WeightsEntry(
-        source=f"file://{src}",
-        mount_location=None,
-        auth=None,
-        allow_patterns=("*.safetensors",),
-        ignore_patterns=None,
-    )
+    entry = _local_entry(src, allow=("*.safetensors",))
     store = open_store(f"file://{tmp_path / 'store'}")
     with pytest.raises(ConfigError, match=r"select none of the 1 files"):
         await run_mirror(entry, store=store, secrets=SecretResolver(None, {}), options=OPTIONS)
@@ -206,21 +188,10 @@ async def test_config_hash_ignores_mount_location(tmp_path: Path) -> None:
     src.mkdir()
     (src / "w.bin").write_bytes(b"weights")
     store = open_store(f"file://{tmp_path / 'store'}")
-
-    def entry(mount: str) -> WeightsEntry:
-        return WeightsEntry(
-            source=f"file://{src}",
-            mount_location=mount,
-            auth=None,
-            allow_patterns=None,
-            ignore_patterns=None,
-        )
-
-    a = await run_mirror(
-        entry("/models/a"), store=store, secrets=SecretResolver(None, {}), options=OPTIONS
-    )
-    b = await run_mirror(
-        entry("/models/b"), store=store, secrets=SecretResolver(None, {}), options=OPTIONS
-    )
+    a, b = [
+        await run_mirror(_local_entry(src, mount=mount), store=store,
+                         secrets=SecretResolver(None, {}), options=OPTIONS)
+        for mount in ("/models/a", "/models/b")
+    ]
     assert a.config_hash == b.config_hash and a.manifest_id == b.manifest_id
     assert b.bytes_transferred == 0

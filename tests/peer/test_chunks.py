@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from bdn.agent.chunks import ChunkService
 from bdn.backends import open_store
 from bdn.cache import NodeCache
 from bdn.errors import IntegrityError
 from bdn.http import HttpClient, RetryPolicy
 from bdn.manifest import FileEntry, Manifest
-from bdn.peer import ChunkRef, ChunkService, PeerClient, TierConfig
+from bdn.peer import ChunkRef, PeerClient, TierConfig
 from bdn.pull import PullOptions, pull_manifest
 from bdn.ring import Ring
 from bdn.transfer import TransferConfig

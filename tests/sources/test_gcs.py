@@ -18,15 +18,15 @@ from google.auth import exceptions as gae
 from google.auth import jwt
 
 from bdn.backends.base import Source, SourceObject
-from bdn.backends.gcs.client import (
+from bdn.backends.gcs.client import GcsBucket, map_gcs_error
+from bdn.backends.gcs.creds import (
     SCOPE_READ_ONLY,
-    GcsBucket,
+    GcpServiceAccount,
     gcs_credentials_from_secret,
-    map_gcs_error,
     service_account_credentials,
 )
 from bdn.backends.gcs.source import GcsSource, gcs_source_from_entry
-from bdn.config.secrets import GcpServiceAccount, SecretResolver
+from bdn.config.secrets import SecretResolver
 from bdn.config.weights import AuthConfig, WeightsEntry
 from bdn.errors import (
     AuthError,

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bdn.backends.base import Source, SourceObject
+from bdn.backends.s3.creds import S3Credentials
 from bdn.backends.s3.source import S3Source
-from bdn.config.secrets import S3Credentials
 from bdn.errors import SourceError, SourceNotFound
 from bdn.http import HttpClient
 from tests.conftest import MotoS3

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from bdn.backends import FileStore, HttpStore, S3Store, open_store
+from bdn.backends import FileStore, HttpStore, open_store
 from bdn.backends.base import BlobStore
 from bdn.backends.local.store import _os_error
+from bdn.backends.s3.store import S3Store
 from bdn.errors import BlobNotFound, ConfigError, StoreError
 
 BLOB = "blobs/sha256/ab/" + "ab" * 32
@@ -194,7 +195,7 @@ async def test_first_write_sweeps_dead_temp_files(tmp_path: Path) -> None:
     # What a killed writer leaves: a file named by staging_name() in its process.
     name = subprocess.run(
         [sys.executable, "-c",
-         "from bdn.backends.local.store import staging_name; print(staging_name())"],
+         "from bdn.backends.staging import staging_name; print(staging_name())"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()
     dead = store.staging_dir() / name

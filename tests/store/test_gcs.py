@@ -13,11 +13,9 @@ from bdn.backends import open_store
 from bdn.backends.base import BlobStore
 from bdn.backends.gcs.client import GcsClientConfig
 from bdn.backends.gcs.store import GcsStore
-from bdn.errors import AuthError, BlobNotFound, ConfigError, NotFound, StoreError
+from bdn.errors import AuthError, ConfigError, NotFound, StoreError
 from tests.gcsemulator import GcsEmulator
-
-BLOB = "blobs/sha256/ab/" + "ab" * 32
-MiB = 1024 * 1024
+from tests.store import BLOB, MiB, read_range
 
 
 @pytest.fixture
@@ -26,14 +24,6 @@ async def store(gcs_emulator: GcsEmulator, gcs_bucket: str) -> AsyncIterator[Gcs
                  client_config=GcsClientConfig(upload_chunk_size=4 * MiB))
     yield s
     await s.close()
-
-
-async def read_range(store: BlobStore, key: str, size: int, start: int, end: int) -> bytes:
-    reader = store.reader(key, size)
-    try:
-        return b"".join([bytes(p) async for p in reader.open_range(start, end)])
-    finally:
-        await reader.close()
 
 
 def test_is_a_blob_store(store: GcsStore, gcs_bucket: str) -> None:
@@ -71,16 +61,6 @@ async def test_empty_object(store: GcsStore) -> None:
     assert await store.get_bytes("refs/empty") == b""
 
 
-async def test_missing_key_is_blob_not_found(store: GcsStore) -> None:
-    with pytest.raises(BlobNotFound) as info:
-        await store.get_bytes(BLOB)
-    assert info.value.digest == "sha256:" + "ab" * 32
-    with pytest.raises(BlobNotFound):
-        await store.size(BLOB)
-    with pytest.raises(BlobNotFound):
-        await read_range(store, BLOB, 10, 0, 10)
-
-
 async def test_put_file_resumable_in_chunks(store: GcsStore, tmp_path: Path,
                                             caplog: pytest.LogCaptureFixture) -> None:
     # Past the SDK's 8 MiB single-request limit: a resumable upload in 4 MiB chunks.
@@ -94,19 +74,6 @@ async def test_put_file_resumable_in_chunks(store: GcsStore, tmp_path: Path,
     assert src.exists()
     assert await store.size(BLOB) == len(data)
     assert await store.get_bytes(BLOB) == data
-
-
-async def test_put_file_move_removes_source(store: GcsStore, tmp_path: Path) -> None:
-    src = tmp_path / "small.bin"
-    src.write_bytes(b"abc")
-    await store.put_file("refs/r", src, move=True)
-    assert not src.exists()
-    assert await store.get_bytes("refs/r") == b"abc"
-
-
-async def test_put_file_missing_source(store: GcsStore, tmp_path: Path) -> None:
-    with pytest.raises(StoreError, match=r"absent\.bin"):
-        await store.put_file("refs/r", tmp_path / "absent.bin")
 
 
 async def test_list_with_prefix(store: GcsStore, gcs_emulator: GcsEmulator,

@@ -12,15 +12,14 @@ from pathlib import Path
 import boto3
 import pytest
 
-from bdn.backends import S3Store
 from bdn.backends.base import BlobStore
 from bdn.backends.s3.client import S3ClientConfig
-from bdn.backends.s3.store import MiB, part_size_for
-from bdn.config.secrets import S3Credentials
-from bdn.errors import AuthError, BlobNotFound, NotFound, StoreError
+from bdn.backends.s3.creds import S3Credentials
+from bdn.backends.s3.store import MiB, S3Store, part_size_for
+from bdn.errors import AuthError, NotFound, StoreError
 from tests.conftest import MotoS3
+from tests.store import BLOB, read_range
 
-BLOB = "blobs/sha256/ab/" + "ab" * 32
 SECRET = "wrong-secret-value-that-must-never-show"
 
 
@@ -34,14 +33,6 @@ async def store(moto_s3: MotoS3, s3_bucket: str) -> AsyncIterator[S3Store]:
                 credentials=creds(moto_s3), part_size=5 * MiB)
     yield s
     await s.close()
-
-
-async def read_range(store: BlobStore, key: str, size: int, start: int, end: int) -> bytes:
-    reader = store.reader(key, size)
-    try:
-        return b"".join([bytes(p) async for p in reader.open_range(start, end)])
-    finally:
-        await reader.close()
 
 
 def test_is_a_blob_store(store: S3Store, s3_bucket: str) -> None:
@@ -65,16 +56,6 @@ async def test_put_get_exists_size_delete(store: S3Store, moto_s3: MotoS3,
     await store.delete(BLOB)  # missing is fine
 
 
-async def test_missing_key_is_blob_not_found(store: S3Store) -> None:
-    with pytest.raises(BlobNotFound) as info:
-        await store.get_bytes(BLOB)
-    assert info.value.digest == "sha256:" + "ab" * 32
-    with pytest.raises(BlobNotFound):
-        await store.size(BLOB)
-    with pytest.raises(BlobNotFound):
-        await read_range(store, BLOB, 10, 0, 10)
-
-
 async def test_put_file_multipart(store: S3Store, moto_s3: MotoS3, s3_bucket: str,
                                   tmp_path: Path) -> None:
     data = bytes(range(256)) * (11 * MiB // 256) + b"tail"
@@ -87,19 +68,6 @@ async def test_put_file_multipart(store: S3Store, moto_s3: MotoS3, s3_bucket: st
     # A multipart upload's ETag ends in "-<parts>": 11 MiB in 5 MiB parts is 3.
     head = moto_s3.client().head_object(Bucket=s3_bucket, Key=f"bdn/store/{BLOB}")
     assert head["ETag"].strip('"').endswith("-3")
-
-
-async def test_put_file_move_removes_source(store: S3Store, tmp_path: Path) -> None:
-    src = tmp_path / "small.bin"
-    src.write_bytes(b"abc")
-    await store.put_file("refs/r", src, move=True)
-    assert not src.exists()
-    assert await store.get_bytes("refs/r") == b"abc"
-
-
-async def test_put_file_missing_source(store: S3Store, tmp_path: Path) -> None:
-    with pytest.raises(StoreError, match=r"absent\.bin"):
-        await store.put_file("refs/r", tmp_path / "absent.bin")
 
 
 def test_part_size_keeps_parts_under_limit() -> None:

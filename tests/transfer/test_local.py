@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from bdn.backends.base import LocalCopyReader
+from bdn.backends.local.reader import LocalFileReader
 from bdn.digest import chunk_bounds, xxh3_128_hex
 from bdn.errors import IntegrityError, NotFound, SourceError
 from bdn.http import RetryPolicy
-from bdn.transfer import FileTask, LocalFileReader, RangeReader, TransferConfig, TransferEngine
+from bdn.transfer import FileTask, RangeReader, TransferConfig, TransferEngine
 
 
 async def _read(reader: LocalFileReader, start: int, end: int) -> list[bytes]:
@@ -155,3 +158,45 @@ async def test_a_rate_limited_engine_still_delivers_every_byte(
                                        tmp_path / "copy.part", 8192, compute_sha256=True))
     assert (tmp_path / "copy.part").read_bytes() == data
     assert res.sha256 == hashlib.sha256(data).hexdigest()
+
+
+class _CopyOnlyReader:
+    """A reader with the kernel-copy capability whose stream must never be used."""
+
+    supports_ranges: bool | None = True
+
+    def __init__(self, inner: LocalFileReader) -> None:
+        self.inner = inner
+        self.copies: list[tuple[int, int]] = []
+
+    def describe(self) -> str:
+        return "copy-only"
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def open_range(self, start: int, end: int) -> AsyncIterator[bytes]:
+        raise AssertionError("the engine streamed a reader that can copy in the kernel")
+
+    def copy_to(self, dst_fd: int, start: int, end: int) -> None:
+        self.copies.append((start, end))
+        self.inner.copy_to(dst_fd, start, end)
+
+
+async def test_engine_copies_through_the_seam_not_a_concrete_reader(
+    blob: tuple[Path, bytes], tmp_path: Path
+) -> None:
+    # The fast path depends on the LocalCopyReader capability, so any reader
+    # offering it (not only LocalFileReader) is copied in the kernel and verified.
+    path, data = blob
+    reader = _CopyOnlyReader(LocalFileReader(path, len(data)))
+    assert isinstance(reader, LocalCopyReader)
+    assert isinstance(LocalFileReader(path, len(data)), LocalCopyReader)
+    chunk = 8192
+    expected = [xxh3_128_hex(data[a:b]) for a, b in chunk_bounds(len(data), chunk)]
+    async with TransferEngine() as eng:
+        res = await eng.fetch(FileTask(reader, len(data), tmp_path / "copy.part", chunk,
+                                       expected_chunks=expected))
+    assert (tmp_path / "copy.part").read_bytes() == data
+    assert sorted(reader.copies) == list(chunk_bounds(len(data), chunk))
+    assert list(res.chunks) == expected

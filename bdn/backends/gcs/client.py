@@ -1,79 +1,59 @@
 """Google Cloud Storage plumbing shared by the ``gs://`` source and store.
 
-The one place that builds google-cloud-storage clients and google-auth
-credentials, honours an emulator, and turns google.api_core / google.auth /
-requests exceptions into :mod:`bdn.errors` types. As for S3 (:mod:`bdn.backends.s3.client`),
-the control plane (listing, stat, small reads, uploads, deletes) goes through
-the SDK in worker threads so the event loop never blocks, and the data plane
-(ranged reads) goes through :mod:`bdn.http` on the object's media URL with a
-bearer token, so it shares the transfer engine's retries and limits.
-
-Credentials, by case:
-
-- a service-account key secret: :func:`service_account_credentials`;
-- ``GCP_OIDC``: :func:`gcp_oidc_credentials` (identity pool + impersonation);
-- an emulator (``STORAGE_EMULATOR_HOST``, passed in, never read here):
-  anonymous, project ``"test"``, whatever else was configured;
-- ``None`` for a store: Application Default Credentials, resolved by
-  google-auth when the client is first built.
+The one place that builds google-cloud-storage clients, honours an emulator,
+and turns google.api_core / google.auth / requests exceptions into
+:mod:`bdn.errors` types. As for S3 (:mod:`bdn.backends.s3.client`), the control
+plane (listing, stat, small reads, uploads, deletes) goes through the SDK in
+worker threads so the event loop never blocks, and the data plane (ranged
+reads, :mod:`bdn.backends.gcs.reader`) goes through :mod:`bdn.http` on the
+object's media URL with a bearer token, so it shares the transfer engine's
+retries and limits. Credentials come from :mod:`bdn.backends.gcs.creds`; an
+emulator (``STORAGE_EMULATOR_HOST``, passed in, never read here) is used
+anonymously with project ``"test"``, whatever else was configured.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 import google.auth
 import google.auth.exceptions as gae
-import google_crc32c
 import requests
 import requests.adapters
 from google.api_core import exceptions as gapi
-from google.auth import identity_pool
 from google.auth.credentials import AnonymousCredentials, Credentials
 from google.auth.transport.requests import AuthorizedSession, Request
 from google.cloud import storage
 from google.cloud.storage import exceptions as gcs_exceptions
 from google.cloud.storage.retry import DEFAULT_RETRY
-from google.oauth2 import service_account
 
-from bdn.backends.oidc import read_oidc_token
-from bdn.config.auth import AuthConfig
-from bdn.config.secrets import GcpServiceAccount, SecretResolver, load_gcp_service_account
+from bdn.backends.gcs.creds import SCOPE_READ_ONLY
+from bdn.backends.gcs.reader import GcsReader
+from bdn.backends.keys import blob_digest
 from bdn.errors import (
     AuthError,
     BdnError,
     BlobNotFound,
-    ConfigError,
-    IntegrityError,
     NotFound,
-    SecretError,
     SourceError,
     SourceNotFound,
     StoreError,
 )
-from bdn.http import HttpClient, HttpRangeReader, redact_url
+from bdn.http import HttpClient, redact_url
 
 __all__ = [
     "DEFAULT_GCS_CLIENT_CONFIG",
     "EMULATOR_PROJECT",
     "GCS_API_ENDPOINT",
-    "SCOPE_READ_ONLY",
-    "SCOPE_READ_WRITE",
     "GcsBucket",
     "GcsClientConfig",
-    "GcsReader",
     "emulator_endpoint",
-    "gcp_oidc_credentials",
-    "gcs_credentials_from_secret",
     "map_gcs_error",
-    "service_account_credentials",
 ]
 
 _T = TypeVar("_T")
@@ -83,11 +63,6 @@ GCS_API_ENDPOINT = "https://storage.googleapis.com"
 """The JSON API (and media download) endpoint of real GCS."""
 EMULATOR_PROJECT = "test"
 """Project id used against an emulator, which checks none."""
-SCOPE_READ_ONLY = "https://www.googleapis.com/auth/devstorage.read_only"
-SCOPE_READ_WRITE = "https://www.googleapis.com/auth/devstorage.read_write"
-STS_TOKEN_URL = "https://sts.googleapis.com/v1/token"
-IAM_CREDENTIALS_URL = "https://iamcredentials.googleapis.com/v1"
-_JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +94,7 @@ class GcsClientConfig:
 DEFAULT_GCS_CLIENT_CONFIG = GcsClientConfig()
 
 
-# --------------------------------------------------------------------------- credentials
+# --------------------------------------------------------------------------- endpoints
 
 
 def emulator_endpoint(host: str) -> str:
@@ -134,110 +109,6 @@ def emulator_endpoint(host: str) -> str:
     return text if "://" in text else f"http://{text}"
 
 
-def service_account_credentials(
-    account: GcpServiceAccount,
-    *,
-    scopes: Sequence[str] = (SCOPE_READ_ONLY,),
-    secret_name: str | None = None,
-) -> Credentials:
-    """google-auth credentials for a service-account key (no network yet).
-
-    Raises:
-        SecretError: google-auth cannot use the key (e.g. the PEM does not
-            parse); the message names the account and ``secret_name``, never
-            the key.
-    """
-    try:
-        return service_account.Credentials.from_service_account_info(
-            dict(account.info), scopes=list(scopes))
-    except (ValueError, TypeError, KeyError, gae.GoogleAuthError):
-        # Raised below, outside the handler, so the parser's error is neither
-        # chained nor kept as context: it may quote parts of the key.
-        pass
-    where = f"secret {secret_name!r}: " if secret_name else ""
-    raise SecretError(
-        f"{where}the service-account key of {account.client_email} cannot be used: its "
-        "private_key does not parse; download a fresh JSON key from the Google Cloud console",
-        secret_name=secret_name,
-    )
-
-
-def gcs_credentials_from_secret(
-    secrets: SecretResolver, name: str, *, scopes: Sequence[str] = (SCOPE_READ_ONLY,)
-) -> Credentials:
-    """Load secret ``name`` as a service-account key and build credentials from it.
-
-    Raises:
-        SecretError: the secret is missing or malformed (one line, naming the
-            missing keys; never a value).
-    """
-    return service_account_credentials(load_gcp_service_account(secrets, name), scopes=scopes,
-                                       secret_name=name)
-
-
-def gcp_oidc_credentials(
-    auth: AuthConfig,
-    *,
-    token_file: Path | None,
-    scopes: Sequence[str] = (SCOPE_READ_ONLY,),
-    sts_url: str = STS_TOKEN_URL,
-    iam_url: str = IAM_CREDENTIALS_URL,
-) -> Credentials:
-    """``GCP_OIDC`` credentials: workload identity federation with the token in ``token_file``.
-
-    google-auth's identity-pool credentials take the token from the file (read
-    afresh at each exchange), exchange it at STS for a federated token
-    (audience: the workload identity provider), and trade that for an access
-    token of ``gcp_oidc_service_account`` (``generateAccessToken``). Nothing is
-    contacted here: the exchange happens on first use and again whenever the
-    token nears expiry.
-
-    Args:
-        auth: a ``GCP_OIDC`` auth block.
-        token_file: the projected token (``BDN_OIDC_TOKEN_FILE``).
-        scopes: OAuth scopes of the impersonated access token.
-        sts_url: STS token endpoint (tests point it at a local server).
-        iam_url: IAM Credentials API base URL (likewise).
-
-    Raises:
-        ConfigError: ``auth`` is not a complete ``GCP_OIDC`` block.
-        AuthError: no usable token file: OIDC needs one, and says so.
-    """
-    account, provider = auth.gcp_oidc_service_account, auth.gcp_oidc_workload_id_provider
-    if auth.auth_method != "GCP_OIDC" or not account or not provider:
-        raise ConfigError(
-            "GCP OIDC needs auth_method: GCP_OIDC with gcp_oidc_service_account and "
-            "gcp_oidc_workload_id_provider",
-            field="auth",
-        )
-    read_oidc_token(token_file, "GCP_OIDC")  # Fail now, plainly, if there is none.
-    assert token_file is not None  # read_oidc_token refuses None.
-    return identity_pool.Credentials(
-        audience=f"//iam.googleapis.com/{provider}",
-        subject_token_type=_JWT_TOKEN_TYPE,
-        token_url=sts_url,
-        subject_token_supplier=_TokenFileSupplier(token_file),
-        service_account_impersonation_url=(
-            f"{iam_url.rstrip('/')}/projects/-/serviceAccounts/{account}:generateAccessToken"),
-        scopes=list(scopes),
-    )
-
-
-class _TokenFileSupplier(identity_pool.SubjectTokenSupplier):
-    """Reads the projected token afresh at every exchange (the kubelet rotates it).
-
-    google-auth's own file source would send the file verbatim, trailing
-    newline included; this one strips it, and a token file that vanished
-    later fails with the same plain :class:`AuthError` as a missing one.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-
-    def get_subject_token(self, context: object, request: object) -> str:
-        return read_oidc_token(self._path, "GCP_OIDC")
-
-
 # --------------------------------------------------------------------------- errors
 
 _Missing = Literal["bucket", "object"]
@@ -249,6 +120,41 @@ _KNOWN_ERRORS = (gapi.GoogleAPIError, gae.GoogleAuthError, gcs_exceptions.Invali
 def is_gcs_error(err: BaseException) -> bool:
     """True for the exception types :func:`map_gcs_error` understands."""
     return isinstance(err, _KNOWN_ERRORS)
+
+
+def _not_found(bucket: str, key: str | None, server: str, for_source: bool,
+               missing: _Missing) -> BdnError:
+    if missing == "bucket":
+        message = (f"bucket {bucket!r} does not exist at {server}; check the bucket name "
+                   "(and STORAGE_EMULATOR_HOST if an emulator is meant)")
+        return SourceNotFound(message) if for_source else NotFound(message)
+    where = f"gs://{bucket}/{key}" if key else f"gs://{bucket}"
+    if for_source:
+        return SourceNotFound(f"{where} does not exist")
+    return BlobNotFound(f"{where} does not exist", digest=blob_digest(key) if key else None)
+
+
+# Without a 404, 410, 401 or 403 the exception's type tells what failed, first
+# match wins (google-auth's types subclass one another): whether the message is
+# an AuthError (else the store's or source's plain failure) and its wording.
+_BY_TYPE: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], bool, str], ...] = (
+    (gae.DefaultCredentialsError, True,
+     "cannot {action}: no GCP credentials found; set GOOGLE_APPLICATION_CREDENTIALS "
+     "to a service-account key file or run with a service account attached "
+     "(GKE workload identity), or give the store credentials explicitly"),
+    (gae.TransportError, False,
+     "cannot {action}: cannot reach Google's token endpoint ({cause}); check the network"),
+    (gae.GoogleAuthError, True,  # RefreshError and the like
+     "cannot {action}: Google refused the credentials when issuing an access token "
+     "({oauth_code}); check that the service-account key is current (not "
+     "deleted or disabled), or for GCP_OIDC the workload identity provider, its "
+     "audience and the service account's roles/iam.workloadIdentityUser binding"),
+    (gcs_exceptions.DataCorruption, False,
+     "cannot {action}: the bytes did not match GCS's checksum; retry"),
+    (_TRANSPORT_ERRORS, False,
+     "cannot {action}: cannot reach {server} ({error}); check the network, "
+     "or STORAGE_EMULATOR_HOST for an emulator"),
+)
 
 
 def map_gcs_error(
@@ -274,16 +180,9 @@ def map_gcs_error(
         err = err.cause  # The SDK gave up retrying; what failed last is the story.
     where = f"gs://{bucket}/{key}" if key else f"gs://{bucket}"
     server = redact_url(endpoint)
-    failure = SourceError if for_source else StoreError
     status = _status_of(err)
     if status in (404, 410):
-        if missing == "bucket":
-            message = (f"bucket {bucket!r} does not exist at {server}; check the bucket name "
-                       "(and STORAGE_EMULATOR_HOST if an emulator is meant)")
-            return SourceNotFound(message) if for_source else NotFound(message)
-        if for_source:
-            return SourceNotFound(f"{where} does not exist")
-        return BlobNotFound(f"{where} does not exist", digest=_digest_of(key))
+        return _not_found(bucket, key, server, for_source, missing)
     if status in (401, 403):
         return AuthError(
             f"cannot {action}: access denied by {server} (HTTP {status}); check the "
@@ -292,31 +191,12 @@ def map_gcs_error(
             f"(e.g. roles/storage.{'objectViewer' if for_source else 'objectUser'})",
             url=where, status=status,
         )
-    if isinstance(err, gae.DefaultCredentialsError):
-        return AuthError(
-            f"cannot {action}: no GCP credentials found; set GOOGLE_APPLICATION_CREDENTIALS "
-            "to a service-account key file or run with a service account attached "
-            "(GKE workload identity), or give the store credentials explicitly",
-            url=where,
-        )
-    if isinstance(err, gae.TransportError):
-        return failure(f"cannot {action}: cannot reach Google's token endpoint "
-                       f"({_type_of_cause(err)}); check the network")
-    if isinstance(err, gae.GoogleAuthError):  # RefreshError and the like
-        return AuthError(
-            f"cannot {action}: Google refused the credentials when issuing an access token "
-            f"({_oauth_code(err)}); check that the service-account key is current (not "
-            "deleted or disabled), or for GCP_OIDC the workload identity provider, its "
-            "audience and the service account's roles/iam.workloadIdentityUser binding",
-            url=where,
-        )
-    if isinstance(err, gcs_exceptions.DataCorruption):
-        return failure(f"cannot {action}: the bytes did not match GCS's checksum; retry")
-    if isinstance(err, _TRANSPORT_ERRORS):
-        return failure(
-            f"cannot {action}: cannot reach {server} ({type(err).__name__}); check the network, "
-            "or STORAGE_EMULATOR_HOST for an emulator"
-        )
+    failure = SourceError if for_source else StoreError
+    for kind, is_auth, template in _BY_TYPE:
+        if isinstance(err, kind):
+            message = template.format(action=action, server=server, error=type(err).__name__,
+                                      cause=_type_of_cause(err), oauth_code=_oauth_code(err))
+            return AuthError(message, url=where) if is_auth else failure(message)
     if status is not None:
         return failure(f"cannot {action}: {server} answered HTTP {status}")
     return failure(f"cannot {action}: {type(err).__name__}")
@@ -342,12 +222,6 @@ def _oauth_code(err: BaseException) -> str:
     word = head.split(":", 1)[0].strip().removeprefix("Error code ").strip()
     safe = word and len(word) <= 40 and all(c.isalnum() or c == "_" for c in word)
     return word if safe else type(err).__name__
-
-
-def _digest_of(key: str | None) -> str | None:
-    from bdn.backends.keys import blob_digest  # Late: bdn.backends imports this module.
-
-    return blob_digest(key) if key else None
 
 
 # --------------------------------------------------------------------------- client
@@ -534,63 +408,3 @@ class GcsBucket:
             if not credentials.valid:
                 credentials.refresh(Request())
         return credentials
-
-
-class GcsReader:
-    """:class:`~bdn.backends.base.RangeReader` of one GCS object, over aiohttp.
-
-    Each range is one GET of the media URL (pinned to ``generation`` when
-    given, so an object overwritten since it was listed answers 404 instead of
-    other bytes) with a fresh bearer header. A range that covers the whole
-    object is checked against ``crc32c`` (base64, as GCS lists it) when given,
-    catching corruption between GCS and us; partial ranges rely on the
-    manifest's own digests.
-    """
-
-    supports_ranges: bool | None = True
-
-    def __init__(self, bucket: GcsBucket, name: str, size: int,
-                 http: Callable[[], HttpClient], *, generation: int | str | None = None,
-                 crc32c: str | None = None) -> None:
-        self._bucket = bucket
-        self._name = name
-        self._size = size
-        self._http = http
-        self._url = bucket.media_url(name, generation)
-        self._crc32c = base64.b64decode(crc32c) if crc32c else None
-
-    async def open_range(
-        self, start: int, end: int
-    ) -> AsyncIterator[bytes | bytearray | memoryview]:
-        """Yield the bytes of ``[start, end)``; see the RangeReader contract.
-
-        Raises:
-            IntegrityError: a whole-object read does not match the listed CRC32C.
-            AuthError, BlobNotFound, TransferError...: as :class:`HttpRangeReader`.
-        """
-        headers = await self._bucket.auth_headers()
-        inner = HttpRangeReader(self._http(), self._url, self._size, headers=headers)
-        check = (google_crc32c.Checksum()
-                 if self._crc32c is not None and start == 0 and end == self._size else None)
-        try:
-            async for piece in inner.open_range(start, end):
-                if check is not None:
-                    check.update(piece)
-                yield piece
-        finally:
-            if inner.supports_ranges is not None:
-                self.supports_ranges = inner.supports_ranges
-        if check is not None and check.digest() != self._crc32c:
-            raise IntegrityError(
-                f"{self.describe()}: the bytes read do not match the CRC32C that GCS listed; "
-                "the transfer was corrupted (it is retried)",
-                url=self.describe(),
-                expected=f"crc32c:{base64.b64encode(self._crc32c or b'').decode()}",
-                actual=f"crc32c:{base64.b64encode(check.digest()).decode()}",
-            )
-
-    def describe(self) -> str:
-        return f"gs://{self._bucket.bucket}/{self._name}"
-
-    async def close(self) -> None:
-        """Nothing to release: connections belong to the shared HttpClient."""

@@ -13,27 +13,16 @@ from pathlib import Path
 
 from google.auth.credentials import Credentials
 
-from bdn.backends.base import RangeReader, Source, SourceObject
+from bdn.backends.base import RangeReader, SourceObject
 from bdn.backends.bucket import BucketClient
-from bdn.backends.gcs.client import (
-    DEFAULT_GCS_CLIENT_CONFIG,
-    SCOPE_READ_ONLY,
-    GcsBucket,
-    GcsClientConfig,
-    gcp_oidc_credentials,
-    gcs_credentials_from_secret,
-)
+from bdn.backends.gcs.client import DEFAULT_GCS_CLIENT_CONFIG, GcsBucket, GcsClientConfig
+from bdn.backends.gcs.creds import SCOPE_READ_ONLY, gcs_source_credentials
 from bdn.config.secrets import SecretResolver
 from bdn.config.weights import WeightsEntry
-from bdn.errors import ConfigError, ManifestInvalid, SourceError
+from bdn.errors import ConfigError
 from bdn.http import HttpClient, redact_url
-from bdn.manifest import validate_path
 
 __all__ = ["GcsSource", "gcs_source_from_entry"]
-
-# Baseten's wording for a gs:// source without auth, kept verbatim so users
-# searching for it find the same fix in both products' docs.
-NO_CREDENTIALS_MESSAGE = "no credentials configured: need either OIDC config or secret_id"
 
 
 class GcsSource(BucketClient):
@@ -109,14 +98,9 @@ class GcsSource(BucketClient):
             fields="items(name,size,md5Hash,crc32c,generation),nextPageToken",
         ):
             name = str(blob.name)
-            if name.endswith("/"):
-                continue  # A console-made "folder", not a file.
-            path = name[len(self._base):]
-            try:
-                validate_path(path)
-            except ManifestInvalid as err:
-                raise SourceError(f"cannot mirror gs://{bucket}/{name}: {err}; rename the "
-                                  "object or narrow the source prefix") from err
+            path = self._source_path(name)
+            if path is None:
+                continue
             size = int(blob.size or 0)
             generation = str(blob.generation)
             md5 = _hex(blob.md5_hash)
@@ -141,6 +125,7 @@ class GcsSource(BucketClient):
         return self._bucket.reader(self._base + obj.path, obj.size, self._http_client,
                                    generation=obj.etag, crc32c=crc32c)
 
+
 def _hex(b64: object) -> str | None:
     """GCS's base64 MD5 as hex, or ``None`` when absent or malformed."""
     if not b64:
@@ -160,7 +145,7 @@ def gcs_source_from_entry(
     http: HttpClient,
     token_file: Path | None = None,
     client_config: GcsClientConfig = DEFAULT_GCS_CLIENT_CONFIG,
-) -> Source:
+) -> GcsSource:
     """Build the :class:`GcsSource` for a ``gs://`` weights entry, resolving its ``auth``.
 
     - ``CUSTOM_SECRET``: the secret is a service-account key (JSON);
@@ -191,29 +176,7 @@ def gcs_source_from_entry(
     parsed = entry.parsed_source
     if parsed.kind != "gcs" or parsed.bucket is None:
         raise ConfigError(f"{entry.source!r} is not a gs:// source", field="source")
-    auth = entry.auth
-    credentials: Credentials | None
-    if auth is None or (auth.auth_method == "CUSTOM_SECRET" and not auth.auth_secret_name):
-        if not emulator_host:
-            raise ConfigError(
-                f"{NO_CREDENTIALS_MESSAGE}; put the service account's JSON key in a secret and "
-                "name it, e.g. `auth: {auth_method: CUSTOM_SECRET, auth_secret_name: "
-                "gcs_service_account}`, or use `auth: {auth_method: GCP_OIDC, "
-                "gcp_oidc_service_account: ..., gcp_oidc_workload_id_provider: ...}`",
-                field="auth",
-            )
-        credentials = None
-    elif auth.auth_method == "CUSTOM_SECRET":
-        assert auth.auth_secret_name is not None
-        credentials = gcs_credentials_from_secret(secrets, auth.auth_secret_name,
-                                                  scopes=(SCOPE_READ_ONLY,))
-    elif auth.auth_method == "GCP_OIDC":
-        credentials = gcp_oidc_credentials(auth, token_file=token_file, scopes=(SCOPE_READ_ONLY,))
-    else:
-        raise ConfigError(
-            f"{auth.auth_method} cannot authenticate a gs:// source; use GCP_OIDC, or "
-            "CUSTOM_SECRET with a service-account key secret",
-            field="auth.auth_method",
-        )
+    credentials = gcs_source_credentials(entry.auth, secrets=secrets, emulator_host=emulator_host,
+                                         token_file=token_file)
     return GcsSource(parsed.bucket, parsed.prefix, credentials=credentials,
                      emulator_host=emulator_host, http=http, client_config=client_config)

@@ -17,18 +17,14 @@ from typing import Any
 from google.auth.credentials import Credentials
 
 from bdn.backends.base import RangeReader
-from bdn.backends.bucket_store import BucketStore
-from bdn.backends.gcs.client import (
-    DEFAULT_GCS_CLIENT_CONFIG,
-    SCOPE_READ_WRITE,
-    GcsBucket,
-    GcsClientConfig,
-)
+from bdn.backends.bucket import BucketStore, bucket_and_prefix
+from bdn.backends.gcs.client import DEFAULT_GCS_CLIENT_CONFIG, GcsBucket, GcsClientConfig
+from bdn.backends.gcs.creds import SCOPE_READ_WRITE
 from bdn.backends.keys import blob_digest, check_prefix
-from bdn.errors import BdnError, BlobNotFound, StoreError
+from bdn.errors import BlobNotFound
 from bdn.http import HttpClient
 
-__all__ = ["GcsStore"]
+__all__ = ["GcsStore", "open_gcs_store"]
 
 
 class GcsStore(BucketStore):
@@ -44,7 +40,7 @@ class GcsStore(BucketStore):
         prefix: object-name prefix ("" for the whole bucket); store keys live
             at ``<prefix>/<key>``.
         credentials: google-auth credentials (e.g. from
-            :func:`bdn.backends.gcs.client.gcs_credentials_from_secret` with the read-write
+            :func:`bdn.backends.gcs.creds.gcs_credentials_from_secret` with the read-write
             scope); ``None`` for Application Default Credentials. Ignored with
             an emulator, which is used anonymously.
         emulator_host: ``STORAGE_EMULATOR_HOST`` from the entry point's
@@ -151,16 +147,8 @@ class GcsStore(BucketStore):
             if move:
                 source.unlink(missing_ok=True)
 
-        try:
-            await self._bucket.run(
-                upload, action=f"upload {source} to gs://{self.bucket}/{full}", key=full
-            )
-        except BdnError:
-            raise
-        except OSError as err:
-            raise StoreError(
-                f"cannot upload {source} to gs://{self.bucket}/{full}: {err.strerror or err}"
-            ) from err
+        await self._upload(source, full,
+                           lambda action: self._bucket.run(upload, action=action, key=full))
 
     async def delete(self, key: str) -> None:
         """Remove ``key``; a missing key is not an error."""
@@ -177,3 +165,15 @@ class GcsStore(BucketStore):
     # -- helpers -------------------------------------------------------------
     def _missing(self, full: str) -> BlobNotFound:
         return BlobNotFound(f"gs://{self.bucket}/{full} does not exist", digest=blob_digest(full))
+
+
+def open_gcs_store(uri: str, *, credentials: Credentials | None, emulator_host: str | None,
+                   http: HttpClient | None) -> GcsStore:
+    """The store ``gs://bucket[/prefix]`` names (see :func:`bdn.backends.open_store`).
+
+    Raises:
+        ConfigError: the URI names no bucket.
+    """
+    bucket, prefix = bucket_and_prefix(uri, "gs")
+    return GcsStore(bucket, prefix, credentials=credentials,
+                    emulator_host=emulator_host, http=http)

@@ -131,3 +131,9 @@ class HttpStore:
     def _read_only(self, action: str, key: str) -> StoreError:
         return StoreError(f"cannot {action} {key}: store {self.uri} is read-only (http); "
                           "write to the file:// or s3:// store it serves instead")
+
+
+def open_http_store(uri: str, *, http: HttpClient | None) -> HttpStore:
+    """The read-only store ``http(s)://host[:port]/prefix`` names (see
+    :func:`bdn.backends.open_store`)."""
+    return HttpStore(uri.strip(), http=http)

@@ -28,6 +28,9 @@ class LocalFileReader:
     the event loop never blocks on the disk. The file is opened per range, so
     many ranges may be read concurrently and :meth:`close` has nothing to do.
 
+    It also offers the :class:`~bdn.backends.base.LocalCopyReader` capability
+    (:meth:`copy_to`), so the engine can copy chunks in the kernel.
+
     Errors: a missing file raises :class:`NotFound`; a file whose size differs
     from ``size`` or that returns fewer bytes than asked (it was truncated or
     replaced while being read) raises :class:`SourceError`; any other ``OSError``
@@ -90,11 +93,11 @@ class LocalFileReader:
     def copy_to(self, dst_fd: int, start: int, end: int) -> None:
         """Copy ``[start, end)`` into ``dst_fd`` at the same offsets (blocking).
 
-        The engine's local fast path: ``copy_file_range`` keeps the bytes in the
-        kernel (and lets filesystems that can share extents do so), which halves
-        the memory traffic of a pread + pwrite through user space. Where the
-        kernel cannot (other filesystem on old kernels, special files), it falls
-        back to pread + pwrite.
+        The :class:`~bdn.backends.base.LocalCopyReader` fast path:
+        ``copy_file_range`` keeps the bytes in the kernel (and lets filesystems
+        that can share extents do so), which halves the memory traffic of a
+        pread + pwrite through user space. Where the kernel cannot (other
+        filesystem on old kernels, special files), it falls back to pread + pwrite.
 
         Raises:
             NotFound: the file does not exist.

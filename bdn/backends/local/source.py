@@ -11,6 +11,7 @@ from pathlib import Path
 
 from bdn.backends.base import RangeReader, SourceObject
 from bdn.backends.local.reader import LocalFileReader
+from bdn.config.weights import WeightsEntry
 from bdn.errors import ManifestInvalid, SourceError, SourceNotFound
 from bdn.manifest import validate_path
 
@@ -142,3 +143,10 @@ def _object(path: str, real: str, st: os.stat_result) -> SourceObject:
     identity = f"local:{real}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{st.st_ctime_ns}"
     return SourceObject(path=path, size=st.st_size, identity=identity, etag=None)
 
+
+
+def local_source_from_entry(entry: WeightsEntry) -> LocalSource:
+    """Build the :class:`LocalSource` for a weights entry naming a local directory."""
+    parsed = entry.parsed_source
+    assert parsed.path is not None
+    return LocalSource(Path(parsed.path), parsed.uri)

@@ -14,10 +14,7 @@ import builtins
 import contextlib
 import errno
 import os
-import re
-import secrets
 import shutil
-import socket
 import stat
 import time
 from collections.abc import AsyncIterator, Callable
@@ -27,18 +24,13 @@ from typing import TypeVar
 from bdn.backends.base import RangeReader
 from bdn.backends.keys import BLOB_PREFIX, blob_digest, check_key, check_prefix
 from bdn.backends.local.reader import LocalFileReader
+from bdn.backends.staging import dead_local_writer, staging_name
 from bdn.errors import BdnError, BlobNotFound, ConfigError, StoreError
 
 STAGING_DIRNAME = ".incomplete"
 BLOB_MODE = 0o444
 
 _T = TypeVar("_T")
-
-# "tmp.<pid>.<random>.<pid namespace>.<host>[.<anything>]": dots in the host
-# name are replaced, so a writer may add a suffix for a companion file and it
-# is still attributed (and swept) like the file it belongs to.
-_TEMP_NAME = re.compile(r"tmp\.(\d+)\.[0-9a-f]+\.(\d+)\.([A-Za-z0-9_-]+)(?:\..*)?")
-_HOST_UNSAFE = re.compile(r"[^A-Za-z0-9-]")
 
 # What an operator should do about the OS errors a store write commonly hits.
 # Policy as data: one line per errno, looked up by _os_error().
@@ -235,13 +227,11 @@ class FileStore:
             return []
         except OSError as err:
             raise _os_error(err, staging, "list") from err
-        host, pidns, now = _host(), _pid_namespace(), time.time()
+        now = time.time()
         removed: builtins.list[Path] = []
         for entry in entries:
-            match = _TEMP_NAME.fullmatch(entry.name)
-            if match is not None and match.group(3) == host and int(match.group(2)) == pidns:
-                stale = not _pid_alive(int(match.group(1)))
-            else:
+            stale = dead_local_writer(entry.name)
+            if stale is None:
                 stale = max_age_s is not None and _age(entry, now) > max_age_s
             if stale and _unlink_quietly(Path(entry.path)):
                 removed.append(Path(entry.path))
@@ -289,23 +279,6 @@ class FileStore:
             raise _os_error(err, path, action) from err
 
 
-def staging_name() -> str:
-    """A unique temp file name for a store's staging area (``staging_dir()``).
-
-    Writers that stage files there (the mirror, the transfer engine) should use
-    it: :meth:`FileStore.cleanup_stale` removes a file so named once its writer
-    is dead, and leaves every other name alone unless it is older than a limit.
-    """
-    # Unique per host, pid namespace, process and call: several processes,
-    # possibly on several hosts sharing this store over NFS, may write the
-    # same key at once, and flock is unreliable on NFS/Lustre, so writers never
-    # coordinate: each owns its temp name and the final os.replace is atomic.
-    # Host, pid namespace and pid let cleanup_stale recognise a dead writer's
-    # leftovers without touching a live one's (containers of one pod share a
-    # host name but not, by default, a pid namespace).
-    return f"tmp.{os.getpid()}.{secrets.token_hex(8)}.{_pid_namespace()}.{_host()}"
-
-
 def _scan(directory: Path) -> list[tuple[str, bool]]:
     try:
         with os.scandir(directory) as it:
@@ -337,27 +310,6 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _host() -> str:
-    return _HOST_UNSAFE.sub("_", socket.gethostname()) or "localhost"
-
-
-def _pid_namespace() -> int:
-    try:
-        return os.stat("/proc/self/ns/pid").st_ino
-    except OSError:
-        return 0
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # Exists, owned by another user.
-    return True
 
 
 def _age(entry: os.DirEntry[str], now: float) -> float:

@@ -21,7 +21,9 @@ import botocore.exceptions as bce
 from boto3.exceptions import Boto3Error
 from botocore.config import Config
 
-from bdn.config.secrets import S3Credentials
+from bdn.backends.keys import blob_digest
+from bdn.backends.s3.creds import S3Credentials
+from bdn.backends.s3.reader import PresignedReader
 from bdn.errors import (
     AuthError,
     BdnError,
@@ -31,7 +33,7 @@ from bdn.errors import (
     SourceNotFound,
     StoreError,
 )
-from bdn.http import HttpClient, HttpRangeReader, redact_url
+from bdn.http import HttpClient, redact_url
 
 _T = TypeVar("_T")
 
@@ -170,7 +172,7 @@ def map_s3_error(
         if code in _KEY_MISSING:
             if for_source:
                 return SourceNotFound(f"{where} does not exist")
-            return BlobNotFound(f"{where} does not exist", digest=_digest_of(key))
+            return BlobNotFound(f"{where} does not exist", digest=blob_digest(key) if key else None)
         if code in _AUTH_FAILED:
             return AuthError(
                 f"cannot {action}: access denied by {endpoint} ({code}); check the "
@@ -192,12 +194,6 @@ def map_s3_error(
             "network, or pass --endpoint-url / set AWS_ENDPOINT_URL for an S3-compatible server"
         )
     return failure(f"cannot {action}: {type(cause).__name__}: {_safe_text(cause)}")
-
-
-def _digest_of(key: str | None) -> str | None:
-    from bdn.backends.keys import blob_digest  # Late: bdn.backends imports this module.
-
-    return blob_digest(key) if key else None
 
 
 def _safe_text(err: BaseException) -> str:
@@ -321,44 +317,3 @@ class S3Bucket:
         if not region or region == client.meta.region_name:
             return client
         return make_s3_client(self._credentials, None, region, config=self._config)
-
-
-class PresignedReader:
-    """:class:`~bdn.backends.base.RangeReader` of one S3 object via a presigned URL.
-
-    Signing needs the client (and on AWS perhaps a region lookup), which is
-    blocking I/O, so it happens on the first ``open_range`` rather than here.
-    """
-
-    supports_ranges: bool | None = True
-
-    def __init__(self, bucket: S3Bucket, key: str, size: int,
-                 http: Callable[[], HttpClient]) -> None:
-        self._bucket = bucket
-        self._key = key
-        self._size = size
-        self._http = http
-        self._inner: HttpRangeReader | None = None
-
-    async def _target(self) -> HttpRangeReader:
-        if self._inner is None:
-            url = await self._bucket.presigned_get(self._key)
-            if self._inner is None:  # Another task may have signed meanwhile.
-                self._inner = HttpRangeReader(self._http(), url, self._size)
-        return self._inner
-
-    async def open_range(
-        self, start: int, end: int
-    ) -> AsyncIterator[bytes | bytearray | memoryview]:
-        """Yield the bytes of ``[start, end)``; see the RangeReader contract."""
-        inner = await self._target()
-        async for piece in inner.open_range(start, end):
-            yield piece
-
-    def describe(self) -> str:
-        return f"s3://{self._bucket.bucket}/{self._key}"
-
-    async def close(self) -> None:
-        inner, self._inner = self._inner, None
-        if inner is not None:
-            await inner.close()

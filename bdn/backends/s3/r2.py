@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from bdn.backends.base import Source
 from bdn.backends.s3.client import DEFAULT_S3_CLIENT_CONFIG, S3ClientConfig
+from bdn.backends.s3.creds import S3Credentials, load_s3_credentials
 from bdn.backends.s3.source import S3Source
-from bdn.config.secrets import S3Credentials, SecretResolver, load_s3_credentials
+from bdn.config.secrets import SecretResolver
 from bdn.config.weights import WeightsEntry
 from bdn.errors import ConfigError
 from bdn.http import HttpClient

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from bdn.backends.base import RangeReader, SourceObject
 from bdn.backends.bucket import BucketClient
 from bdn.backends.s3.client import DEFAULT_S3_CLIENT_CONFIG, S3Bucket, S3ClientConfig
-from bdn.config.secrets import S3Credentials
-from bdn.errors import ManifestInvalid, SourceError
+from bdn.backends.s3.creds import S3Credentials, s3_credentials_for
+from bdn.config.secrets import SecretResolver
+from bdn.config.weights import WeightsEntry
 from bdn.http import HttpClient, redact_url
-from bdn.manifest import validate_path
+
+__all__ = ["S3Source", "s3_source_from_entry"]
 
 
 class S3Source(BucketClient):
@@ -63,14 +67,9 @@ class S3Source(BucketClient):
         bucket = self._bucket.bucket
         async for entry in self._bucket.list_objects(self._base, action=f"list {self.uri}"):
             key = str(entry["Key"])
-            if key.endswith("/"):
-                continue  # A console-made "folder", not a file.
-            path = key[len(self._base):]
-            try:
-                validate_path(path)
-            except ManifestInvalid as err:
-                raise SourceError(f"cannot mirror s3://{bucket}/{key}: {err}; rename the "
-                                  "object or narrow the source prefix") from err
+            path = self._source_path(key)
+            if path is None:
+                continue
             etag = str(entry.get("ETag", "")).strip('"') or None
             size = int(entry["Size"])
             # The endpoint belongs in the identity: the same bucket/key on two
@@ -91,3 +90,26 @@ class S3Source(BucketClient):
     def reader(self, obj: SourceObject) -> RangeReader:
         """Ranged GETs of ``obj`` on a presigned URL (signed on first read, valid 12 h)."""
         return self._bucket.reader(self._base + obj.path, obj.size, self._http_client)
+
+
+def s3_source_from_entry(
+    entry: WeightsEntry,
+    *,
+    secrets: SecretResolver,
+    http: HttpClient,
+    endpoint_url: str | None = None,
+    token_file: Path | None = None,
+) -> S3Source:
+    """Build the :class:`S3Source` for an ``s3://`` weights entry, resolving its ``auth``
+    (a credentials secret, or ``AWS_OIDC`` with the token in ``token_file``).
+
+    Raises:
+        ConfigError: no auth or no secret name (``secret_id is required``, then the fix).
+        SecretError: the named secret is missing or malformed.
+        AuthError: ``AWS_OIDC`` without a usable token file, or refused by STS.
+    """
+    parsed = entry.parsed_source
+    credentials = s3_credentials_for(entry.auth, secrets=secrets, token_file=token_file)
+    assert parsed.bucket is not None
+    return S3Source(parsed.bucket, parsed.prefix, credentials=credentials,
+                    endpoint_url=endpoint_url, http=http)

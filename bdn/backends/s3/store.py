@@ -15,12 +15,13 @@ from typing import Any
 from boto3.s3.transfer import TransferConfig
 
 from bdn.backends.base import RangeReader
-from bdn.backends.bucket_store import BucketStore
+from bdn.backends.bucket import BucketStore, bucket_and_prefix
 from bdn.backends.keys import check_prefix
 from bdn.backends.s3.client import DEFAULT_S3_CLIENT_CONFIG, S3Bucket, S3ClientConfig
-from bdn.config.secrets import S3Credentials
-from bdn.errors import BdnError, StoreError
+from bdn.backends.s3.creds import S3Credentials
 from bdn.http import HttpClient
+
+__all__ = ["S3Store", "open_s3_store", "part_size_for"]
 
 MiB = 1024 * 1024
 DEFAULT_PART_SIZE = 8 * MiB
@@ -140,16 +141,8 @@ class S3Store(BucketStore):
             if move:
                 source.unlink(missing_ok=True)
 
-        try:
-            await self._bucket.run(
-                upload, action=f"upload {source} to s3://{self.bucket}/{full}", key=full
-            )
-        except BdnError:
-            raise
-        except OSError as err:
-            raise StoreError(
-                f"cannot upload {source} to s3://{self.bucket}/{full}: {err.strerror or err}"
-            ) from err
+        await self._upload(source, full,
+                           lambda action: self._bucket.run(upload, action=action, key=full))
 
     async def delete(self, key: str) -> None:
         """Remove ``key``; S3 treats a missing key as deleted already."""
@@ -159,3 +152,15 @@ class S3Store(BucketStore):
             action=f"delete s3://{self.bucket}/{full}",
             key=full,
         )
+
+
+def open_s3_store(uri: str, *, endpoint_url: str | None, credentials: S3Credentials | None,
+                  http: HttpClient | None) -> S3Store:
+    """The store ``s3://bucket[/prefix]`` names (see :func:`bdn.backends.open_store`).
+
+    Raises:
+        ConfigError: the URI names no bucket.
+    """
+    bucket, prefix = bucket_and_prefix(uri, "s3")
+    return S3Store(bucket, prefix, endpoint_url=endpoint_url,
+                   credentials=credentials, http=http)

@@ -14,17 +14,10 @@ import pytest
 
 from bdn.config.weights import WeightsEntry, parse_weights
 from bdn.errors import ConfigError, SourceError
-from bdn.mirror.jobs import (
-    DEFAULT_JOB_LIMITS,
-    EntryResult,
-    Job,
-    JobLimits,
-    JobManager,
-    JobStore,
-    job_id,
-    parse_submission,
-)
 from bdn.mirror.run import MirrorPlan, MirrorResult
+from bdn.mirror.service.jobs import EntryResult, Job, job_id, parse_submission
+from bdn.mirror.service.scheduler import DEFAULT_JOB_LIMITS, JobLimits, JobManager
+from bdn.mirror.service.state import JobStore
 from tests.e2e.agents import parse_metrics
 
 

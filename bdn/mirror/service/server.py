@@ -1,4 +1,4 @@
-"""The mirror service's HTTP API: thin aiohttp handlers over :class:`~bdn.mirror.jobs.JobManager`.
+"""The mirror service's HTTP API: thin aiohttp handlers over its :class:`JobManager`.
 
 JSON throughout::
 
@@ -35,8 +35,9 @@ from aiohttp import web
 from bdn.daemon.jsonlog import bind_log_context, reset_log_context
 from bdn.daemon.tokens import authorized, json_error, unauthorized
 from bdn.errors import BdnError, ConfigError
-from bdn.mirror.jobs import Draining, JobManager, parse_submission
-from bdn.mirror.metrics import CONTENT_TYPE
+from bdn.mirror.service.jobs import parse_submission
+from bdn.mirror.service.metrics import CONTENT_TYPE
+from bdn.mirror.service.scheduler import Draining, JobManager
 
 __all__ = ["CONTEXT", "ServerContext", "make_app"]
 
@@ -53,7 +54,7 @@ _TRUE = frozenset({"1", "true", "yes"})
 
 @dataclass(frozen=True, slots=True)
 class ServerContext:
-    """What the handlers need; built by :mod:`bdn.mirror.service`.
+    """What the handlers need; built by :mod:`bdn.mirror.service.main`.
 
     Attributes:
         jobs: the job manager.

@@ -8,7 +8,7 @@ collectors.
 Where the numbers come from:
 
 - submissions, mirror runs, bytes and job durations: the job manager
-  (:mod:`bdn.mirror.jobs`) reports each event as it happens;
+  (:mod:`bdn.mirror.service.scheduler`) reports each event as it happens;
 - jobs by state and planned bytes in flight: read from the manager at scrape
   time (:meth:`MirrorMetrics.watch_jobs`), so they can never drift from it.
 """

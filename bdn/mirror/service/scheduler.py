@@ -1,8 +1,7 @@
-"""Mirror jobs: identity from config, persistence in a state dir, coalescing, a runner with limits.
+"""The mirror service's scheduler: coalescing submissions, running jobs within limits.
 
-A job mirrors every entry of one submitted ``weights:`` list. Its id is
-derived from the entries' config hashes and mount locations, sorted
-(:func:`job_id`), so re-submitting a config names the same job:
+A job's id is derived from its entries (:func:`~bdn.mirror.service.jobs.job_id`),
+so re-submitting a config names the same job:
 
 - identical to a queued or running job: that job is returned (coalesced), and
   the entries are mirrored once however many submissions arrive at once
@@ -23,11 +22,10 @@ job larger than the limit on its own runs when no other entry is moving bytes.
 Queued jobs start in submission order; the head of the queue is never
 overtaken, so a large job cannot starve.
 
-Persistence (:class:`JobStore`): one JSON file per job in ``<state-dir>/jobs``,
-rewritten atomically (temp file, fsync, rename) at each state change and after
-each finished entry. Entries are stored as Truss writes them, so only secret
-NAMES are written. At start, queued and running jobs are queued again
-(:meth:`JobManager.load`); running ones first. The mirror is idempotent and
+Persistence (:class:`~bdn.mirror.service.state.JobStore`): each job's record
+is rewritten at each state change and after each finished entry. At start,
+queued and running jobs are queued again (:meth:`JobManager.load`); running
+ones first. The mirror is idempotent and
 resumable, so re-running an interrupted entry transfers only the blobs the
 store does not hold yet.
 """
@@ -35,41 +33,50 @@ store does not hold yet.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
-import fcntl
-import hashlib
 import heapq
 import itertools
-import json
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
-from bdn.config.validate import reject_unknown_keys, type_name
-from bdn.config.weights import WeightsEntry, parse_weights
+from bdn.config.weights import WeightsEntry
 from bdn.daemon.jsonlog import bind_log_context
+from bdn.daemon.lifecycle import cancel_and_wait
 from bdn.errors import BdnError, ConfigError, StoreError
-from bdn.mirror.metrics import MirrorMetrics
 from bdn.mirror.run import MirrorPlan, MirrorResult
+from bdn.mirror.service.jobs import STATES, EntryResult, Job, JobState, job_id
+from bdn.mirror.service.metrics import MirrorMetrics
+from bdn.mirror.service.state import JobStore
+
+__all__ = ["DEFAULT_JOB_LIMITS", "Draining", "JobLimits", "JobManager", "MirrorFn", "Outcome",
+           "Submission"]
 
 log = logging.getLogger(__name__)
 
-JobState = Literal["queued", "running", "succeeded", "failed"]
 Outcome = Literal["new", "coalesced", "succeeded", "retried", "forced"]
-STATES: tuple[JobState, ...] = ("queued", "running", "succeeded", "failed")
+
+_OUTCOMES: Mapping[tuple[JobState, bool], Outcome] = {
+    # (state of the identical job, force) -> what a submission does (module docstring).
+    ("queued", False): "coalesced",
+    ("queued", True): "coalesced",
+    ("running", False): "coalesced",
+    ("running", True): "coalesced",
+    ("succeeded", False): "succeeded",
+    ("succeeded", True): "forced",
+    ("failed", False): "retried",
+    ("failed", True): "retried",
+}
+_QUEUES: frozenset[Outcome] = frozenset({"new", "retried", "forced"})
+"""The outcomes that queue a run (the others answer with the identical job as it is)."""
 
 MirrorFn = Callable[
     [WeightsEntry, Callable[[MirrorPlan], None], Callable[[int], None]], Awaitable[MirrorResult]
 ]
 """Mirror one entry: ``(entry, on_plan, on_progress) -> result``; run_mirror with the
 service's store, secrets and options bound (a fake in tests)."""
-
-RECORD_VERSION = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,255 +101,6 @@ class JobLimits:
 
 
 DEFAULT_JOB_LIMITS = JobLimits()
-
-
-def job_id(entries: Sequence[WeightsEntry]) -> str:
-    """The id of the job mirroring ``entries``: ``mj-`` + 32 hex of a SHA-256 over the
-    sorted ``config_hash mount_location`` pairs (entry order does not matter).
-
-    The mount location is part of the id because a job answers with a manifest
-    per mount location; two lists that differ only there are two jobs, but the
-    second moves no bytes (the store already holds every blob).
-    """
-    lines = sorted(f"{e.config_hash()} {e.mount_location or ''}" for e in entries)
-    return "mj-" + hashlib.sha256("\n".join(lines).encode()).hexdigest()[:32]
-
-
-def parse_submission(body: object) -> tuple[WeightsEntry, ...]:
-    """Validate a ``POST /v1/mirrors`` body, ``{"weights": [<Truss entries>]}``.
-
-    Raises:
-        ConfigError: one line naming the field (``weights[0].source``) and the fix.
-    """
-    if not isinstance(body, Mapping):
-        raise ConfigError(
-            f'must be a JSON object {{"weights": [...]}}, got {type_name(body)}', field="request"
-        )
-    reject_unknown_keys(body, ("weights",), "request")
-    weights = body.get("weights")
-    if weights is None:
-        raise ConfigError("is missing; send the weights: list of your Truss config",
-                          field="weights")
-    if isinstance(weights, list) and not weights:
-        raise ConfigError("is empty; list at least one entry with source and mount_location",
-                          field="weights")
-    return parse_weights(weights)
-
-
-@dataclass(frozen=True, slots=True)
-class EntryResult:
-    """What the mirror of one entry of a job produced."""
-
-    mount_location: str
-    manifest_id: str
-    files: int
-    total_bytes: int
-    bytes_planned: int
-    bytes_transferred: int
-    bytes_stored: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__slots__}
-
-
-@dataclass(slots=True)
-class Job:
-    """One mirror job. Persisted fields are listed in :meth:`to_record`; the rest
-    live in memory only.
-
-    ``bytes_total`` counts the planned transfer bytes of entries planned so far
-    (it grows as each entry's source is listed) and ``bytes_done`` the bytes
-    read for them; both restart from the finished entries when a job starts again.
-    """
-
-    id: str
-    entries: tuple[WeightsEntry, ...]
-    seq: int
-    state: JobState = "queued"
-    results: list[EntryResult | None] = field(default_factory=list)
-    error: str | None = None
-    submitted_at: float = field(default_factory=time.time)
-    started_at: float | None = None
-    finished_at: float | None = None
-    attempts: int = 0
-    mirrors: int = 0
-    # In memory only.
-    in_flight: int = 0
-    estimate: int | None = None
-    resumed: bool = False
-    current_done: int = 0
-    started_mono: float | None = None
-    task: asyncio.Task[None] | None = None
-
-    def __post_init__(self) -> None:
-        if not self.results:
-            self.results = [None] * len(self.entries)
-
-    @property
-    def bytes_total(self) -> int:
-        return sum(r.bytes_planned for r in self.results if r) + self.in_flight
-
-    @property
-    def bytes_done(self) -> int:
-        return sum(r.bytes_planned for r in self.results if r) + self.current_done
-
-    def to_public(self) -> dict[str, Any]:
-        """The body of ``GET /v1/mirrors/{id}``."""
-        return {
-            "id": self.id,
-            "state": self.state,
-            "manifests": [{"mount_location": r.mount_location, "manifest_id": r.manifest_id}
-                          for r in self.results if r],
-            "bytes_total": self.bytes_total,
-            "bytes_done": self.bytes_done,
-            "error": self.error,
-            "entries": len(self.entries),
-            "attempts": self.attempts,
-            "mirrors": self.mirrors,
-            "submitted_at": _iso(self.submitted_at),
-            "started_at": _iso(self.started_at),
-            "finished_at": _iso(self.finished_at),
-        }
-
-    def to_record(self) -> dict[str, Any]:
-        """The persisted form: entries as Truss writes them (secret names only)."""
-        return {
-            "version": RECORD_VERSION,
-            "id": self.id,
-            "seq": self.seq,
-            "state": self.state,
-            "entries": [e.to_dict() for e in self.entries],
-            "results": [r.to_dict() if r else None for r in self.results],
-            "error": self.error,
-            "submitted_at": self.submitted_at,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "attempts": self.attempts,
-            "mirrors": self.mirrors,
-        }
-
-    @classmethod
-    def from_record(cls, data: Mapping[str, Any]) -> Job:
-        """Rebuild a job from :meth:`to_record`'s output.
-
-        Raises:
-            ValueError: (ConfigError included) the record is malformed or its id
-                does not match its entries.
-        """
-        if data.get("version") != RECORD_VERSION or data.get("state") not in STATES:
-            raise ValueError(f"unknown record version or state: {data.get('version')!r}, "
-                             f"{data.get('state')!r}")
-        entries = parse_weights(data["entries"])
-        results = [EntryResult(**r) if r else None for r in data["results"]]
-        if data["id"] != job_id(entries) or len(results) != len(entries):
-            raise ValueError("the record's id or results do not match its entries")
-        return cls(
-            id=data["id"], entries=entries, seq=int(data["seq"]), state=data["state"],
-            results=results, error=data.get("error"), submitted_at=data["submitted_at"],
-            started_at=data.get("started_at"), finished_at=data.get("finished_at"),
-            attempts=int(data.get("attempts", 0)), mirrors=int(data.get("mirrors", 0)),
-        )
-
-
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
-
-class JobStore:
-    """One JSON file per job under ``directory/jobs``, each replaced atomically.
-
-    A file is written under a unique temporary name, fsynced, and renamed over
-    the old one, so a reader (or a restart after SIGKILL) sees the previous
-    state or the new one, never half of either. Writes run in a worker thread;
-    writes of one job are serialized in call order.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory / "jobs"
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._names = itertools.count()
-        self._lock_fd: int | None = None
-
-    def open(self) -> None:
-        """Create the directory, take it for this process, and sweep temp files a
-        killed process left.
-
-        Raises:
-            ConfigError: the state directory cannot be created, or another live
-                process holds it.
-        """
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.dir.parent / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as err:
-            raise ConfigError(f"cannot create {self.dir}: {err.strerror or err}; pass a "
-                              "writable --state-dir", field="--state-dir") from err
-        # Two services on one state dir would run every job twice and overwrite each
-        # other's records. flock is released by the kernel when the holder dies, so a
-        # SIGKILLed server never blocks its successor.
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise ConfigError(f"another mirror-server is using {self.dir.parent}; stop it "
-                              "or pass another --state-dir", field="--state-dir") from None
-        self._lock_fd = fd
-        for tmp in self.dir.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
-
-    def close(self) -> None:
-        """Release the state directory (idempotent)."""
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
-
-    def load(self) -> list[Job]:
-        """Every readable job; a corrupt record is renamed ``*.corrupt`` and skipped."""
-        jobs = []
-        for path in sorted(self.dir.glob("mj-*.json")):
-            try:
-                jobs.append(Job.from_record(json.loads(path.read_bytes())))
-            except (OSError, ValueError, KeyError, TypeError) as err:
-                log.warning("ignoring unreadable job record %s: %s", path.name, err)
-                with contextlib.suppress(OSError):
-                    path.rename(path.with_suffix(".corrupt"))
-        return jobs
-
-    async def save(self, job: Job) -> None:
-        """Persist ``job`` as it is now.
-
-        Raises:
-            StoreError: the state directory cannot be written.
-        """
-        data = json.dumps(job.to_record(), indent=1, sort_keys=True).encode()
-        lock = self._locks.setdefault(job.id, asyncio.Lock())
-        async with lock:
-            try:
-                await asyncio.to_thread(self._write, job.id, data)
-            except OSError as err:
-                raise StoreError(f"cannot write job state to {self.dir}: "
-                                 f"{err.strerror or err}; check the --state-dir volume") from err
-
-    def _write(self, name: str, data: bytes) -> None:
-        tmp = self.dir / f".{name}.{os.getpid()}.{next(self._names)}.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.dir / f"{name}.json")
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        # The rename itself is durable only once the directory is synced; without
-        # this a power loss could forget a job that was already acknowledged.
-        fd = os.open(self.dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -461,12 +219,7 @@ class JobManager:
         """Cancel running jobs (their records stay ``running``, so the next start
         resumes them) and release the state dir (idempotent)."""
         self.draining = True
-        tasks = [j.task for j in self._running.values() if j.task is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait([j.task for j in self._running.values() if j.task is not None])
         self._store.close()
 
     # -- submission ------------------------------------------------------------------
@@ -486,25 +239,14 @@ class JobManager:
                            "restarted service")
         jid = job_id(entries)
         job = self._jobs.get(jid)
-        outcome: Outcome
-        if job is not None and job.state in ("queued", "running"):
-            outcome = "coalesced"
-        elif job is not None and job.state == "succeeded" and not force:
-            outcome = "succeeded"
-        elif job is not None:
-            outcome = "forced" if job.state == "succeeded" else "retried"
-            if outcome == "forced":
-                job.results = [None] * len(job.entries)
-            job.state, job.error, job.seq = "queued", None, next(self._seq)
-            job.finished_at = job.estimate = job.started_mono = None
-            job.resumed = False
-        else:
-            outcome = "new"
-            job = Job(id=jid, entries=tuple(entries), seq=next(self._seq))
-            self._jobs[jid] = job
+        outcome: Outcome = "new" if job is None else _OUTCOMES[job.state, force]
+        if job is None:
+            job = self._jobs[jid] = Job(id=jid, entries=tuple(entries), seq=next(self._seq))
+        elif outcome in _QUEUES:
+            self._requeue(job, forget_results=outcome == "forced")
         self.metrics.submissions.labels(outcome).inc()
         log.info("submission %s", outcome, extra={"job_id": jid, "entries": len(entries)})
-        if outcome in ("coalesced", "succeeded"):
+        if outcome not in _QUEUES:
             return Submission(job, outcome)
         try:
             await self._store.save(job)
@@ -516,6 +258,14 @@ class JobManager:
         # "queued" even when a slot is free and the job starts right away.
         asyncio.get_running_loop().call_soon(self._pump)
         return Submission(job, outcome)
+
+    def _requeue(self, job: Job, *, forget_results: bool) -> None:
+        """Make a finished job queued again; a forced one re-mirrors every entry."""
+        if forget_results:
+            job.results = [None] * len(job.entries)
+        job.state, job.error, job.seq = "queued", None, next(self._seq)
+        job.finished_at = job.estimate = job.started_mono = None
+        job.resumed = False
 
     # -- scheduling ------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 :class:`MirrorService` composes, from one :class:`MirrorServiceConfig`: the
 blob store, one HTTP client shared by every mirror, the secret resolver,
-the job manager over a :class:`~bdn.mirror.jobs.JobStore` in the state dir,
+the job manager over a :class:`~bdn.mirror.service.state.JobStore` in the state dir,
 and the HTTP server. :func:`run` adds signals.
 
 Start: read the state dir and queue the unfinished jobs again, listen, then
@@ -33,15 +33,18 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import disable_created_metrics
 
+from bdn.backends import store_for
 from bdn.config.settings import Settings
 from bdn.config.weights import WeightsEntry
+from bdn.daemon.address import format_hostport
 from bdn.daemon.lifecycle import serve_until_signalled
 from bdn.errors import ConfigError
 from bdn.http import HttpClient
-from bdn.mirror.jobs import DEFAULT_JOB_LIMITS, JobLimits, JobManager, JobStore, MirrorFn
-from bdn.mirror.metrics import MirrorMetrics
 from bdn.mirror.run import MirrorOptions, MirrorPlan, MirrorResult, run_mirror
-from bdn.mirror.server import ServerContext, make_app
+from bdn.mirror.service.metrics import MirrorMetrics
+from bdn.mirror.service.scheduler import DEFAULT_JOB_LIMITS, JobLimits, JobManager, MirrorFn
+from bdn.mirror.service.server import ServerContext, make_app
+from bdn.mirror.service.state import JobStore
 
 __all__ = ["DEFAULT_MIRROR_LISTEN", "MirrorService", "MirrorServiceConfig", "run", "serve"]
 
@@ -108,8 +111,7 @@ class MirrorService:
     @property
     def url(self) -> str:
         """``http://host:port`` of the started server."""
-        host = self.config.listen[0]
-        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
+        return f"http://{format_hostport(self.config.listen[0], self.port or 0)}"
 
     async def start(self) -> None:
         """Resume the state dir, listen, start jobs; on failure close what was opened and raise.
@@ -151,11 +153,11 @@ class MirrorService:
 
     def _real_mirror(self) -> MirrorFn:
         s = self.config.settings
-        store = s.open_store()
+        store = store_for(s)
         http = HttpClient()
         self._closers += [store.close, http.close]
         secrets = s.secrets()
-        options = self.config.mirror_options or s.mirror_options()
+        options = self.config.mirror_options or MirrorOptions.from_settings(s)
 
         async def mirror(entry: WeightsEntry, on_plan: Callable[[MirrorPlan], None],
                          on_progress: Callable[[int], None]) -> MirrorResult:

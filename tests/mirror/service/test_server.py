@@ -21,9 +21,8 @@ from bdn.config.settings import Settings
 from bdn.config.weights import WeightsEntry, parse_weights
 from bdn.daemon.jsonlog import JsonFormatter
 from bdn.errors import ConfigError
-from bdn.mirror.jobs import JobLimits
 from bdn.mirror.run import MirrorOptions, MirrorPlan, MirrorResult, run_mirror
-from bdn.mirror.service import MirrorService, MirrorServiceConfig
+from bdn.mirror.service import JobLimits, MirrorService, MirrorServiceConfig
 from bdn.store import Store
 from tests.e2e.agents import parse_metrics
 from tests.fixtures import make_model, pattern_bytes

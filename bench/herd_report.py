@@ -1,0 +1,381 @@
+"""What ``bdn bench herd`` is asked and what it reports.
+
+- :class:`HerdBenchOptions`: fleet sizes, model size, the shaped links (with
+  defaults per mode: loopback or network namespaces);
+- :class:`HerdRun` / :class:`HerdCase`: the timed bursts of one (N, variant);
+- :class:`HerdReport`: the cases against the issue's :data:`AIMS`, as a table
+  or JSON (:func:`emit`).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rich.console import Console
+from rich.table import Table
+
+from bdn.config.units import format_bytes
+from bdn.errors import ConfigError
+from bench.harness import GiB
+from bench.herd_fleet import Variant
+from bench.herd_origin import OriginTally
+from bench.tools import MachineFacts
+
+Mode = Literal["loopback", "netns"]
+VARIANTS: tuple[Variant, ...] = ("ring", "naive")
+
+DEFAULT_NODES: dict[Mode, tuple[int, ...]] = {"loopback": (2, 4, 8), "netns": (2, 4)}
+"""Fleet sizes when ``--nodes`` is not given (the shaped run is slower per node)."""
+
+DEFAULT_SIZE: dict[Mode, int] = {"loopback": 2 * GiB, "netns": 1 * GiB}
+"""Model size when ``--size`` is not given: at 100 MB/s a naive node needs ~11 s
+per GiB, so 1 GiB keeps the shaped run to a few minutes."""
+
+# ---------------------------------------------------------------------------
+# Options
+
+
+@dataclass(frozen=True, slots=True)
+class HerdBenchOptions:
+    """Sizes and knobs of one ``bdn bench herd`` run.
+
+    Attributes:
+        nodes: fleet sizes to run, in order (``None``: :data:`DEFAULT_NODES`).
+        size: model bytes, split over ``shards`` files (``None``: :data:`DEFAULT_SIZE`).
+        shards: files of the model.
+        repeat: timed runs of each case (best and median reported).
+        netns: run the shaped variant in network namespaces instead of loopback.
+        origin_mbps: each node's origin link in the shaped run, MB/s.
+        peer_mbps: each node's link to its peers in the shaped run, MB/s.
+        workdir: parent of the fresh work directory (default: the system temp dir).
+        keep: keep the work directory afterwards.
+    """
+
+    nodes: tuple[int, ...] | None = None
+    size: int | None = None
+    shards: int = 8
+    repeat: int = 1
+    netns: bool = False
+    origin_mbps: float = 100.0
+    peer_mbps: float = 1000.0
+    workdir: Path | None = None
+    keep: bool = False
+
+    @property
+    def mode(self) -> Mode:
+        return "netns" if self.netns else "loopback"
+
+    @property
+    def fleet_sizes(self) -> tuple[int, ...]:
+        return self.nodes if self.nodes is not None else DEFAULT_NODES[self.mode]
+
+    @property
+    def model_bytes(self) -> int:
+        return self.size if self.size is not None else DEFAULT_SIZE[self.mode]
+
+    def check(self) -> None:
+        """Raise ``ConfigError`` for values no run can use."""
+        for name in ("shards", "repeat"):
+            if getattr(self, name) < 1:
+                raise ConfigError("must be at least 1", field=f"--{name}")
+        if not self.fleet_sizes or any(not 2 <= n <= 64 for n in self.fleet_sizes):
+            raise ConfigError("every fleet size must be 2..64 agents", field="--nodes")
+        if self.model_bytes < self.shards:
+            raise ConfigError(f"must be at least {self.shards} bytes (one per shard)",
+                              field="--size")
+        for name in ("origin_mbps", "peer_mbps"):
+            if not getattr(self, name) > 0:
+                raise ConfigError("must be a positive rate in MB/s",
+                                  field=f"--{name.replace('_', '-')}")
+
+
+DEFAULT_HERD_BENCH_OPTIONS = HerdBenchOptions()
+
+
+def parse_nodes(text: str) -> tuple[int, ...]:
+    """``"2,4,8"`` into ``(2, 4, 8)`` (order kept, repeats dropped).
+
+    >>> parse_nodes("4, 2,4")
+    (4, 2)
+    """
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise ConfigError(f"{text!r} is not a list of agent counts; e.g. 2,4,8", field="--nodes")
+    return tuple(dict.fromkeys(values))
+
+
+@dataclass(frozen=True, slots=True)
+class HerdAim:
+    """A target of the issue at ``nodes`` agents: ``metric`` must be <= ``limit``.
+
+    ``metric`` is ``wall`` (ring wall time over naive) or ``origin`` (the ring's
+    origin bytes over the model size); ``modes`` are the runs it applies to.
+    """
+
+    metric: Literal["wall", "origin"]
+    nodes: int
+    limit: float
+    modes: tuple[Mode, ...]
+    text: str
+
+
+AIMS = (
+    HerdAim("wall", 4, 0.35, ("netns",), "ring wall time <= {limit:g}x naive"),
+    HerdAim("origin", 4, 1.02, ("loopback", "netns"), "ring origin bytes <= {limit:g}x model"),
+)
+"""The issue's targets (policy as data): the wall-time aim is for the shaped run,
+where links, not CPUs, bound a pull."""
+
+
+# ---------------------------------------------------------------------------
+# One case: N agents, ring or naive, one timed burst
+
+
+@dataclass(frozen=True, slots=True)
+class HerdRun:
+    """One timed burst.
+
+    Attributes:
+        seconds: first request to last completion.
+        origin: what nginx logged for the burst (the figure that counts).
+        origin_seconds: first request to the end of the last blob response at
+            the origin: how long the origin links were busy. Wall time beyond it
+            is fan-out between peers, writing and verifying (CPU and disk).
+        agents_origin_bytes: the agents' own ``bdn_origin_bytes_total``, summed.
+        from_peers: bytes the pulls got from peers, summed over agents.
+        peer_failures: chunk requests to an owner that failed and went to origin
+            instead (``bdn_peer_failures_total``, summed): each is one chunk
+            more at the origin.
+        ring_changes: membership changes the agents logged during the burst
+            (summed): a peer dropped from a ring (a probe timed out) or back.
+    """
+
+    seconds: float
+    origin: OriginTally
+    origin_seconds: float | None
+    agents_origin_bytes: int
+    from_peers: int
+    peer_failures: int = 0
+    ring_changes: int = 0
+
+
+@dataclass(slots=True)
+class HerdCase:
+    """Every run of one (N, variant), or why it has none."""
+
+    nodes: int
+    variant: Variant
+    model_bytes: int
+    runs: list[HerdRun] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def best(self) -> float | None:
+        return min(r.seconds for r in self.runs) if self.runs and not self.error else None
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(r.seconds for r in self.runs) if self.runs and not self.error \
+            else None
+
+    @property
+    def best_run(self) -> HerdRun | None:
+        return min(self.runs, key=lambda r: r.seconds) if self.runs and not self.error else None
+
+    @property
+    def origin_ratio(self) -> float | None:
+        """The worst run's origin bytes (every byte nginx sent) over the model size."""
+        if not self.runs or self.error:
+            return None
+        return max(r.origin.bytes_sent for r in self.runs) / self.model_bytes
+
+    @property
+    def agents_ratio(self) -> float | None:
+        if not self.runs or self.error:
+            return None
+        return max(r.agents_origin_bytes for r in self.runs) / self.model_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "nodes": self.nodes,
+            "variant": self.variant,
+            "model_bytes": self.model_bytes,
+            "best_s": self.best,
+            "median_s": self.median,
+            "origin_ratio": self.origin_ratio,
+            "agents_origin_ratio": self.agents_ratio,
+            "runs": [
+                {
+                    "seconds": round(r.seconds, 4),
+                    "origin_busy_s": None if r.origin_seconds is None
+                    else round(r.origin_seconds, 4),
+                    "origin_bytes_sent": r.origin.bytes_sent,
+                    "origin_blob_body_bytes": r.origin.blob_body_bytes,
+                    "origin_requests": r.origin.requests,
+                    "agents_origin_bytes": r.agents_origin_bytes,
+                    "from_peers": r.from_peers,
+                    "peer_failures": r.peer_failures,
+                    "ring_changes": r.ring_changes,
+                }
+                for r in self.runs
+            ],
+            "error": self.error,
+        }
+
+
+# ---------------------------------------------------------------------------
+# The report
+
+
+def _ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}x"
+
+
+def _secs(case: HerdCase, repeat: int) -> str:
+    if case.error is not None:
+        return "failed"
+    if case.best is None or case.median is None:
+        return "—"
+    return f"{case.best:.2f}" if repeat == 1 else f"{case.best:.2f} ({case.median:.2f})"
+
+
+def _trouble(run: HerdRun | None) -> str:
+    if run is None:
+        return "—"
+    issues = [f"{n} {what}" for n, what in ((run.peer_failures, "peer failures"),
+                                            (run.ring_changes, "ring changes")) if n]
+    return ", ".join(issues) or "none"
+
+
+def _busy(case: HerdCase) -> str:
+    best = case.best_run
+    return "—" if best is None or best.origin_seconds is None else f"{best.origin_seconds:.2f}"
+
+
+@dataclass(slots=True)
+class HerdReport:
+    """One ``bdn bench herd`` run: header facts, the cases, aims and notes."""
+
+    facts: MachineFacts
+    options: HerdBenchOptions
+    title: str
+    cases: list[HerdCase] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def case(self, n: int, variant: Variant) -> HerdCase | None:
+        return next((c for c in self.cases if (c.nodes, c.variant) == (n, variant)), None)
+
+    def wall_ratio(self, n: int) -> float | None:
+        """Ring wall time over naive wall time at ``n`` agents (best runs)."""
+        ring, naive = self.case(n, "ring"), self.case(n, "naive")
+        if ring is None or naive is None or ring.best is None or not naive.best:
+            return None
+        return ring.best / naive.best
+
+    def aim_lines(self) -> list[tuple[HerdAim, float | None, bool]]:
+        out = []
+        for aim in AIMS:
+            if self.options.mode not in aim.modes:
+                continue
+            ring = self.case(aim.nodes, "ring")
+            got = self.wall_ratio(aim.nodes) if aim.metric == "wall" else (
+                ring.origin_ratio if ring is not None else None)
+            out.append((aim, got, got is not None and got <= aim.limit))
+        return out
+
+    @property
+    def exit_code(self) -> int:
+        """1 if any case failed, else 0 (a missed aim is 0: a bench measures, it is not a gate)."""
+        return 1 if any(c.error for c in self.cases) else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        o = self.options
+        return {
+            "command": "bdn bench herd",
+            "machine": self.facts.to_dict(),
+            "mode": o.mode,
+            "repeat": o.repeat,
+            "model_bytes": o.model_bytes,
+            "shards": o.shards,
+            "links_mbps": {"origin": o.origin_mbps, "peer": o.peer_mbps} if o.netns else None,
+            "nodes": [
+                {
+                    "nodes": n,
+                    "ring": self.case(n, "ring").to_dict(),  # type: ignore[union-attr]
+                    "naive": self.case(n, "naive").to_dict(),  # type: ignore[union-attr]
+                    "wall_ratio": self.wall_ratio(n),
+                }
+                for n in o.fleet_sizes
+            ],
+            "aims": [
+                {"nodes": a.nodes, "metric": a.metric, "limit": a.limit, "achieved": got,
+                 "met": met}
+                for a, got, met in self.aim_lines()
+            ],
+            "notes": list(self.notes),
+            "exit_code": self.exit_code,
+        }
+
+    def table(self) -> Table:
+        """One row per fleet size: ring and naive side by side (legend in :meth:`render`)."""
+        table = Table(title=self.title, title_justify="left", header_style="bold")
+        for name in ("N", "ring s", "naive s", "ring÷naive", "origin× ring", "origin× naive",
+                     "busy s ring", "busy s naive", "peers→ring", "ring trouble",
+                     "agents' origin× ring / naive"):
+            table.add_column(name, justify="left" if name == "N" else "right")
+        for n in self.options.fleet_sizes:
+            ring, naive = self.case(n, "ring"), self.case(n, "naive")
+            assert ring is not None and naive is not None
+            best = ring.best_run
+            table.add_row(
+                str(n), _secs(ring, self.options.repeat), _secs(naive, self.options.repeat),
+                _ratio(self.wall_ratio(n)), _ratio(ring.origin_ratio),
+                _ratio(naive.origin_ratio), _busy(ring), _busy(naive),
+                format_bytes(best.from_peers) if best else "—", _trouble(best),
+                f"{_ratio(ring.agents_ratio)} / {_ratio(naive.agents_ratio)}",
+            )
+        return table
+
+    def render(self, console: Console) -> None:
+        console.print(f"[bold]bdn bench herd[/]  {self.facts.summary()}")
+        console.print(
+            f"seconds: best of {self.options.repeat} run(s) (median in brackets when more), "
+            "first pull request to last completion; ring÷naive: of those wall times; "
+            "origin×: every byte nginx sent (its access log) ÷ model size (worst run); "
+            "busy s: first request to the last blob byte at the origin; peers→ring: bytes "
+            "the ring's agents got from peers; ring trouble: chunk requests to peers that "
+            "failed over to origin, and ring membership changes during the burst; agents' "
+            "origin×: their own bdn_origin_bytes_total ÷ model size (a cross-check)"
+        )
+        console.print(self.table())
+        for case in self.cases:
+            if case.error:
+                console.print(f"[red]N={case.nodes} {case.variant} failed: {case.error}[/]")
+        for aim, got, met in self.aim_lines():
+            verdict = "met" if met else "below aim" if got is not None else (
+                "no figure" if aim.nodes in self.options.fleet_sizes
+                else f"N = {aim.nodes} not run")
+            style = "green" if met else "red"
+            console.print(f"[{style}]{self.options.mode} · N={aim.nodes}: aim "
+                          f"{aim.text.format(limit=aim.limit)}; achieved {_ratio(got)} "
+                          f"({verdict})[/]")
+        for note in self.notes:
+            console.print(f"note: {note}")
+
+
+def emit(report: HerdReport, *, as_json: bool) -> None:
+    """Print ``report`` on stdout (JSON, or the table; 160 columns off a terminal)."""
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return
+    report.render(
+        Console(soft_wrap=True) if sys.stdout.isatty() else Console(width=160, soft_wrap=True)
+    )
