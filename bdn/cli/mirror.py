@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from bdn.manifest import Manifest
 
 CHUNK_SIZE_HELP = "manifest chunk size (default 64.00 MiB)"
-"""Literal, so the parser need not import bdn.digest; tests/test_cli.py checks it
+"""Literal, so the parser need not import bdn.digest; tests/cli/test_cli.py checks it
 against ``format_bytes(DEFAULT_CHUNK_SIZE)``."""
 
 

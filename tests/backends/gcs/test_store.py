@@ -14,8 +14,8 @@ from bdn.backends.base import BlobStore
 from bdn.backends.gcs.client import GcsClientConfig
 from bdn.backends.gcs.store import GcsStore
 from bdn.errors import AuthError, ConfigError, NotFound, StoreError
+from tests.backends.helpers import BLOB, MiB, read_range
 from tests.gcsemulator import GcsEmulator
-from tests.store import BLOB, MiB, read_range
 
 
 @pytest.fixture

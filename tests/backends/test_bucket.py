@@ -12,9 +12,9 @@ from bdn.backends.gcs.store import GcsStore
 from bdn.backends.s3.creds import S3Credentials
 from bdn.backends.s3.store import S3Store
 from bdn.errors import BlobNotFound, StoreError
+from tests.backends.helpers import BLOB, read_range
 from tests.conftest import MotoS3
 from tests.gcsemulator import GcsEmulator
-from tests.store import BLOB, read_range
 
 
 def _s3_store(request: pytest.FixtureRequest) -> S3Store:

@@ -17,8 +17,8 @@ from bdn.backends.s3.client import S3ClientConfig
 from bdn.backends.s3.creds import S3Credentials
 from bdn.backends.s3.store import MiB, S3Store, part_size_for
 from bdn.errors import AuthError, NotFound, StoreError
+from tests.backends.helpers import BLOB, read_range
 from tests.conftest import MotoS3
-from tests.store import BLOB, read_range
 
 SECRET = "wrong-secret-value-that-must-never-show"
 
