@@ -111,15 +111,9 @@ def ensure_weights(
         InsufficientSpace: the node cache cannot hold the model.
         TransferError / AuthError / NotFound: origin could not deliver.
     """
-    entry = weights_entry(
-        source,
-        mount_location,
-        allow_patterns=allow_patterns,
-        ignore_patterns=ignore_patterns,
-        auth=auth,
-    )
-    settings = Settings.from_env(os.environ)
-    return _run_sync(lambda: pull_weights(entry, settings, on_progress=on_progress)).path
+    entry = weights_entry(source, mount_location, allow_patterns=allow_patterns,
+                          ignore_patterns=ignore_patterns, auth=auth)
+    return _run_sync(_tree_of(entry, on_progress))
 
 
 def ensure_weights_from_config(
@@ -179,28 +173,24 @@ def prefetch_weights(
     """Start :func:`ensure_weights` in the background (call in ``__init__``), and
     ``.wait()`` for it in ``load()``. Arguments are validated now, so a bad
     config fails at once rather than at ``wait()``."""
-    entry = weights_entry(
-        source,
-        mount_location,
-        allow_patterns=allow_patterns,
-        ignore_patterns=ignore_patterns,
-        auth=auth,
-    )
-    settings = Settings.from_env(os.environ)
-    future: Future[Path] = Future()
-
-    def work() -> None:
-        if not future.set_running_or_notify_cancel():
-            return
-        try:
-            result = asyncio.run(pull_weights(entry, settings, on_progress=on_progress))
-        except BaseException as err:
-            future.set_exception(err)
-        else:
-            future.set_result(result.path)
-
-    threading.Thread(target=work, name="bdn-prefetch", daemon=True).start()
+    entry = weights_entry(source, mount_location, allow_patterns=allow_patterns,
+                          ignore_patterns=ignore_patterns, auth=auth)
+    future, _ = _run_in_thread(_tree_of(entry, on_progress), name="bdn-prefetch", daemon=True)
     return WeightsHandle(future)
+
+
+def _tree_of(
+    entry: WeightsEntry, on_progress: ProgressCallback | None
+) -> Callable[[], Coroutine[Any, Any, Path]]:
+    """The work of :func:`ensure_weights` and :func:`prefetch_weights`: the environment
+    is read now, in the caller; the returned coroutine function pulls the tree and
+    gives its path."""
+    settings = Settings.from_env(os.environ)
+
+    async def tree() -> Path:
+        return (await pull_weights(entry, settings, on_progress=on_progress)).path
+
+    return tree
 
 
 def weights_entry(
@@ -262,16 +252,16 @@ async def mirror_weights(
     if chunk_size is not None:
         options = dataclasses.replace(options, chunk_size=chunk_size)
     secrets = settings.secrets()
-    store = store_for(settings)
-    try:
+
+    async def mirror_all(store: BlobStore) -> list[MirrorResult]:
         results = []
         for entry in entries:
             if on_begin is not None:
                 on_begin(f"mirror {entry.source}")
             results.append(await _mirror_one(entry, store, secrets, options, on_progress))
         return results
-    finally:
-        await store.close()
+
+    return await _with_store(settings, mirror_all)
 
 
 async def pull_weights(
@@ -400,7 +390,6 @@ async def _with_store(settings: Settings, use: Callable[[BlobStore], Awaitable[T
         await store.close()
 
 
-
 async def _manifest_for(
     target: str | WeightsEntry, store: BlobStore, settings: Settings
 ) -> Manifest:
@@ -435,8 +424,6 @@ async def _mirror_one(
     # bdn.mirror (and the source SDKs it reaches) loads only when something is mirrored.
     from bdn.mirror import run_mirror
 
-    if on_progress is None:
-        return await run_mirror(entry, store=store, secrets=secrets, options=options)
     counter = _ByteCounter(on_progress)
     return await run_mirror(
         entry,
@@ -486,15 +473,26 @@ def _run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         asyncio.get_running_loop()
     except RuntimeError:
         return asyncio.run(make())
+    box, thread = _run_in_thread(make, name="bdn-ensure-weights", daemon=False)
+    thread.join()
+    return box.result()
+
+
+def _run_in_thread(
+    make: Callable[[], Coroutine[Any, Any, T]], *, name: str, daemon: bool
+) -> tuple[Future[T], threading.Thread]:
+    """Start ``make()`` on a new thread with its own event loop; the future gets its
+    result or its exception (unless it was cancelled before the thread began)."""
     box: Future[T] = Future()
 
     def work() -> None:
+        if not box.set_running_or_notify_cancel():
+            return
         try:
             box.set_result(asyncio.run(make()))
         except BaseException as err:
             box.set_exception(err)
 
-    thread = threading.Thread(target=work, name="bdn-ensure-weights")
+    thread = threading.Thread(target=work, name=name, daemon=daemon)
     thread.start()
-    thread.join()
-    return box.result()
+    return box, thread

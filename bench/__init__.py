@@ -12,6 +12,8 @@ definitions live here; the bench modules are imported when a bench runs, so
 from __future__ import annotations
 
 import argparse
+import importlib
+from dataclasses import dataclass
 
 from bdn.config.units import format_bytes
 from bench.harness import GiB, MiB
@@ -19,13 +21,23 @@ from bench.harness import GiB, MiB
 __all__ = ["build_parser", "main", "register"]
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def _add_run_flags(
+    p: argparse.ArgumentParser, *, temp_dir: str, repeat: int, runs: str
+) -> None:
+    """``--workdir``, ``--keep`` and ``--repeat``, which every bench has (see
+    :func:`bench.harness.bench_workdir`); ``runs`` says what ``--repeat`` counts."""
     p.add_argument("--workdir", metavar="DIR",
-                   help="make the fresh work directory inside DIR (default: the system temp "
-                        "dir, i.e. /tmp's filesystem); it is removed at the end unless --keep")
+                   help=f"make the fresh work directory inside DIR (default: {temp_dir}); it "
+                        "is removed at the end unless --keep")
     p.add_argument("--keep", action="store_true", help="keep the work directory afterwards")
-    p.add_argument("--repeat", type=int, default=2, metavar="N",
-                   help="timed runs per tool; best and median are reported (default 2)")
+    p.add_argument("--repeat", type=int, default=repeat, metavar="N",
+                   help=f"{runs}; best and median are reported (default {repeat})")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    """The flags of the benches over a sharded tree: transfer, mirror and pull."""
+    _add_run_flags(p, temp_dir="the system temp dir, i.e. /tmp's filesystem", repeat=2,
+                   runs="timed runs per tool")
     p.add_argument("--shards", type=int, default=8, metavar="N",
                    help="files in the sharded tree (default 8)")
     p.add_argument("--shard-size", default="256MiB", metavar="SIZE",
@@ -36,28 +48,17 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                         "command instead")
 
 
-def _transfer(args: argparse.Namespace) -> int:
-    from bench.transfer import transfer_command
+@dataclass(frozen=True, slots=True)
+class _Lazy:
+    """A sub-command's ``func``: ``module.command(args)``, imported only when the bench
+    runs, so that building the parser (``bdn --help``) loads no bench module. Equal
+    by value, so the parsers of :func:`register` and :func:`build_parser` agree."""
 
-    return transfer_command(args)
+    module: str
+    command: str
 
-
-def _mirror(args: argparse.Namespace) -> int:
-    from bench.mirror import mirror_command
-
-    return mirror_command(args)
-
-
-def _pull(args: argparse.Namespace) -> int:
-    from bench.pull import pull_command
-
-    return pull_command(args)
-
-
-def _herd(args: argparse.Namespace) -> int:
-    from bench.herd import herd_command
-
-    return herd_command(args)
+    def __call__(self, args: argparse.Namespace) -> int:
+        return int(getattr(importlib.import_module(self.module), self.command)(args))
 
 
 def _add_herd(sub: argparse._SubParsersAction) -> None:
@@ -70,12 +71,7 @@ def _add_herd(sub: argparse._SubParsersAction) -> None:
                     "model size and wall time of both. With --netns every agent runs in its "
                     "own network namespace with a shaped origin link and a shaped peer link; "
                     "aim at N = 4: ring wall <= 0.35x naive, origin <= 1.02x the model.")
-    h.add_argument("--workdir", metavar="DIR",
-                   help="make the fresh work directory inside DIR (default: the system temp "
-                        "dir); it is removed at the end unless --keep")
-    h.add_argument("--keep", action="store_true", help="keep the work directory afterwards")
-    h.add_argument("--repeat", type=int, default=1, metavar="N",
-                   help="timed bursts per case; best and median are reported (default 1)")
+    _add_run_flags(h, temp_dir="the system temp dir", repeat=1, runs="timed bursts per case")
     h.add_argument("--nodes", metavar="N,N,...",
                    help="fleet sizes (default 2,4,8 on loopback, 2,4 with --netns)")
     h.add_argument("--size", metavar="SIZE",
@@ -93,13 +89,7 @@ def _add_herd(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--json", action="store_true", help="print results as JSON on stdout")
     h.add_argument("--no-install", action="store_true",
                    help="never apt-get install nginx; exit 2 naming the command instead")
-    h.set_defaults(func=_herd)
-
-
-def _mirror_server(args: argparse.Namespace) -> int:
-    from bench.mirror_server import mirror_server_command
-
-    return mirror_server_command(args)
+    h.set_defaults(func=_Lazy("bench.herd", "herd_command"))
 
 
 def _add_mirror_server(sub: argparse._SubParsersAction) -> None:
@@ -110,12 +100,7 @@ def _add_mirror_server(sub: argparse._SubParsersAction) -> None:
                     "once) against as many sequential `bdn mirror` runs, then --identical "
                     "identical submissions (one transfer) against as many concurrent "
                     "`bdn mirror` runs.")
-    ms.add_argument("--workdir", metavar="DIR",
-                    help="make the fresh work directory inside DIR (default: the system temp "
-                         "dir); it is removed at the end unless --keep")
-    ms.add_argument("--keep", action="store_true", help="keep the work directory afterwards")
-    ms.add_argument("--repeat", type=int, default=2, metavar="N",
-                    help="timed runs per row; best and median are reported (default 2)")
+    _add_run_flags(ms, temp_dir="the system temp dir", repeat=2, runs="timed runs per row")
     ms.add_argument("--jobs", type=int, default=20, metavar="N",
                     help="distinct models submitted at once (default 20)")
     ms.add_argument("--files", type=int, default=4, metavar="N",
@@ -127,7 +112,7 @@ def _add_mirror_server(sub: argparse._SubParsersAction) -> None:
     ms.add_argument("--max-jobs", type=int, default=2, metavar="N",
                     help="the server's --max-jobs (default 2, the server's default)")
     ms.add_argument("--json", action="store_true", help="print results as JSON on stdout")
-    ms.set_defaults(func=_mirror_server, no_install=True)
+    ms.set_defaults(func=_Lazy("bench.mirror_server", "mirror_server_command"), no_install=True)
 
 
 def _add_benches(sub: argparse._SubParsersAction) -> None:
@@ -140,7 +125,7 @@ def _add_benches(sub: argparse._SubParsersAction) -> None:
     _add_common(t)
     t.add_argument("--size", default="2GiB", metavar="SIZE",
                    help=f"bytes of the single-file workload (default {format_bytes(2 * GiB)})")
-    t.set_defaults(func=_transfer)
+    t.set_defaults(func=_Lazy("bench.transfer", "transfer_command"))
 
     m = sub.add_parser(
         "mirror", help="file -> file mirror through run_mirror vs cp -r",
@@ -152,7 +137,7 @@ def _add_benches(sub: argparse._SubParsersAction) -> None:
                         "compatible server (MiniLM-L6-v2 and --shards x --shard-size) vs "
                         "huggingface_hub.snapshot_download, plus an unchanged re-mirror "
                         "(needs a source checkout: the server lives in tests/)")
-    m.set_defaults(func=_mirror)
+    m.set_defaults(func=_Lazy("bench.mirror", "mirror_command"))
 
     p = sub.add_parser(
         "pull", help="pull through the node cache: cold vs curl/aria2c, warm vs cp -r, the API",
@@ -163,7 +148,7 @@ def _add_benches(sub: argparse._SubParsersAction) -> None:
                     "cache. Aims: cold BDN >= 3x aria2c, >= 1.3x curl, >= 0.85x the write "
                     "ceiling; warm >= 100x cp -r and < 50 ms; ensure_weights < 50 ms.")
     _add_common(p)
-    p.set_defaults(func=_pull)
+    p.set_defaults(func=_Lazy("bench.pull", "pull_command"))
 
     _add_herd(sub)
     _add_mirror_server(sub)

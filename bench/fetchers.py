@@ -1,19 +1,31 @@
-"""The reference downloaders the transfer and pull benches run, and their output check.
+"""The references the transfer and pull benches run, and how a run's output is checked.
 
 - :func:`run_curl`: one ``curl`` stream per file, in turn;
 - :func:`run_aria2c`: ``aria2c -x16 -s16 -k1M``, every file at once;
+- :func:`run_ceiling`: the page-cache write ceiling (optionally with an fsync);
 - :func:`check_outputs`: what a run wrote against the generated files
   (contents, or only sizes for the write ceilings, which write a repeated
-  buffer by design).
+  buffer by design);
+- :func:`run_checked`: one timed run into a fresh directory, its output
+  checked outside the timing and then removed.
 """
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from bench.harness import DataFile, ToolFailed, run_timed, timeout_for, verify_file
+from bench.harness import (
+    DataFile,
+    ToolFailed,
+    remove_outputs,
+    run_timed,
+    timeout_for,
+    verify_file,
+    write_ceiling,
+)
 from bench.report import Timed
 
 ARIA2C_FLAGS = (
@@ -71,3 +83,44 @@ def check_outputs(
             verify_file(out / f.path.name, f, sha256=sha256)
         elif (size := (out / f.path.name).stat().st_size) != f.size:
             raise ToolFailed(f"{f.path.name} has {size} bytes, expected {f.size}")
+
+
+def run_ceiling(
+    files: Sequence[DataFile], out: Path, *, threads: int, durable: bool = False
+) -> Timed:
+    """The page-cache write ceiling for ``files`` in ``out``; with ``durable``, plus an
+    fsync of every file, which is what ``bdn pull --fsync`` makes the node cache do
+    before publishing a blob."""
+    targets = [(out / f.path.name, f.size) for f in files]
+    if not durable:
+        return Timed(write_ceiling(targets, threads=threads))
+    os.sync()  # Earlier runs' dirty pages must not be billed to this one.
+    seconds = write_ceiling(targets, threads=threads)
+    start = time.perf_counter()
+    for path, _ in targets:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return Timed(seconds + time.perf_counter() - start)
+
+
+def run_checked(
+    out: Path,
+    files: Sequence[DataFile],
+    run: Callable[[], Timed],
+    *,
+    content: bool,
+    sha256: bool = False,
+) -> Timed:
+    """``run`` (timed by itself) writing ``files`` into a fresh ``out``; then, outside
+    the timing, :func:`check_outputs` (a fast wrong answer must not count) and the
+    outputs removed, so the next run starts cold on the destination side."""
+    out.mkdir(parents=True)
+    try:
+        timed = run()
+        check_outputs(out, files, content=content, sha256=sha256)
+        return timed
+    finally:
+        remove_outputs(out)

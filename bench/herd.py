@@ -77,7 +77,6 @@ from bench.herd_report import (
     HerdCase,
     HerdReport,
     HerdRun,
-    emit,
     parse_nodes,
 )
 from bench.model import Model, prepare_model, remove_tree, shard_sizes
@@ -383,4 +382,4 @@ def herd_command(args: argparse.Namespace) -> int:
             raise BenchAbort(f"needs nginx: {missing['nginx']}")
         return run_herd_bench(options, console=console)
 
-    return run_command("herd", args, run, tools=TOOLS, emit=emit)
+    return run_command("herd", args, run, tools=TOOLS)

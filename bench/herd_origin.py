@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.nginx import Nginx, free_port
+from bench.nginx import Nginx, free_port, static_config
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,32 +48,13 @@ def origin_config(
     took and who asked (the last three to read a burst's timeline with --keep). The unix socket is
     how the bench checks nginx is up when it runs in another network namespace.
     """
-    temp = {name: state_dir / name for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
-    lines = [
-        "daemon off;",
-        "worker_processes auto;",
-        f"pid {state_dir / 'nginx.pid'};",
-        f"error_log {state_dir / 'error.log'} warn;",
-        *(["user root;"] if as_root else []),
-        "events { worker_connections 4096; }",
-        "http {",
-        "    log_format herd '$bytes_sent $body_bytes_sent $status $msec $request_time "
+    logging = [
+        "log_format herd '$bytes_sent $body_bytes_sent $status $msec $request_time "
         "$remote_addr $request_uri';",
-        f"    access_log {state_dir / 'access.log'} herd;",
-        "    sendfile on;",
-        "    tcp_nopush on;",
-        "    keepalive_requests 100000;",
-        "    default_type application/octet-stream;",
-        *(f"    {name}_temp_path {path};" for name, path in temp.items()),
-        "    server {",
-        *(f"        listen {address};" for address in listen),
-        f"        listen unix:{unix_socket};",
-        f"        root {root};",
-        "        location / { }",
-        "    }",
-        "}",
+        f"access_log {state_dir / 'access.log'} herd;",
     ]
-    return "\n".join(lines) + "\n"
+    return static_config(listen=[*listen, f"unix:{unix_socket}"], root=root,
+                         state_dir=state_dir, as_root=as_root, logging=logging)
 
 
 def tally_log(text: str) -> OriginTally:
@@ -136,29 +117,19 @@ class CountingOrigin(Nginx):
         return origin_config(listen=listen, unix_socket=self.unix_socket, root=self.root,
                              state_dir=self.state_dir, as_root=os.geteuid() == 0)
 
-    def _wait_ready(self) -> str:
-        """Poll the unix socket until nginx answers; ``""`` when ready, else why not."""
-        assert self._proc is not None
-        deadline = time.monotonic() + self.START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                logs = [self.state_dir / "stderr.log", self.state_dir / "error.log"]
-                text = "".join(p.read_text(errors="replace") for p in logs if p.exists())
-                lines = [line for line in text.splitlines() if "[emerg]" in line] or [
-                    line for line in text.splitlines() if line.strip()
-                ]
-                return lines[0] if lines else f"exited with status {self._proc.returncode}"
-            try:
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                    sock.settimeout(1)
-                    sock.connect(str(self.unix_socket))
-                    sock.sendall(b"HEAD / HTTP/1.0\r\n\r\n")
-                    if sock.recv(16).startswith(b"HTTP/"):
-                        return ""
-            except OSError:
-                pass
-            time.sleep(0.05)
-        return f"no answer on {self.unix_socket} within {self.START_TIMEOUT_S:.0f}s"
+    def _address(self) -> str:
+        return str(self.unix_socket)
+
+    def _answers(self) -> bool:
+        """Whether nginx answers on the unix socket the tally reads through."""
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(1)
+                sock.connect(str(self.unix_socket))
+                sock.sendall(b"HEAD / HTTP/1.0\r\n\r\n")
+                return sock.recv(16).startswith(b"HTTP/")
+        except OSError:
+            return False
 
     def log_offset(self) -> int:
         """Where the next request's log line will start."""

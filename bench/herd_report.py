@@ -4,14 +4,12 @@
   defaults per mode: loopback or network namespaces);
 - :class:`HerdRun` / :class:`HerdCase`: the timed bursts of one (N, variant);
 - :class:`HerdReport`: the cases against the issue's :data:`AIMS`, as a table
-  or JSON (:func:`emit`).
+  or JSON (printed by :func:`bench.report.emit_report`, as every bench's report).
 """
 
 from __future__ import annotations
 
-import json
 import statistics
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -369,13 +367,3 @@ class HerdReport:
                           f"({verdict})[/]")
         for note in self.notes:
             console.print(f"note: {note}")
-
-
-def emit(report: HerdReport, *, as_json: bool) -> None:
-    """Print ``report`` on stdout (JSON, or the table; 160 columns off a terminal)."""
-    if as_json:
-        print(json.dumps(report.to_dict(), indent=2))
-        return
-    report.render(
-        Console(soft_wrap=True) if sys.stdout.isatty() else Console(width=160, soft_wrap=True)
-    )

@@ -27,30 +27,20 @@ from bdn.digest import Digest
 from bdn.errors import BdnError, ConfigError
 from bdn.mirror import DEFAULT_MIRROR_OPTIONS, MirrorResult, run_mirror
 from bdn.store import blob_key
-from bench.command import common_options, run_command
+from bench.command import bench_run, common_options, run_command
 from bench.harness import (
     DataFile,
     MiB,
     ToolFailed,
-    bench_workdir,
     remove_outputs,
-    require_free_space,
     run_timed,
     timeout_for,
     verify_file,
     warm_up_writes,
 )
 from bench.model import generate_shards
-from bench.report import (
-    Aim,
-    BenchReport,
-    Result,
-    Section,
-    Timed,
-    measure_rounds,
-    progress_console,
-)
-from bench.tools import machine_facts, missing_tools
+from bench.report import Aim, BenchReport, Result, Section, Timed, measure_rounds, progress_console
+from bench.tools import missing_tools
 
 REFERENCE_TOOLS = ("cp", "sync")
 AIMS = (Aim("cp", 0.8, "cp -r"),)
@@ -213,10 +203,10 @@ def run_mirror_bench(
     options.check()
     console = console or progress_console()
     missing = missing_tools(REFERENCE_TOOLS)
-    with bench_workdir(options.workdir, keep=options.keep, console=console) as wd:
-        # Source + one copy (cp or store) at a time + staging headroom.
-        require_free_space(wd, 2 * options.nbytes + 256 * MiB)
-        report = BenchReport("mirror", machine_facts(REFERENCE_TOOLS, wd), options.repeat)
+    # Source + one copy (cp or store) at a time + staging headroom.
+    needs = 2 * options.nbytes + 256 * MiB
+    run = bench_run("mirror", options, console, needs=needs, tools=REFERENCE_TOOLS)
+    with run as (wd, report):
         src = wd / "src"
         console.print(f"generating {format_bytes(options.nbytes)} of random data in {src}")
         files = generate_shards(src, [options.shard_size] * options.shards)

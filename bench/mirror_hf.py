@@ -40,29 +40,19 @@ from bdn.digest import DEFAULT_CHUNK_SIZE, Digest, new_xxh3
 from bdn.errors import BdnError
 from bdn.mirror import MirrorOptions, MirrorResult, run_mirror
 from bdn.store import blob_key
-from bench.command import run_command
+from bench.command import bench_run, run_command
 from bench.harness import (
     BenchAbort,
     DataFile,
     MiB,
     ToolFailed,
-    bench_workdir,
     generate_files,
     remove_outputs,
-    require_free_space,
     verify_file,
     warm_up_writes,
 )
 from bench.mirror import MirrorBenchOptions, options_from_args
-from bench.report import (
-    BenchReport,
-    Result,
-    Section,
-    Timed,
-    measure_rounds,
-    progress_console,
-)
-from bench.tools import machine_facts
+from bench.report import BenchReport, Result, Section, Timed, measure_rounds, progress_console
 
 REMIRROR_AIM_SECONDS = 1.0
 """The issue's aim for an unchanged re-mirror (with 0 bytes moved)."""
@@ -290,11 +280,10 @@ def run_mirror_hf_bench(
     hfserver = load_hf_server_module()
     import huggingface_hub
 
-    with bench_workdir(options.workdir, keep=options.keep, console=console) as wd, _quiet_hub():
-        require_free_space(wd, 2 * options.nbytes + 512 * MiB)
-        facts = machine_facts((), wd)
-        facts.tools["huggingface_hub"] = huggingface_hub.__version__
-        report = BenchReport("mirror --source hf", facts, options.repeat)
+    needs = 2 * options.nbytes + 512 * MiB
+    with bench_run("mirror --source hf", options, console, needs=needs) as (wd, report), \
+            _quiet_hub():
+        report.facts.tools["huggingface_hub"] = huggingface_hub.__version__
         with hfserver.HfServer(wd / "hf-server") as server:
             for section in _workloads(server, options, wd, console):
                 report.sections.append(section)

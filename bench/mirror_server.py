@@ -39,22 +39,10 @@ from rich.console import Console
 
 from bdn.config.units import format_bytes, parse_size
 from bdn.errors import ConfigError
-from bench.command import run_command
-from bench.harness import (
-    MiB,
-    ToolFailed,
-    bench_workdir,
-    generate_files,
-    remove_outputs,
-    require_free_space,
-)
-from bench.mirror_server_process import (
-    MirrorServerProcess,
-    parse_metrics,
-    start_mirror_server,
-)
+from bench.command import bench_run, run_command
+from bench.harness import MiB, ToolFailed, generate_files, remove_outputs
+from bench.mirror_server_process import MirrorServerProcess, parse_metrics, start_mirror_server
 from bench.report import BenchReport, Result, Section, Timed, measure_rounds, progress_console
-from bench.tools import machine_facts
 
 __all__ = [
     "MirrorServerBenchOptions",
@@ -294,10 +282,9 @@ def run_mirror_server_bench(
     options.check()
     console = console or progress_console()
     o = options
-    with bench_workdir(o.workdir, keep=o.keep, console=console) as wd:
-        # Sources, plus one store copy per contender at a time, plus headroom.
-        require_free_space(wd, 3 * (o.jobs + 1) * o.model_bytes + 256 * MiB)
-        report = BenchReport("mirror-server", machine_facts((), wd), o.repeat)
+    # Sources, plus one store copy per contender at a time, plus headroom.
+    needs = 3 * (o.jobs + 1) * o.model_bytes + 256 * MiB
+    with bench_run("mirror-server", o, console, needs=needs) as (wd, report):
         load = _Workload(wd, *_generate_models(wd, o, console), o, _clean_env(wd))
         jobs, same = _sections(o)
         measure_rounds(jobs, {"server": lambda r: _run_server_jobs(r, load=load),

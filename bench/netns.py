@@ -36,7 +36,6 @@ import signal
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import TracebackType
 
 SUBNET = "10.213"
 """First two octets of every address; they exist only inside the bench's namespaces."""
@@ -265,12 +264,7 @@ class Topology:
             raise
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.teardown()
 
     def exec_argv(self, ns: str, argv: Sequence[str]) -> list[str]:

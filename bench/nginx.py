@@ -11,7 +11,6 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 from bench.harness import BenchAbort
@@ -25,7 +24,7 @@ def free_port() -> int:
 
 
 def nginx_config(*, port: int, root: Path, state_dir: Path, as_root: bool) -> str:
-    """A minimal nginx.conf: static files from ``root`` on 127.0.0.1:``port``.
+    """A minimal nginx.conf: static files from ``root`` on 127.0.0.1:``port``, no access log.
 
     Everything nginx writes (pid, error log, temp paths) lives in ``state_dir``,
     so it runs unprivileged, or as root without touching /var. As root the
@@ -33,6 +32,17 @@ def nginx_config(*, port: int, root: Path, state_dir: Path, as_root: bool) -> st
     that the default ``nobody`` worker could not read, and the server listens
     on loopback only, serving random bytes, for the length of one bench.
     """
+    return static_config(listen=[f"127.0.0.1:{port}"], root=root, state_dir=state_dir,
+                         as_root=as_root, logging=["access_log off;"])
+
+
+def static_config(
+    *, listen: Sequence[str], root: Path, state_dir: Path, as_root: bool, logging: Sequence[str]
+) -> str:
+    """nginx.conf serving static files from ``root`` on each ``listen`` address
+    (``host:port`` or ``unix:PATH``), with the ``http``-level ``logging`` directives;
+    state in ``state_dir`` as :func:`nginx_config` says. The one config of both
+    the benches' nginx and the herd's counting origin."""
     temp = {name: state_dir / name for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
     lines = [
         "daemon off;",
@@ -42,14 +52,14 @@ def nginx_config(*, port: int, root: Path, state_dir: Path, as_root: bool) -> st
         *(["user root;"] if as_root else []),
         "events { worker_connections 4096; }",
         "http {",
-        "    access_log off;",
+        *(f"    {directive}" for directive in logging),
         "    sendfile on;",
         "    tcp_nopush on;",
         "    keepalive_requests 100000;",
         "    default_type application/octet-stream;",
         *(f"    {name}_temp_path {path};" for name, path in temp.items()),
         "    server {",
-        f"        listen 127.0.0.1:{port};",
+        *(f"        listen {address};" for address in listen),
         f"        root {root};",
         "        location / { }",
         "    }",
@@ -119,39 +129,39 @@ class Nginx:
             self.stop()
         raise BenchAbort(f"nginx did not start: {last_error}", exit_code=1)
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def _exit_reason(self) -> str:
+        """Why nginx exited while starting, from its logs."""
+        assert self._proc is not None
+        logs = [self.state_dir / "stderr.log", self.state_dir / "error.log"]
+        text = "".join(p.read_text(errors="replace") for p in logs if p.exists())
+        lines = [line for line in text.strip().splitlines() if line]
+        # The first [emerg] says why (e.g. bind() failed: address in use); later
+        # lines are nginx giving up ("still could not bind()").
+        emerg = [line for line in lines if "[emerg]" in line]
+        if emerg or lines:
+            return (emerg or lines)[0 if emerg else -1]
+        return f"exited with status {self._proc.returncode}"
+
     def _wait_ready(self) -> str:
-        """Poll until nginx answers HTTP; return ``""`` when ready, else why not."""
+        """Poll until nginx answers; return ``""`` when ready, else why not."""
         assert self._proc is not None
         deadline = time.monotonic() + self.START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                logs = [self.state_dir / "stderr.log", self.state_dir / "error.log"]
-                text = "".join(p.read_text(errors="replace") for p in logs if p.exists())
-                lines = [line for line in text.strip().splitlines() if line]
-                # The first [emerg] says why (e.g. bind() failed: address in use); later
-                # lines are nginx giving up ("still could not bind()").
-                emerg = [line for line in lines if "[emerg]" in line]
-                if emerg or lines:
-                    return (emerg or lines)[0 if emerg else -1]
-                return f"exited with status {self._proc.returncode}"
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
-            try:
-                conn.request("HEAD", "/")
-                conn.getresponse()  # Any status (403 for a bare dir) means it serves.
+                return self._exit_reason()
+            if self._answers():
                 return ""
-            except OSError:
-                time.sleep(0.05)
-            finally:
-                conn.close()
-        return f"no answer on 127.0.0.1:{self.port} within {self.START_TIMEOUT_S:.0f}s"
+            time.sleep(0.05)
+        return f"no answer on {self._address()} within {self.START_TIMEOUT_S:.0f}s"
+
+    def _address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _answers(self) -> bool:
+        return answers_http(self.port)
 
     def stop(self) -> None:
         """Stop nginx (SIGTERM: fast shutdown), then SIGKILL its process group if it lingers."""
@@ -170,3 +180,17 @@ class Nginx:
                     os.killpg(proc.pid, signal.SIGKILL)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(self.STOP_TIMEOUT_S)
+
+
+def answers_http(port: int) -> bool:
+    """Whether a server on 127.0.0.1:``port`` answers HTTP now (any status counts:
+    nginx answers 403 for a bare directory and still serves)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+    try:
+        conn.request("HEAD", "/")
+        conn.getresponse()
+        return True
+    except OSError:
+        return False
+    finally:
+        conn.close()

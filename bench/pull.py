@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,32 +30,15 @@ from rich.console import Console
 from bdn.config.units import format_bytes
 from bdn.errors import ConfigError
 from bench import model as generated
-from bench.command import common_options, run_command
-from bench.fetchers import check_outputs, run_aria2c, run_curl
-from bench.harness import (
-    BenchAbort,
-    MiB,
-    ToolFailed,
-    bench_workdir,
-    remove_outputs,
-    require_free_space,
-    warm_up_writes,
-    write_ceiling,
-)
+from bench.command import bench_run, common_options, run_command
+from bench.fetchers import run_aria2c, run_ceiling, run_checked, run_curl
+from bench.harness import MiB, ToolFailed, warm_up_writes
 from bench.model import remove_tree
 from bench.nginx import Nginx
 from bench.pull_warm import Model, measure_api, measure_warm, pull, tiers
 from bench.pull_warm import bdn_environ as bdn_environ  # part of this bench's API
-from bench.report import (
-    Aim,
-    BenchReport,
-    Result,
-    Section,
-    Timed,
-    measure_rounds,
-    progress_console,
-)
-from bench.tools import machine_facts, missing_tools
+from bench.report import Aim, BenchReport, Result, Section, Timed, measure_rounds, progress_console
+from bench.tools import missing_references
 
 REFERENCE_TOOLS = ("nginx", "curl", "aria2c", "cp")
 """Tools this bench runs; nginx serves the store, the others are references."""
@@ -142,21 +123,7 @@ def _run_aria2c(model: Model, out: Path) -> Timed:
 
 
 def _run_ceiling(model: Model, out: Path, *, threads: int, durable: bool) -> Timed:
-    """The page-cache write ceiling; with ``durable``, plus an fsync of every file,
-    which is what ``bdn pull --fsync`` makes the node cache do before publishing a blob."""
-    files = [(out / f.path.name, f.size) for f in model.files]
-    if not durable:
-        return Timed(write_ceiling(files, threads=threads))
-    os.sync()  # Earlier runs' dirty pages must not be billed to this one.
-    seconds = write_ceiling(files, threads=threads)
-    start = time.perf_counter()
-    for path, _ in files:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    return Timed(seconds + time.perf_counter() - start)
+    return run_ceiling(model.files, out, threads=threads, durable=durable)
 
 
 def _run_reference(
@@ -164,13 +131,7 @@ def _run_reference(
 ) -> Timed:
     """One timed reference run into a fresh ``out``; verified (contents, or only
     sizes for the ceilings, which write a repeated buffer by design); removed."""
-    out.mkdir(parents=True)
-    try:
-        timed = run(model, out)
-        check_outputs(out, model.files, content=content)
-        return timed
-    finally:
-        remove_outputs(out)
+    return run_checked(out, model.files, lambda: run(model, out), content=content)
 
 
 def measure_cold(
@@ -276,14 +237,11 @@ def run_pull_bench(
     """
     options.check()
     console = console or progress_console()
-    missing = {**missing_tools(REFERENCE_TOOLS), **(unavailable or {})}
-    if "nginx" in missing:
-        raise BenchAbort(f"needs nginx to serve the store: {missing['nginx']}")
-    with bench_workdir(options.workdir, keep=options.keep, console=console) as wd:
-        # Source + store + warm cache + one cp -r copy (cold outputs come and go
-        # before the warm cache exists) + headroom.
-        require_free_space(wd, 4 * options.nbytes + 256 * MiB)
-        report = BenchReport("pull", machine_facts(REFERENCE_TOOLS, wd), options.repeat)
+    missing = missing_references(REFERENCE_TOOLS, unavailable, nginx_serves="the store")
+    # Source + store + warm cache + one cp -r copy (cold outputs come and go
+    # before the warm cache exists) + headroom.
+    needs = 4 * options.nbytes + 256 * MiB
+    with bench_run("pull", options, console, needs=needs, tools=REFERENCE_TOOLS) as (wd, report):
         (wd / "store").mkdir()
         with Nginx(wd / "store", wd / "nginx") as nginx:
             origin = f"http://127.0.0.1:{nginx.port}"

@@ -11,7 +11,7 @@ import statistics
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from rich.console import Console
 from rich.table import Table
@@ -172,6 +172,22 @@ class BenchReport:
             "exit_code": self.exit_code,
         }
 
+    def render(self, console: Console) -> None:
+        """Print the header, one table per section, the aim lines and the notes."""
+        console.print(f"[bold]bdn bench {self.command}[/]  {self.facts.summary()}")
+        console.print(
+            f"best and median of {self.repeat} run(s); GB/s = 10^9 bytes/s of the best "
+            "run; BDN ÷ tool = BDN's GB/s over that row's (> 1: BDN is faster)"
+        )
+        for section in self.sections:
+            console.print(build_table(section))
+        for section in self.sections:
+            for aim, achieved, met in section.aim_lines():
+                style = "green" if met else "red"
+                console.print(f"[{style}]{aim_text(aim, achieved, met, section.title)}[/]")
+        for note in self.notes:
+            console.print(f"note: {note}")
+
 
 def measure_rounds(
     section: Section,
@@ -254,7 +270,19 @@ def aim_text(aim: Aim, achieved: float | None, met: bool, title: str) -> str:
     )
 
 
-def emit_report(report: BenchReport, *, as_json: bool) -> None:
+class Report(Protocol):
+    """What every bench's report has (:class:`BenchReport`, the herd's own): an exit
+    status (1 if a run failed), a JSON form and a rendering as tables."""
+
+    @property
+    def exit_code(self) -> int: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+    def render(self, console: Console) -> None: ...
+
+
+def emit_report(report: Report, *, as_json: bool) -> None:
     """Print ``report`` on stdout: JSON with ``as_json``, else the rich tables.
 
     Off a terminal rich would wrap at 80 columns; the table is wider than that.
@@ -262,29 +290,11 @@ def emit_report(report: BenchReport, *, as_json: bool) -> None:
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
         return
-    render_report(
-        report,
-        Console(soft_wrap=True) if sys.stdout.isatty() else Console(width=160, soft_wrap=True),
+    report.render(
+        Console(soft_wrap=True) if sys.stdout.isatty() else Console(width=160, soft_wrap=True)
     )
 
 
 def progress_console() -> Console:
     """Where benches print progress: stderr, lines never hard-wrapped (logs stay greppable)."""
     return Console(stderr=True, soft_wrap=True, highlight=False)
-
-
-def render_report(report: BenchReport, console: Console) -> None:
-    """Print the header, one table per section, the aim lines and the notes."""
-    console.print(f"[bold]bdn bench {report.command}[/]  {report.facts.summary()}")
-    console.print(
-        f"best and median of {report.repeat} run(s); GB/s = 10^9 bytes/s of the best "
-        "run; BDN ÷ tool = BDN's GB/s over that row's (> 1: BDN is faster)"
-    )
-    for section in report.sections:
-        console.print(build_table(section))
-    for section in report.sections:
-        for aim, achieved, met in section.aim_lines():
-            style = "green" if met else "red"
-            console.print(f"[{style}]{aim_text(aim, achieved, met, section.title)}[/]")
-    for note in report.notes:
-        console.print(f"note: {note}")

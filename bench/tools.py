@@ -12,8 +12,8 @@ import platform
 import re
 import shutil
 import subprocess
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,20 @@ def missing_tools(names: Sequence[str]) -> dict[str, str]:
     }
 
 
+def missing_references(
+    names: Sequence[str], unavailable: Mapping[str, str] | None, *, nginx_serves: str
+) -> dict[str, str]:
+    """``{tool: reason}`` for each of ``names`` not on PATH or already known
+    ``unavailable`` (an install attempt failed), so each shows as a "not
+    available" row, never silently skipped. nginx, which serves ``nginx_serves``,
+    is no reference: without it nothing could be measured, so it raises
+    ``BenchAbort`` (exit 2)."""
+    missing = {**missing_tools(names), **(unavailable or {})}
+    if "nginx" in missing:
+        raise BenchAbort(f"needs nginx to serve {nginx_serves}: {missing['nginx']}")
+    return missing
+
+
 def ensure_tools(names: Sequence[str], *, allow_install: bool, console: Console) -> dict[str, str]:
     """Make sure the tools ``names`` are on PATH, installing them when we may.
 
@@ -166,14 +180,8 @@ class MachineFacts:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "cores": self.cores,
-            "ram_bytes": self.ram_bytes,
-            "kernel": self.kernel,
-            "python": self.python,
-            "filesystem": self.filesystem,
-            "tools": dict(self.tools),
-        }
+        """Every field under its own name, for ``--json`` (the tools map copied)."""
+        return asdict(self)
 
 
 def _ram_bytes() -> int:

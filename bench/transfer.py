@@ -28,21 +28,9 @@ from bdn.digest import DEFAULT_CHUNK_SIZE
 from bdn.errors import ConfigError
 from bdn.http import DEFAULT_HTTP_CONFIG, HttpClient, HttpRangeReader
 from bdn.transfer.engine import DEFAULT_TRANSFER_CONFIG, FileTask, TransferEngine
-from bench.command import common_options, run_command
-from bench.fetchers import check_outputs, run_aria2c, run_curl
-from bench.harness import (
-    BenchAbort,
-    DataFile,
-    GiB,
-    MiB,
-    ToolFailed,
-    bench_workdir,
-    generate_files,
-    remove_outputs,
-    require_free_space,
-    warm_up_writes,
-    write_ceiling,
-)
+from bench.command import bench_run, common_options, run_command
+from bench.fetchers import run_aria2c, run_ceiling, run_checked, run_curl
+from bench.harness import DataFile, GiB, MiB, ToolFailed, generate_files, warm_up_writes
 from bench.nginx import Nginx
 from bench.report import (
     Aim,
@@ -54,7 +42,7 @@ from bench.report import (
     measure_rounds,
     progress_console,
 )
-from bench.tools import machine_facts, missing_tools
+from bench.tools import missing_references
 
 REFERENCE_TOOLS = ("nginx", "curl", "aria2c")
 """Tools this bench runs; nginx serves, curl and aria2c are the references."""
@@ -187,8 +175,7 @@ def _run_bdn(w: Workload, nginx: Nginx, out: Path, options: TransferBenchOptions
 
 
 def _run_ceiling(w: Workload, _: Nginx, out: Path, options: TransferBenchOptions) -> Timed:
-    files = [(out / f.path.name, f.size) for f in w.files]
-    return Timed(write_ceiling(files, threads=options.ceiling_threads))
+    return run_ceiling(w.files, out, threads=options.ceiling_threads)
 
 
 def contenders(options: TransferBenchOptions) -> tuple[Contender, ...]:
@@ -234,15 +221,14 @@ def _run_once(
     c: Contender, r: Result, *, w: Workload, nginx: Nginx, out: Path, options: TransferBenchOptions
 ) -> Timed:
     """One timed run of ``c``, then its output check (outside the timing) and cleanup."""
-    out.mkdir(parents=True)
-    try:
-        timed = c.run(w, nginx, out, options)
+    return run_checked(
+        out,
+        w.files,
+        lambda: c.run(w, nginx, out, options),
+        content=c.verify == "content",
         # SHA-256 of BDN's output once: the identity check a pull skips.
-        check_outputs(out, w.files, content=c.verify == "content",
-                      sha256=c.role == "bdn" and not r.seconds)
-        return timed
-    finally:
-        remove_outputs(out)
+        sha256=c.role == "bdn" and not r.seconds,
+    )
 
 
 def _measure(
@@ -297,16 +283,12 @@ def run_transfer_bench(
     """
     options.check()
     console = console or progress_console()
-    missing = {**missing_tools(REFERENCE_TOOLS), **(unavailable or {})}
-    if "nginx" in missing:
-        raise BenchAbort(f"needs nginx to serve the data: {missing['nginx']}")
+    missing = missing_references(REFERENCE_TOOLS, unavailable, nginx_serves="the data")
     data_bytes = options.size + options.shards * options.shard_size
-    with bench_workdir(options.workdir, keep=options.keep, console=console) as wd:
-        # Source data, plus one output tree at a time, plus room for write-back lag.
-        require_free_space(
-            wd, data_bytes + max(options.size, options.shards * options.shard_size) + 256 * MiB
-        )
-        report = BenchReport("transfer", machine_facts(REFERENCE_TOOLS, wd), options.repeat)
+    # Source data, plus one output tree at a time, plus room for write-back lag.
+    needs = data_bytes + max(options.size, options.shards * options.shard_size) + 256 * MiB
+    run = bench_run("transfer", options, console, needs=needs, tools=REFERENCE_TOOLS)
+    with run as (wd, report):
         console.print(f"generating {format_bytes(data_bytes)} of random data in {wd}")
         workloads = _make_workloads(wd / "data", options)
         with Nginx(wd / "data", wd / "nginx") as nginx:

@@ -44,7 +44,6 @@ test module to use them.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -52,7 +51,6 @@ import itertools
 import json
 import os
 import re
-import socket
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Mapping
@@ -63,6 +61,8 @@ from urllib.parse import quote, unquote
 
 import pytest
 from aiohttp import web
+
+from tests.loopback import LoopbackApps, listen
 
 __all__ = [
     "LFS_SUFFIXES",
@@ -176,22 +176,15 @@ class HfServer:
         self._request_ids = itertools.count(1)
         self.seen: list[Seen] = []
         self.bytes_served: dict[str, int] = {"hub": 0, "cdn": 0}
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runners: list[web.AppRunner] = []
-        self._hub_sock, hub_port = _listen()
-        self._cdn_sock, cdn_port = _listen()
+        self._apps = LoopbackApps()
+        self._hub_sock, hub_port = listen()
+        self._cdn_sock, cdn_port = listen()
         self.endpoint = f"http://127.0.0.1:{hub_port}"
         self.cdn_url = f"http://127.0.0.1:{cdn_port}"
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> HfServer:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    async def _start(self) -> None:
         hub = web.Application()
         hub.router.add_route("GET", "/api/models/{rest:.+}", self._api)
         hub.router.add_route("*", "/{rest:.+}", self._resolve)
@@ -200,22 +193,11 @@ class HfServer:
         # Recorded as the headers go out, before the body: a client that has
         # its bytes always finds the request already recorded.
         cdn.on_response_prepare.append(self._cdn_prepared)
-        for app, sock in ((hub, self._hub_sock), (cdn, self._cdn_sock)):
-            runner = web.AppRunner(app, access_log=None, handler_cancellation=True,
-                                   shutdown_timeout=0.5)
-            await runner.setup()
-            await web.SockSite(runner, sock).start()
-            self._runners.append(runner)
+        self._apps.start([(hub, self._hub_sock), (cdn, self._cdn_sock)])
+        return self
 
     def stop(self) -> None:
-        for runner in self._runners:
-            asyncio.run_coroutine_threadsafe(runner.cleanup(), self._loop).result(10)
-        self._runners.clear()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-        self._hub_sock.close()
-        self._cdn_sock.close()
+        self._apps.stop()
         if self._tmp is not None:
             self._tmp.cleanup()
 
@@ -595,14 +577,6 @@ class HfServer:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _listen() -> tuple[socket.socket, int]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(256)
-    return sock, sock.getsockname()[1]
 
 
 def _tree_oid(paths: Iterable[str]) -> str:

@@ -34,6 +34,8 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from tests.loopback import LoopbackApps, listen
+
 __all__ = ["FaultPlan", "FaultServer", "ServerStats", "fault_server", "fault_server_session"]
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -130,41 +132,21 @@ class FaultServer:
         self._lock = threading.Lock()
         self.faults = FaultPlan()
         self.stats = ServerStats()
-        self._loop = asyncio.new_event_loop()
-        self._runner: web.AppRunner | None = None
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(128)
-        self.port: int = self._sock.getsockname()[1]
+        self._apps = LoopbackApps()
+        self._sock, self.port = listen(128)
         self.base_url = f"http://127.0.0.1:{self.port}"
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> FaultServer:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    async def _start(self) -> None:
         app = web.Application()
         app.router.add_route("GET", "/{name:.*}", self._handle)
         app.router.add_route("HEAD", "/{name:.*}", self._handle)
-        self._runner = web.AppRunner(
-            app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5
-        )
-        await self._runner.setup()
-        await web.SockSite(self._runner, self._sock).start()
+        self._apps.start([(app, self._sock)])
+        return self
 
     def stop(self) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-            self._runner = None
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-        self._sock.close()
+        self._apps.stop()
 
     def __enter__(self) -> FaultServer:
         return self.start()

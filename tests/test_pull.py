@@ -11,18 +11,14 @@ from pathlib import Path
 import pytest
 
 from bdn.backends import open_store
-from bdn.backends.base import BlobStore
 from bdn.cache import NodeCache
-from bdn.config.secrets import SecretResolver
-from bdn.config.weights import WeightsEntry
 from bdn.errors import AuthError, CacheError, InsufficientSpace, NotFound
 from bdn.http import HttpClient, HttpConfig, RetryPolicy
 from bdn.manifest import Manifest
-from bdn.mirror import MirrorOptions, run_mirror
 from bdn.pull import PullOptions, PullResult, pull_manifest
-from bdn.store import Store
 from bdn.transfer import TransferConfig
 from tests.conftest import MotoS3
+from tests.e2e.agents import mirror_into, mirrored_model, publish_store
 from tests.fixtures import make_model, pattern_bytes
 from tests.httpserver import FaultPlan, FaultServer
 
@@ -39,33 +35,10 @@ MODEL = {
 FAST = PullOptions(transfer=TransferConfig(retry=RetryPolicy(max_attempts=6, base_delay=0.01)))
 
 
-async def mirror_into(store: BlobStore, src: Path) -> Manifest:
-    """Mirror the model directory ``src`` into ``store``, close it, return the manifest."""
-    try:
-        res = await run_mirror(
-            WeightsEntry(source=f"file://{src}"),
-            store=store,
-            secrets=SecretResolver(None, {}),
-            options=MirrorOptions(chunk_size=CHUNK),
-        )
-        return await Store(store).get_manifest(res.manifest_id)
-    finally:
-        await store.close()
-
-
 async def mirror_model(tmp_path: Path, files: dict[str, bytes] = MODEL) -> tuple[Path, Manifest]:
     """Mirror a model into a file store under ``tmp_path``; return the store root and manifest."""
-    src = make_model(tmp_path / "src", files)
-    store_root = tmp_path / "store"
-    return store_root, await mirror_into(open_store(f"file://{store_root}"), src)
-
-
-def serve_store(server: FaultServer, store_root: Path) -> str:
-    """Publish every key of a file store on the fault server; return its base URL."""
-    for path in store_root.rglob("*"):
-        if path.is_file() and ".incomplete" not in path.parts:
-            server.put(path.relative_to(store_root).as_posix(), path)
-    return server.base_url
+    _, store_root, manifest = await mirrored_model(tmp_path, files, CHUNK)
+    return store_root, manifest
 
 
 def assert_tree(mount: Path, files: dict[str, bytes] = MODEL) -> None:
@@ -123,7 +96,7 @@ async def test_pull_from_moto_s3_store(
     bucket = moto_s3.make_bucket("pull-origin")
     src = make_model(tmp_path / "src", MODEL)
     store = open_store(f"s3://{bucket}/bdn", endpoint_url=moto_s3.endpoint_url)
-    manifest = await mirror_into(store, src)
+    manifest = await mirror_into(store, src, CHUNK)
     mount = tmp_path / "m"
     out = await pull(
         manifest, mount, f"s3://{bucket}/bdn", tmp_path / "cache", endpoint_url=moto_s3.endpoint_url
@@ -149,7 +122,7 @@ async def test_pull_through_origin_faults_ends_bit_exact(
     tmp_path: Path, fault_server: FaultServer, plan: FaultPlan
 ) -> None:
     store_root, manifest = await mirror_model(tmp_path)
-    base = serve_store(fault_server, store_root)
+    base = publish_store(fault_server, store_root)
     big = next(f for f in manifest.files if f.path.startswith("model-00001"))
     plan.path = f"blobs/sha256/{big.sha256.hex[:2]}/{big.sha256.hex}"
     fault_server.faults = plan
@@ -172,7 +145,7 @@ async def test_permanent_origin_error_is_clear_and_exposes_nothing(
     tmp_path: Path, fault_server: FaultServer, status: int, error: type[Exception]
 ) -> None:
     store_root, manifest = await mirror_model(tmp_path)
-    base = serve_store(fault_server, store_root)
+    base = publish_store(fault_server, store_root)
     fault_server.faults = FaultPlan(status=status, status_count=10_000)
     mount = tmp_path / "m"
     with pytest.raises(error) as info:
@@ -188,7 +161,7 @@ async def test_concurrent_pulls_in_one_process_fetch_each_blob_once(
     tmp_path: Path, fault_server: FaultServer
 ) -> None:
     store_root, manifest = await mirror_model(tmp_path)
-    base = serve_store(fault_server, store_root)
+    base = publish_store(fault_server, store_root)
     fault_server.reset_stats()
     mounts = [tmp_path / f"m{i}" for i in range(6)]
     results = await asyncio.gather(*(pull(manifest, m, base, tmp_path / "cache") for m in mounts))
@@ -213,7 +186,7 @@ def test_pulls_ten_times_killed_resume_bit_exact(tmp_path: Path, fault_server: F
 
     files = {f"shard-{i}.bin": os.urandom(24 * CHUNK + i) for i in range(4)}
     store_root, manifest = asyncio.run(mirror_model(tmp_path, files))
-    base = serve_store(fault_server, store_root)
+    base = publish_store(fault_server, store_root)
     fault_server.reset_stats()
     fault_server.faults = FaultPlan(bytes_per_second=128 * 1024)
     cache, mount = tmp_path / "cache", tmp_path / "m"
@@ -292,7 +265,7 @@ def test_sixteen_pulls_from_four_processes_fetch_the_model_once(
     from tests.fixtures import bdn_env
 
     store_root, manifest = asyncio.run(mirror_model(tmp_path))
-    base = serve_store(fault_server, store_root)
+    base = publish_store(fault_server, store_root)
     fault_server.reset_stats()
     # Slow enough that the four processes really overlap.
     fault_server.faults = FaultPlan(bytes_per_second=2 * 1024 * 1024)
@@ -365,7 +338,7 @@ async def test_disk_filling_up_mid_pull_is_a_clear_error_and_resumable(
 ) -> None:
     files = {f"shard-{i:02d}.bin": pattern_bytes(i, 96 * 1024) for i in range(24)}
     store_root, manifest = await mirror_model(tmp_path, files)
-    base = serve_store(fault_server, store_root)
+    base = publish_store(fault_server, store_root)
     fault_server.faults = FaultPlan(bytes_per_second=1024 * 1024)
     hog = small_fs / "hog"
 

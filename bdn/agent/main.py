@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -46,7 +45,13 @@ from bdn.cache import NodeCache
 from bdn.daemon.address import format_hostport
 from bdn.daemon.jsonlog import JsonFormatter as JsonFormatter
 from bdn.daemon.jsonlog import setup_json_logging as setup_json_logging
-from bdn.daemon.lifecycle import cancel_and_wait, serve_until_signalled
+from bdn.daemon.lifecycle import (
+    Closer,
+    cancel_and_wait,
+    close_all,
+    serve_until_signalled,
+    start_or_stop,
+)
 from bdn.errors import ConfigError
 from bdn.http import HttpClient, HttpConfig
 from bdn.peer.client import PeerClient
@@ -76,7 +81,7 @@ class Agent:
         self._runners: list[web.AppRunner] = []
         self._socket: UnixSocket | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._closers: list[Callable[[], Awaitable[None]]] = []
+        self._closers: list[Closer] = []
         # Set by start(); None before, and after a start that failed early.
         self.cache: NodeCache | None = None
         self.chunks: ChunkService | None = None
@@ -85,11 +90,7 @@ class Agent:
 
     async def start(self) -> None:
         """Open everything and start serving; on failure, close what was opened and raise."""
-        try:
-            await self._start()
-        except BaseException:
-            await self.stop()
-            raise
+        await start_or_stop(self, self._start)
 
     async def _start(self) -> None:
         cfg, s = self.config, self.config.settings
@@ -246,12 +247,7 @@ class Agent:
         if self._socket is not None:
             remove_unix_socket(self._socket)
             self._socket = None
-        for close in reversed(self._closers):
-            try:
-                await close()
-            except Exception:  # One failing close must not leak the others.
-                log.exception("closing failed")
-        self._closers.clear()
+        await close_all(self._closers, log)
 
     async def _close_cache(self) -> None:
         if self.cache is not None:

@@ -1,9 +1,7 @@
 """The agent's Prometheus metrics, in a registry of their own.
 
-A dedicated :class:`~prometheus_client.CollectorRegistry` (not the global
-default) keeps several agents in one process (tests, ``bdn demo``) apart and
-leaves out the client library's process collectors, whose numbers would
-describe the test runner rather than the agent.
+The registry is the agent's own (:class:`~bdn.daemon.metrics.DaemonMetrics`
+says why), so several agents in one process (tests, ``bdn demo``) stay apart.
 
 Where the numbers come from:
 
@@ -24,27 +22,17 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from bdn.agent.chunks import ChunkStats
 from bdn.backends.base import BlobStore, RangeReader
 from bdn.cache import NodeCache
+from bdn.daemon.metrics import CONTENT_TYPE, DaemonMetrics
 from bdn.digest import Digest
 from bdn.pull import PullResult
 
 __all__ = ["CONTENT_TYPE", "AgentMetrics", "CountingStore"]
-
-CONTENT_TYPE = CONTENT_TYPE_LATEST
-"""``Content-Type`` of :meth:`AgentMetrics.render`."""
 
 Buffer = bytes | bytearray | memoryview
 
@@ -52,12 +40,12 @@ PULL_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 3600)
 """Pull durations span a warm re-pull (sub-second) to a cold 140 GB model (minutes)."""
 
 
-class AgentMetrics:
+class AgentMetrics(DaemonMetrics):
     """Every collector of one agent. Call from the event loop thread only,
     except :meth:`scan_caches` (blocking; meant for a worker thread)."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        super().__init__()
         self._add_pull_metrics()
         self._add_origin_metrics()
         self._add_peer_metrics()
@@ -67,24 +55,17 @@ class AgentMetrics:
         self._seen_blobs: set[Digest] | None = None
         self._scan_lock = threading.Lock()
 
-    def _counter(self, name: str, doc: str, *labels: str) -> Counter:
-        return Counter(name, doc, labels, registry=self.registry)
-
-    def _gauge(self, name: str, doc: str) -> Gauge:
-        return Gauge(name, doc, registry=self.registry)
-
     def _add_pull_metrics(self) -> None:
         """What the agent's own pulls did (counted by :meth:`observe_pull`)."""
         self.pull_bytes = self._counter(
             "bdn_pull_bytes", "Bytes delivered to finished pulls, by tier.", "tier"
         )
         self.pulls = self._counter("bdn_pulls", "Pulls finished, by outcome.", "outcome")
-        self.pull_seconds = Histogram(
+        self.pull_seconds = self._histogram(
             "bdn_pull_duration_seconds",
             "Wall time of finished pulls, by outcome.",
-            ["outcome"],
+            "outcome",
             buckets=PULL_BUCKETS,
-            registry=self.registry,
         )
         self.pulls_running = self._gauge("bdn_pulls_running", "Pulls in progress.")
         self.peer_failures = self._counter(
@@ -164,10 +145,6 @@ class AgentMetrics:
         self.node_cache_blobs.set(len(blobs))
         self.node_cache_bytes.set(sum(b.size for b in blobs))
         self.chunk_cache_bytes.set(_tree_bytes(chunk_cache_dir))
-
-    def render(self) -> bytes:
-        """The Prometheus text exposition of every metric (see :data:`CONTENT_TYPE`)."""
-        return generate_latest(self.registry)
 
 
 class _ChunkStatsCollector(Collector):

@@ -35,7 +35,7 @@ import logging
 import os
 import socket
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,12 +56,12 @@ from bdn.agent.protocol import (
     status_for,
 )
 from bdn.agent.pulls import PullRegistry
+from bdn.daemon.failures import Handler, answer_failures
 from bdn.daemon.tokens import authorized, json_error, unauthorized
-from bdn.errors import AuthError, BdnError, ConfigError, MountConflict, NotFound, TransferError
+from bdn.errors import AuthError, ConfigError, MountConflict, NotFound, TransferError
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,16 +217,8 @@ def _error(status: int, message: str) -> web.Response:
 @web.middleware
 async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Unexpected failures answer a one-line JSON error rather than an HTML page."""
-    try:
-        return await handler(request)
-    except web.HTTPException:
-        raise
-    except BdnError as err:
-        log.warning("%s %s failed: %s", request.method, request.path, err)
-        return _error(500, str(err))
-    except Exception as err:
-        log.exception("%s %s failed", request.method, request.path)
-        return _error(500, f"internal error in the agent: {type(err).__name__}")
+    return await answer_failures(request, handler, service="agent", logger=log,
+                                 http_errors_as_json=False)
 
 
 # -- the unix socket ---------------------------------------------------------------------

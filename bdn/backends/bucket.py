@@ -1,16 +1,27 @@
 """What the bucket-backed stores and sources (``s3://``, ``gs://``) share: a prefix and
 URI, an SDK bucket handle for the control plane, an aiohttp client for the data plane,
-and the store's key mapping and upload error."""
+the source's listing, the store's key mapping and upload error, and which error
+type each role gets for a missing bucket or object."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
-from bdn.backends.keys import check_key
-from bdn.errors import BdnError, ConfigError, ManifestInvalid, NotFound, SourceError, StoreError
+from bdn.backends.base import SourceObject
+from bdn.backends.keys import blob_digest, check_key, check_prefix
+from bdn.errors import (
+    BdnError,
+    BlobNotFound,
+    ConfigError,
+    ManifestInvalid,
+    NotFound,
+    SourceError,
+    SourceNotFound,
+    StoreError,
+)
 from bdn.http import HttpClient
 from bdn.manifest import validate_path
 
@@ -27,8 +38,32 @@ def bucket_and_prefix(uri: str, scheme: str) -> tuple[str, str]:
     return parts.netloc, parts.path.strip("/")
 
 
+def bucket_not_found(message: str, *, for_source: bool) -> BdnError:
+    """A missing bucket: ``SourceNotFound`` for a source, ``NotFound`` for a store."""
+    return SourceNotFound(message) if for_source else NotFound(message)
+
+
+def object_not_found(where: str, key: str | None, *, for_source: bool) -> BdnError:
+    """Missing object ``where`` (``<scheme>://bucket/key``): ``SourceNotFound`` for a
+    source; for a store ``BlobNotFound``, carrying the digest a blob key names."""
+    if for_source:
+        return SourceNotFound(f"{where} does not exist")
+    return BlobNotFound(f"{where} does not exist", digest=blob_digest(key) if key else None)
+
+
+def failure_type(for_source: bool) -> type[SourceError] | type[StoreError]:
+    """The plain failure of each role (whatever is neither missing nor refused)."""
+    return SourceError if for_source else StoreError
+
+
+_T = TypeVar("_T")
+
+
 class _SdkBucket(Protocol):
     bucket: str
+
+    async def run(self, fn: Callable[[Any], _T], *, action: str, key: str | None = None) -> _T:
+        ...
 
     def close(self) -> None: ...
 
@@ -85,10 +120,52 @@ class BucketClient:
         return path
 
 
+class BucketSource(BucketClient):
+    """Base of the bucket-backed :class:`~bdn.backends.base.Source` implementations:
+    every object under the prefix, listed as a folder.
+
+    A bucket prefix has no revision (each object's own version, ETag or
+    generation, pins it), so :meth:`resolve` returns ``None``. :meth:`list` skips
+    folder markers, checks every path and sorts; subclasses say how to page
+    through the listing (:meth:`_listing`) and what one entry becomes
+    (:meth:`_object`).
+    """
+
+    async def resolve(self) -> str | None:
+        """No revision to pin for a prefix; returns ``None``."""
+        return None
+
+    async def list(self) -> list[SourceObject]:
+        """List the prefix (paginated), sorted by path; ``[]`` when it is empty.
+
+        Raises:
+            SourceNotFound: the bucket does not exist.
+            AuthError: the credentials are refused or lack access.
+            SourceError: a name is not a valid manifest path, or the service failed.
+        """
+        objects: list[SourceObject] = []
+        async for name, entry in self._listing():
+            path = self._source_path(name)
+            if path is not None:
+                objects.append(self._object(path, name, entry))
+        objects.sort(key=lambda obj: obj.path)
+        return objects
+
+    def _listing(self) -> AsyncIterator[tuple[str, Any]]:
+        """``(object name, SDK entry)`` for every object under the prefix."""
+        raise NotImplementedError
+
+    def _object(self, path: str, name: str, entry: Any) -> SourceObject:
+        """The :class:`SourceObject` of listed object ``name`` (manifest path ``path``)."""
+        raise NotImplementedError
+
+
 class BucketStore(BucketClient):
     """Base of the bucket-backed :class:`~bdn.backends.base.BlobStore` implementations:
-    adds key mapping, ``exists`` (a ``size`` that may be ``NotFound``) and the
-    error of an upload whose local file cannot be read."""
+    adds key mapping, ``exists`` (a ``size`` that may be ``NotFound``), listing
+    relative to the prefix, and ``put_file`` with the error of a local file that
+    cannot be read. Subclasses say how to page through names (:meth:`_names`)
+    and how the SDK uploads one file (:meth:`_upload_file`)."""
 
     read_only = False
 
@@ -113,14 +190,42 @@ class BucketStore(BucketClient):
         check_key(key, store=self.uri)
         return self._base + key
 
-    async def _upload(self, source: Path, full: str,
-                      run: Callable[[str], Awaitable[Any]]) -> None:
-        """Await ``run(action)``, the upload of local file ``source`` to object ``full``;
-        a local file that cannot be read is a ``StoreError`` naming it."""
+    async def list(self, prefix: str) -> AsyncIterator[str]:
+        """Yield every key (relative to the store prefix) starting with ``prefix``,
+        in name order."""
+        check_prefix(prefix, store=self.uri)
+        async for name in self._names(self._base + prefix):
+            yield name[len(self._base):]
+
+    async def put_file(self, key: str, path: Path, *, move: bool = False) -> None:
+        """Upload local file ``path`` to ``key`` (see :meth:`_upload_file`); the object
+        appears only once the upload completes. ``move=True`` removes ``path``
+        after a successful upload.
+
+        Raises:
+            StoreError: the local file cannot be read (naming it), or the upload failed.
+        """
+        full = self._full(key)
+        source = Path(path)
+
+        def upload(handle: Any) -> None:
+            self._upload_file(handle, source, full)
+            if move:
+                source.unlink(missing_ok=True)
+
         where = f"{self.scheme}://{self.bucket}/{full}"
         try:
-            await run(f"upload {source} to {where}")
+            await self._bucket.run(upload, action=f"upload {source} to {where}", key=full)
         except BdnError:
             raise
         except OSError as err:
             raise StoreError(f"cannot upload {source} to {where}: {err.strerror or err}") from err
+
+    def _names(self, prefix: str) -> AsyncIterator[str]:
+        """The full name of every object starting with ``prefix``, in name order."""
+        raise NotImplementedError
+
+    def _upload_file(self, handle: Any, source: Path, full: str) -> None:
+        """Upload ``source`` to object ``full`` through SDK ``handle`` (blocking: it
+        runs in a worker thread)."""
+        raise NotImplementedError

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from bdn.cli.common import (
+    Flag,
     FlagOrEnv,
     add_cache_flags,
+    add_flags,
     add_store_flags,
     read_token,
     run_daemon,
@@ -39,8 +41,6 @@ ENV_TWINS = {
     "chunk_cache_bytes": "BDN_CHUNK_CACHE_BYTES",
     "background_fill_rate": "BDN_BACKGROUND_FILL_RATE",
 }
-
-Flag = tuple[str, dict[str, Any]]
 
 _PEER_FLAGS: tuple[Flag, ...] = (
     ("--peers", {"metavar": "HOST:PORT,...",
@@ -105,13 +105,9 @@ def register(sub: Subparsers) -> None:
     )
     add_store_flags(p)
     add_cache_flags(p)
-    for flag, kwargs in _FLAGS_BEFORE_PEERS:
-        p.add_argument(flag, **kwargs)
-    peers = p.add_mutually_exclusive_group()
-    for flag, kwargs in _PEER_FLAGS:
-        peers.add_argument(flag, **kwargs)
-    for flag, kwargs in _FLAGS_AFTER_PEERS:
-        p.add_argument(flag, **kwargs)
+    add_flags(p, _FLAGS_BEFORE_PEERS)
+    add_flags(p.add_mutually_exclusive_group(), _PEER_FLAGS)
+    add_flags(p, _FLAGS_AFTER_PEERS)
     p.set_defaults(func=cmd_agent)
 
 

@@ -8,9 +8,9 @@ command runs, not when ``bdn --help`` prints.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bdn.errors import ConfigError
 
@@ -24,6 +24,17 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 C = TypeVar("C")
 D = TypeVar("D", bound=int | None)
+
+Flag = tuple[str | tuple[str, ...], dict[str, Any]]
+"""One row of a flag table: the flag's name (or names) and the keyword arguments
+of its ``add_argument``. Commands with many flags keep them as such tables, so
+the flags read as a list, next to their environment twins."""
+
+
+def add_flags(p: argparse._ActionsContainer, flags: Iterable[Flag]) -> None:
+    """Add every flag of a table to ``p`` (a parser, or a group of one)."""
+    for names, kwargs in flags:
+        p.add_argument(*((names,) if isinstance(names, str) else names), **kwargs)
 
 
 def add_store_flags(p: argparse.ArgumentParser) -> None:

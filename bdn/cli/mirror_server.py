@@ -12,9 +12,17 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from bdn.cli.common import FlagOrEnv, add_store_flags, read_token, run_daemon, settings
+from bdn.cli.common import (
+    Flag,
+    FlagOrEnv,
+    add_flags,
+    add_store_flags,
+    read_token,
+    run_daemon,
+    settings,
+)
 from bdn.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -34,7 +42,7 @@ ENV_TWINS = {
 }
 
 
-_FLAGS: tuple[tuple[str, dict[str, Any]], ...] = (
+_FLAGS: tuple[Flag, ...] = (
     ("--listen", {"metavar": "HOST:PORT",
                   "help": "address to serve on; port 0 picks a free one (env BDN_MIRROR_LISTEN; "
                   "default 127.0.0.1:7080)"}),
@@ -72,8 +80,7 @@ def register(sub: Subparsers) -> None:
         "persisted in --state-dir and resumed after a restart. SIGTERM drains and exits 0.",
     )
     add_store_flags(p)
-    for flag, kwargs in _FLAGS:
-        p.add_argument(flag, **kwargs)
+    add_flags(p, _FLAGS)
     p.set_defaults(func=cmd_mirror_server)
 
 

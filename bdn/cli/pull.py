@@ -15,7 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from bdn.cli.common import add_cache_flags, add_store_flags, settings, source_entry
+from bdn.cli.common import (
+    Flag,
+    add_cache_flags,
+    add_flags,
+    add_store_flags,
+    settings,
+    source_entry,
+)
 from bdn.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -49,7 +56,7 @@ def register(sub: Subparsers) -> None:
 
 
 # (flags, keyword arguments of add_argument) of `bdn pull` after the store and cache flags.
-_PULL_FLAGS: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = (
+_PULL_FLAGS: tuple[Flag, ...] = (
     (("--agent",), {"metavar": "ADDR",
                     "help": "node agent, unix:///path.sock or http://host:port (env BDN_AGENT)"}),
     (("--allow",), {"action": "append", "metavar": "PATTERN",
@@ -89,8 +96,7 @@ def _add_pull(sub: Subparsers) -> None:
     p.add_argument("--to", required=True, metavar="DIR", help="where the tree appears")
     add_store_flags(p)
     add_cache_flags(p)
-    for flags, kwargs in _PULL_FLAGS:
-        p.add_argument(*flags, **kwargs)
+    add_flags(p, _PULL_FLAGS)
     p.set_defaults(func=cmd_pull)
 
 

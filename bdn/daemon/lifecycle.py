@@ -6,10 +6,13 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
 log = logging.getLogger(__name__)
+
+Closer = Callable[[], Awaitable[None]]
+"""Closes one resource a daemon opened (a store, an HTTP client, a cache)."""
 
 
 class Service(Protocol):
@@ -64,3 +67,26 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[None]]) -> None:
     for task in pending:
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def start_or_stop(service: Service, start: Callable[[], Awaitable[None]]) -> None:
+    """Run ``start()``; if it fails, ``service.stop()`` closes what it had opened and the
+    failure is raised again, so a daemon that did not start holds nothing (no port,
+    no socket, no open client)."""
+    try:
+        await start()
+    except BaseException:
+        await service.stop()
+        raise
+
+
+async def close_all(closers: list[Closer], logger: logging.Logger) -> None:
+    """Run ``closers`` newest first (what was opened last may use what came before it),
+    then empty the list. One failing close is logged on ``logger`` and does not keep
+    the others from running: a leak there would outlive the daemon's stop."""
+    for close in reversed(closers):
+        try:
+            await close()
+        except Exception:  # One failing close must not leak the others.
+            logger.exception("closing failed")
+    closers.clear()

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -18,6 +19,8 @@ from bdn.http.policy import DEFAULT_HTTP_CONFIG, RETRY_METADATA, HttpConfig, Ret
 from bdn.http.status import FOREIGN_ERRORS, raise_for_status, raise_translated, redact_url
 
 __all__ = ["HttpClient"]
+
+_T = TypeVar("_T")
 
 
 class HttpClient:
@@ -91,19 +94,11 @@ class HttpClient:
         404) and :class:`TransferError` subclasses after ``policy`` is exhausted.
         """
 
-        async def once() -> bytes:
-            session = await self.session()
-            try:
-                async with session.get(url, headers=headers) as resp:
-                    raise_for_status(resp.status, url, resp.headers)
-                    return await resp.read()
-            except BdnError:
-                raise
-            except FOREIGN_ERRORS as err:
-                raise_translated(err, url, "GET")
-                raise  # pragma: no cover - raise_translated always raises
+        async def body(resp: aiohttp.ClientResponse) -> bytes:
+            raise_for_status(resp.status, url, resp.headers)
+            return await resp.read()
 
-        return await retrying(policy, once, describe=f"GET {redact_url(url)}")
+        return await self._retried("GET", url, body, policy, headers=headers)
 
     async def head(
         self,
@@ -117,18 +112,35 @@ class HttpClient:
         Other failures raise as :meth:`get_bytes` does.
         """
 
-        async def once() -> dict[str, str] | None:
+        async def answer(resp: aiohttp.ClientResponse) -> dict[str, str] | None:
+            if resp.status in (404, 410):
+                return None
+            raise_for_status(resp.status, url, resp.headers)
+            return {k.lower(): v for k, v in resp.headers.items()}
+
+        return await self._retried("HEAD", url, answer, policy, headers=headers,
+                                   allow_redirects=True)
+
+    async def _retried(
+        self,
+        method: str,
+        url: str,
+        answer: Callable[[aiohttp.ClientResponse], Awaitable[_T]],
+        policy: RetryPolicy,
+        **options: Any,
+    ) -> _T:
+        """``answer(resp)`` to one ``method url`` request, retried by ``policy``; aiohttp's
+        and the OS's errors become :mod:`bdn.errors` types, so the policy sees ours."""
+
+        async def once() -> _T:
             session = await self.session()
             try:
-                async with session.head(url, headers=headers, allow_redirects=True) as resp:
-                    if resp.status in (404, 410):
-                        return None
-                    raise_for_status(resp.status, url, resp.headers)
-                    return {k.lower(): v for k, v in resp.headers.items()}
+                async with session.request(method, url, **options) as resp:
+                    return await answer(resp)
             except BdnError:
                 raise
             except FOREIGN_ERRORS as err:
-                raise_translated(err, url, "HEAD")
+                raise_translated(err, url, method)
                 raise  # pragma: no cover - raise_translated always raises
 
-        return await retrying(policy, once, describe=f"HEAD {redact_url(url)}")
+        return await retrying(policy, once, describe=f"{method} {redact_url(url)}")

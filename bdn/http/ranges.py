@@ -151,13 +151,9 @@ class HttpRangeReader:
         raise_for_status(resp.status, self.url, resp.headers)
         encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
-            raise HTTPStatusError(
-                f"{safe}: server sent Content-Encoding {encoding!r} despite "
-                "'Accept-Encoding: identity'; ranges would not match the object's bytes",
-                url=safe,
-                status=resp.status,
-                request_id=request_id(resp.headers),
-            )
+            raise _unusable(resp, safe, f"server sent Content-Encoding {encoding!r} despite "
+                            "'Accept-Encoding: identity'; ranges would not match the "
+                            "object's bytes")
         length = resp.content_length
         if resp.status == 206:
             first, stop, total = parse_content_range(resp.headers.get("Content-Range"))
@@ -185,10 +181,12 @@ class HttpRangeReader:
                 # A partial request answered in full: this server ignores Range.
                 self.supports_ranges = False
             return start
-        raise HTTPStatusError(
-            f"{safe}: HTTP {resp.status} {status_reason(resp.status)}; expected 206 or 200 to "
-            "a range request",
-            url=safe,
-            status=resp.status,
-            request_id=request_id(resp.headers),
-        )
+        raise _unusable(resp, safe, f"HTTP {resp.status} {status_reason(resp.status)}; "
+                        "expected 206 or 200 to a range request")
+
+
+def _unusable(resp: aiohttp.ClientResponse, safe: str, why: str) -> HTTPStatusError:
+    """An answer to a range request that cannot be read as one, for redacted URL
+    ``safe``: carries the status and the server's request id, for the operator."""
+    return HTTPStatusError(f"{safe}: {why}", url=safe, status=resp.status,
+                           request_id=request_id(resp.headers))

@@ -18,8 +18,9 @@ from bdn.peer import ChunkRef, PeerClient, TierConfig
 from bdn.pull import PullOptions, pull_manifest
 from bdn.ring import Ring
 from bdn.transfer import TransferConfig
+from tests.e2e.agents import publish_store
 from tests.httpserver import FaultPlan, FaultServer
-from tests.test_pull import CHUNK, MODEL, assert_tree, mirror_model, serve_store
+from tests.test_pull import CHUNK, MODEL, assert_tree, mirror_model
 
 FAST = RetryPolicy(max_attempts=3, base_delay=0.01)
 
@@ -36,7 +37,7 @@ async def test_concurrent_asks_for_one_chunk_fetch_it_from_origin_once(
     tmp_path: Path, fault_server: FaultServer
 ) -> None:
     store_root, manifest = await mirror_model(tmp_path)
-    base = serve_store(fault_server, store_root)
+    base = publish_store(fault_server, store_root)
     fault_server.faults = FaultPlan(bytes_per_second=2 * 1024 * 1024)
     big = _big(manifest)
     origin = open_store(base)
@@ -58,7 +59,7 @@ async def test_corrupt_origin_bytes_are_never_kept(
     tmp_path: Path, fault_server: FaultServer
 ) -> None:
     store_root, manifest = await mirror_model(tmp_path)
-    base = serve_store(fault_server, store_root)
+    base = publish_store(fault_server, store_root)
     big = _big(manifest)
     fault_server.faults = FaultPlan(flip_offset=CHUNK + 3, flip_count=100)
     origin = open_store(base)
@@ -82,7 +83,7 @@ async def test_pull_completes_when_every_owner_is_down(
     tmp_path: Path, fault_server: FaultServer
 ) -> None:
     store_root, manifest = await mirror_model(tmp_path)
-    base = serve_store(fault_server, store_root)
+    base = publish_store(fault_server, store_root)
     http = HttpClient()
     ring = Ring([_dead_address(), _dead_address(), "self:1"])
     origin = open_store(base)

@@ -17,6 +17,7 @@ from bdn.backends.s3.source import S3Source
 from bdn.config.weights import AuthConfig
 from bdn.errors import AuthError, ConfigError
 from bdn.http import HttpClient
+from tests.backends.helpers import read_source
 from tests.conftest import MotoS3
 from tests.gcsemulator import FakeGoogle
 
@@ -107,8 +108,7 @@ async def test_gcp_oidc_exchanges_the_token_and_impersonates(fake_google: FakeGo
     src = GcsSource("bkt", "m", credentials=creds, api_endpoint=fake_google.url, http=http)
     try:
         (obj,) = await src.list()
-        reader = src.reader(obj)
-        assert b"".join([bytes(p) async for p in reader.open_range(0, obj.size)]) == b"weights!"
+        assert await read_source(src, obj) == b"weights!"
     finally:
         await src.close()
         await http.close()

@@ -11,11 +11,14 @@ import hashlib
 import http.client
 import json
 import zlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bdn.digest import xxh3_128_hex
+from bdn.errors import ConfigError
 from bench import build_parser, main, register
 from bench.harness import (
     BenchAbort,
@@ -25,10 +28,16 @@ from bench.harness import (
     verify_file,
     write_ceiling,
 )
-from bench.nginx import Nginx, nginx_config
+from bench.herd import run_herd_bench
+from bench.herd_report import HerdBenchOptions
+from bench.mirror import MirrorBenchOptions, run_mirror_bench
+from bench.mirror_server import MirrorServerBenchOptions, run_mirror_server_bench
+from bench.nginx import Nginx, answers_http, nginx_config
+from bench.pull import PullBenchOptions, run_pull_bench
 from bench.report import (
     Aim,
     BenchReport,
+    Report,
     Result,
     Section,
     aim_text,
@@ -39,6 +48,7 @@ from bench.report import (
     ratio,
 )
 from bench.tools import MachineFacts, ensure_tools, missing_tools
+from bench.transfer import TransferBenchOptions, run_transfer_bench
 from tests.bench.support import need, parse_bench, quiet_console
 
 FACTS = MachineFacts(
@@ -216,17 +226,6 @@ def test_nginx_config_keeps_everything_in_the_workdir(tmp_path: Path) -> None:
     assert conf.count("{") == conf.count("}")
 
 
-def _answers(port: int) -> bool:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-    try:
-        conn.request("HEAD", "/")
-        conn.getresponse()
-        return True
-    except OSError:
-        return False
-    finally:
-        conn.close()
-
 
 def test_nginx_serves_and_is_stopped_even_on_error(tmp_path: Path) -> None:
     need("nginx")
@@ -241,10 +240,29 @@ def test_nginx_serves_and_is_stopped_even_on_error(tmp_path: Path) -> None:
         assert (response.status, response.read()) == (206, b"there")
         conn.close()
         raise RuntimeError("bench blew up")
-    assert not _answers(port)
+    assert not answers_http(port)
 
 
 # -- CLI wiring and smoke runs ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("run", "options"),
+    [
+        (run_transfer_bench, TransferBenchOptions),
+        (run_mirror_bench, MirrorBenchOptions),
+        (run_pull_bench, PullBenchOptions),
+        (run_herd_bench, HerdBenchOptions),
+        (run_mirror_server_bench, MirrorServerBenchOptions),
+    ],
+    ids=["transfer", "mirror", "pull", "herd", "mirror-server"],
+)
+def test_bad_options_fail_before_any_work(
+    tmp_path: Path, run: Callable[..., Report], options: Callable[..., Any]
+) -> None:
+    with pytest.raises(ConfigError, match="--repeat"):
+        run(options(repeat=0, workdir=tmp_path), console=quiet_console())
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_register_adds_bench_transfer_and_mirror() -> None:
@@ -276,8 +294,6 @@ def test_main_parses_bdn_bench_on_its_own_with_the_same_flags() -> None:
 
 def test_transfer_bench_smoke(tmp_path: Path) -> None:
     need("nginx", "curl")
-    from bench.transfer import TransferBenchOptions, run_transfer_bench
-
     options = TransferBenchOptions(
         size=8 * MiB, shards=2, shard_size=4 * MiB, repeat=1, workdir=tmp_path, ceiling_threads=2
     )
@@ -299,8 +315,6 @@ def test_transfer_bench_smoke(tmp_path: Path) -> None:
 
 def test_unavailable_reference_is_shown_not_skipped(tmp_path: Path) -> None:
     need("nginx", "curl")
-    from bench.transfer import TransferBenchOptions, run_transfer_bench
-
     options = TransferBenchOptions(
         size=1 * MiB, shards=1, shard_size=1 * MiB, repeat=1, workdir=tmp_path
     )
@@ -320,8 +334,6 @@ def test_unavailable_reference_is_shown_not_skipped(tmp_path: Path) -> None:
 
 
 def test_mirror_bench_smoke(tmp_path: Path) -> None:
-    from bench.mirror import MirrorBenchOptions, run_mirror_bench
-
     report = run_mirror_bench(
         MirrorBenchOptions(shards=2, shard_size=3 * MiB, repeat=1, workdir=tmp_path),
         console=quiet_console(),

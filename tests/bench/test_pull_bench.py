@@ -58,12 +58,6 @@ def test_check_rejects_values_below_one(field: str, flag: str) -> None:
         options.check()
 
 
-def test_bad_options_fail_before_any_work(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="--repeat"):
-        run_pull_bench(PullBenchOptions(repeat=0, workdir=tmp_path), console=quiet_console())
-    assert list(tmp_path.iterdir()) == []
-
-
 # -- CLI wiring --------------------------------------------------------------------
 
 

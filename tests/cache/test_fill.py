@@ -4,8 +4,6 @@ unflushed blobs of an earlier boot are verified again before they are trusted.""
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -15,13 +13,6 @@ from tests.cache import CHUNK, chunks_of, entry_of, write_blob
 
 DATA = bytes(range(256)) * 2  # 512 bytes: 32 chunks of 16
 ENTRY = entry_of(DATA)
-
-
-@pytest.fixture
-def cache(tmp_path: Path) -> Iterator[NodeCache]:
-    c = NodeCache(tmp_path / "cache")
-    yield c
-    c.close()
 
 
 def writing(data: bytes) -> FetchInto:

@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from bdn.cache import NodeCache
 from bdn.digest import Digest
 from tests.cache import CHUNK, chunks_of, fill, put_blob
-
-
-@pytest.fixture
-def cache(tmp_path: Path) -> Iterator[NodeCache]:
-    c = NodeCache(tmp_path / "cache")
-    yield c
-    c.close()
 
 
 def flip_a_byte(path: Path) -> None:

@@ -29,13 +29,6 @@ FILES = {
 }
 
 
-@pytest.fixture
-def cache(tmp_path: Path) -> Iterator[NodeCache]:
-    c = NodeCache(tmp_path / "cache")
-    yield c
-    c.close()
-
-
 def mode(path: Path) -> int:
     return stat.S_IMODE(os.lstat(path).st_mode)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,13 +14,6 @@ from bdn.digest import Digest
 from tests.cache import CHUNK, chunks_of
 
 DATA = bytes(range(256)) * 3  # 768 bytes: 48 chunks of 16
-
-
-@pytest.fixture
-def cache(tmp_path: Path) -> Iterator[NodeCache]:
-    c = NodeCache(tmp_path / "cache")
-    yield c
-    c.close()
 
 
 def open_(cache: NodeCache, data: bytes = DATA, chunk_size: int = CHUNK) -> Partial:

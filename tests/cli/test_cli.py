@@ -92,32 +92,14 @@ def test_mirror_s3_source_with_auth_secret_into_s3_store(tmp_path: Path, moto_s3
         )
     )
     env = {**moto_s3.env(), "BDN_SECRETS_DIR": str(secrets)}
-    res = run_bdn(
-        "mirror",
-        f"s3://{src}/models/llama",
-        "--auth-secret",
-        "aws_credentials",
-        "--store",
-        f"s3://{dst}/bdn",
-        "--json",
-        home=tmp_path,
-        env=env,
-    )
+    argv = ("mirror", f"s3://{src}/models/llama", "--auth-secret", "aws_credentials",
+            "--store", f"s3://{dst}/bdn", "--json")
+    res = run_bdn(*argv, home=tmp_path, env=env)
     assert res.code == 0, res.stderr
     summary = json.loads(res.stdout)
     assert summary["files"] == 4
     assert summary["bytes_transferred"] == summary["total_bytes"]
-    again = run_bdn(
-        "mirror",
-        f"s3://{src}/models/llama",
-        "--auth-secret",
-        "aws_credentials",
-        "--store",
-        f"s3://{dst}/bdn",
-        "--json",
-        home=tmp_path,
-        env=env,
-    )
+    again = run_bdn(*argv, home=tmp_path, env=env)
     assert json.loads(again.stdout)["bytes_transferred"] == 0
 
 

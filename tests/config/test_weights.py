@@ -9,6 +9,7 @@ from __future__ import annotations
 import doctest
 import hashlib
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -634,21 +635,19 @@ def test_config_hash_independent_of_yaml_key_order(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------- load_config
 
 
-_TRUSS_YAML = """\
-model_name: qwen
-resources:
-  accelerator: H100
-secrets:
-  hf_access_token: null
-weights:
-  - source: "hf://Qwen/Qwen3-8B@main"
-    mount_location: "/models/qwen"
-    auth: {auth_method: CUSTOM_SECRET, auth_secret_name: hf_access_token}
-    allow_patterns: ["*.safetensors", "config.json"]
-    ignore_patterns: ["*.md"]
-  - source: s3://my-bucket/adapters/
-    mount_location: /models/adapter
-"""
+def _documented_weights() -> str:
+    """The ``weights:`` example in :mod:`bdn.config.weights`' docstring, so the test
+    below also proves that the documented config loads."""
+    doc = bdn.config.weights.__doc__ or ""
+    example = doc.split("::\n\n", 1)[1].split("\n\n", 1)[0]
+    return textwrap.dedent(example) + "\n"
+
+
+_TRUSS_YAML = (
+    "model_name: qwen\nresources:\n  accelerator: H100\nsecrets:\n  hf_access_token: null\n"
+    + _documented_weights()
+    + "  - source: s3://my-bucket/adapters/\n    mount_location: /models/adapter\n"
+)
 
 
 def test_load_config_from_file_ignores_other_keys(tmp_path: Path) -> None:

@@ -337,20 +337,27 @@ def _agent() -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     return spec, agent, args
 
 
-def test_agent_args_are_flags_bdn_agent_accepts_and_form_a_valid_config(
-    tmp_path: Path,
-) -> None:
-    from bdn.cli.agent import agent_config
-
-    _, agent, raw = _agent()
-    env = container_env(agent)
-    args = [expand(a, env) for a in raw]
+def _daemon_args(daemon: dict[str, Any], tmp_path: Path) -> argparse.Namespace:
+    """A daemon container's args parsed by ``bdn``'s parser, its env as the environment;
+    the mounted token file is replaced by a test one (the Secret is not here)."""
+    env = container_env(daemon)
+    args = [expand(a, env) for a in daemon["args"]]
     token = tmp_path / "token"
     token.write_text("t" * 64)
     token_path = flag(args, "--token-file")
     ns = parse_cli([a if a != token_path else str(token) for a in args])
     ns.environ = env
-    config = agent_config(ns)  # Raises ConfigError on any value the agent would refuse.
+    return ns
+
+
+def test_agent_args_are_flags_bdn_agent_accepts_and_form_a_valid_config(
+    tmp_path: Path,
+) -> None:
+    from bdn.cli.agent import agent_config
+
+    _, agent, _ = _agent()
+    # Raises ConfigError on any value the agent would refuse.
+    config = agent_config(_daemon_args(agent, tmp_path))
     assert config.listen == ("0.0.0.0", 7070)
     assert config.advertise == "10.1.2.3:7070", "--advertise is the pod IP (downward API)"
     assert config.settings.store_uri == objects("ConfigMap")["bdn-config"]["data"]["BDN_STORE"]
@@ -448,14 +455,8 @@ def test_mirror_server_args_are_flags_it_accepts_and_form_a_valid_config(
 
     spec = pod_spec(one("Deployment", "bdn-mirror"))
     mirror = container(spec, "mirror")
-    env = container_env(mirror)
-    args = [expand(a, env) for a in mirror["args"]]
-    token = tmp_path / "token"
-    token.write_text("t" * 64)
-    token_path = flag(args, "--token-file")
-    ns = parse_cli([a if a != token_path else str(token) for a in args])
-    ns.environ = env
-    config = server_config(ns)  # Raises ConfigError on any value the server would refuse.
+    # Raises ConfigError on any value the server would refuse.
+    config = server_config(_daemon_args(mirror, tmp_path))
     assert config.listen == ("0.0.0.0", 7080)
     assert config.settings.store_uri == objects("ConfigMap")["bdn-config"]["data"]["BDN_STORE"]
     # Running jobs get --drain-timeout, then the server closes within 5 s.

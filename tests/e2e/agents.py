@@ -24,10 +24,10 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client.parser import text_string_to_metric_families
 
 from bdn import fleet
 from bdn.backends import open_store
+from bdn.backends.base import BlobStore
 from bdn.config.secrets import SecretResolver
 from bdn.config.weights import WeightsEntry
 from bdn.fleet import AgentSpec, FleetAgent, stop_agents
@@ -36,6 +36,8 @@ from bdn.fleet import short_dir as short_dir
 from bdn.manifest import Manifest
 from bdn.mirror import MirrorOptions, run_mirror
 from bdn.store import Store
+from bench.mirror_server_process import parse_metrics as parse_metrics  # the tests use it too
+from tests.e2e.threaded_app import ThreadedApp
 from tests.fixtures import bdn_env, make_model
 from tests.httpserver import FaultServer
 
@@ -51,7 +53,12 @@ async def mirrored_model(
     """Mirror ``files`` into ``root/store``; returns (source dir, store root, manifest)."""
     src = make_model(root / "src", files)
     store_root = root / "store"
-    store = open_store(f"file://{store_root}")
+    manifest = await mirror_into(open_store(f"file://{store_root}"), src, chunk_size)
+    return src, store_root, manifest
+
+
+async def mirror_into(store: BlobStore, src: Path, chunk_size: int) -> Manifest:
+    """Mirror the model directory ``src`` into ``store``, close it, return the manifest."""
     try:
         res = await run_mirror(
             WeightsEntry(source=f"file://{src}"),
@@ -59,10 +66,9 @@ async def mirrored_model(
             secrets=SecretResolver(None, {}),
             options=MirrorOptions(chunk_size=chunk_size),
         )
-        manifest = await Store(store).get_manifest(res.manifest_id)
+        return await Store(store).get_manifest(res.manifest_id)
     finally:
         await store.close()
-    return src, store_root, manifest
 
 
 def publish_store(server: FaultServer, store_root: Path) -> str:
@@ -145,16 +151,6 @@ class AgentProcess(FleetAgent):
         return parse_metrics(text)
 
 
-def parse_metrics(text: str) -> dict[str, float]:
-    """Prometheus text into ``{'name{a="b"}': value}`` (labels sorted), via the client parser."""
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return out
-
-
 def start_agent(
     base: Path,
     name: str,
@@ -228,7 +224,7 @@ async def http_json(address: str, method: str, path: str, body: Any = None,
 
 
 @dataclass
-class CorruptingProxy:
+class CorruptingProxy(ThreadedApp):
     """Relays HTTP to ``127.0.0.1:upstream_port``; flips byte 0 of every chunk body.
 
     Runs its own event loop in a thread, like :class:`FaultServer`. ``flipped``
@@ -242,27 +238,10 @@ class CorruptingProxy:
     _runner: web.AppRunner | None = None
     _thread: threading.Thread | None = None
 
-    def __enter__(self) -> CorruptingProxy:
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
-        self._loop.close()
-
-    async def _start(self) -> None:
+    def _app(self) -> web.Application:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._relay)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        await site.start()
+        return app
 
     async def _relay(self, request: web.Request) -> web.Response:
         url = f"http://127.0.0.1:{self.upstream_port}{request.path_qs}"

@@ -9,10 +9,11 @@ store over HTTP, so "origin bytes" are what that server actually sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -98,6 +99,36 @@ def start_ring(base: Path, ports: Sequence[int], origin: str,
             for i, p in enumerate(ports)]
 
 
+class Herd(NamedTuple):
+    """What :func:`cold_herd` started: the agents and what a test needs to add one."""
+
+    base: Path
+    origin: str
+    manifest: Manifest
+    peers: list[str]
+    spare_ports: list[int]
+    agents: list[AgentProcess]
+
+
+@contextlib.asynccontextmanager
+async def cold_herd(
+    tmp_path: Path, server: FaultServer, *, spare_ports: int = 0
+) -> AsyncIterator[Herd]:
+    """Four agents in one ring over :data:`MODEL` served from ``server``, each seeing
+    all four members, with the origin's counters at zero; killed on the way out.
+
+    ``spare_ports`` more ports are in every agent's peer list but not running yet
+    (probes leave them out), for an agent that joins later.
+    """
+    origin, manifest = await published_model(tmp_path, server)
+    ports = free_ports(4 + spare_ports)
+    peers = [addr(p) for p in ports]
+    with short_dir() as base, running(start_ring(base, ports[:4], origin, peers)) as agents:
+        await wait_ready(agents, members=4)
+        server.reset_stats()
+        yield Herd(base, origin, manifest, peers, ports[4:], agents)
+
+
 def assert_all_pulled(agents: Sequence[AgentProcess],
                       results: Sequence[dict[str, Any] | BaseException], mounts: Path) -> None:
     """Every pull succeeded and its tree is :data:`MODEL`, bit for bit."""
@@ -110,12 +141,8 @@ def assert_all_pulled(agents: Sequence[AgentProcess],
 async def test_four_cold_agents_fetch_the_model_from_origin_about_once(
     tmp_path: Path, fault_server: FaultServer
 ) -> None:
-    origin, manifest = await published_model(tmp_path, fault_server)
-    ports = free_ports(4)
-    peers = [addr(p) for p in ports]
-    with short_dir() as base, running(start_ring(base, ports, origin, peers)) as agents:
-        await wait_ready(agents, members=4)
-        fault_server.reset_stats()
+    async with cold_herd(tmp_path, fault_server) as herd:
+        agents, manifest = herd.agents, herd.manifest
         results = await pull_all(agents, manifest, tmp_path / "models")
         assert_all_pulled(agents, results, tmp_path / "models")
         # Counted at the origin: every byte it sent, manifests included.
@@ -141,12 +168,8 @@ async def test_four_cold_agents_fetch_the_model_from_origin_about_once(
 async def test_an_owner_killed_mid_burst_does_not_stop_the_others(
     tmp_path: Path, fault_server: FaultServer
 ) -> None:
-    origin, manifest = await published_model(tmp_path, fault_server)
-    ports = free_ports(4)
-    peers = [addr(p) for p in ports]
-    with short_dir() as base, running(start_ring(base, ports, origin, peers)) as agents:
-        await wait_ready(agents, members=4)
-        fault_server.reset_stats()
+    async with cold_herd(tmp_path, fault_server) as herd:
+        agents, manifest = herd.agents, herd.manifest
         # About a second per chunk from origin: the burst lasts long enough to cut into.
         fault_server.faults = FaultPlan(bytes_per_second=256 * 1024)
         burst = asyncio.ensure_future(pull_all(agents, manifest, tmp_path / "models"))
@@ -164,17 +187,15 @@ async def test_an_owner_killed_mid_burst_does_not_stop_the_others(
 async def test_a_membership_change_in_the_middle_of_a_pull(
     tmp_path: Path, fault_server: FaultServer
 ) -> None:
-    origin, manifest = await published_model(tmp_path, fault_server)
-    ports = free_ports(5)
-    peers = [addr(p) for p in ports]  # The fifth is not running yet: probes leave it out.
-    with short_dir() as base, running(start_ring(base, ports[:4], origin, peers)) as agents:
-        await wait_ready(agents, members=4)
-        fault_server.reset_stats()
+    # A fifth agent is in every peer list but not running yet: probes leave it out.
+    async with cold_herd(tmp_path, fault_server, spare_ports=1) as herd:
+        agents, manifest = herd.agents, herd.manifest
         fault_server.faults = FaultPlan(bytes_per_second=256 * 1024)
         burst = asyncio.ensure_future(pull_all(agents, manifest, tmp_path / "models"))
         await wait_for_origin(fault_server, unique_size(manifest) // 5)
         # One joins and one leaves (gracefully) while the pulls run.
-        joining = start_agent(base, "n4", ports[4], store=origin, peers=peers)
+        joining = start_agent(herd.base, "n4", herd.spare_ports[0], store=herd.origin,
+                              peers=herd.peers)
         agents.append(joining)
         leaving = agents[3]
         leaving.signal(signal.SIGTERM)

@@ -25,6 +25,7 @@ from bdn.backends import open_store
 from bdn.store import Store
 from bench.mirror_server import MirrorServerProcess, start_mirror_server
 from tests.conftest import MotoS3
+from tests.e2e.threaded_app import ThreadedApp
 from tests.fixtures import bdn_env, pattern_bytes
 
 TOKEN = "e2e-mirror-token-7d2c91"
@@ -37,7 +38,7 @@ _HOP_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connec
 
 
 @dataclass
-class ThrottledRelay:
+class ThrottledRelay(ThreadedApp):
     """Relays HTTP to moto; object GET bodies under ``slow_prefix`` go at ``rate`` bytes/s.
 
     Runs its own event loop in a thread. ``body_bytes`` counts object bytes relayed
@@ -62,28 +63,10 @@ class ThrottledRelay:
         with self._lock:
             return sum(n for k, n in self.body_bytes.items() if k.startswith(prefix))
 
-    def __enter__(self) -> ThrottledRelay:
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
-        self._loop.close()
-
-    async def _start(self) -> None:
+    def _app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024**2)
         app.router.add_route("*", "/{tail:.*}", self._relay)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        return app
 
     async def _relay(self, request: web.Request) -> web.StreamResponse:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}

@@ -32,18 +32,10 @@ from google.cloud import storage
 from google.cloud.storage import exceptions as gcs_exceptions
 from google.cloud.storage.retry import DEFAULT_RETRY
 
+from bdn.backends.bucket import bucket_not_found, failure_type, object_not_found
 from bdn.backends.gcs.creds import SCOPE_READ_ONLY
 from bdn.backends.gcs.reader import GcsReader
-from bdn.backends.keys import blob_digest
-from bdn.errors import (
-    AuthError,
-    BdnError,
-    BlobNotFound,
-    NotFound,
-    SourceError,
-    SourceNotFound,
-    StoreError,
-)
+from bdn.errors import AuthError, BdnError
 from bdn.http import HttpClient, redact_url
 
 __all__ = [
@@ -127,11 +119,9 @@ def _not_found(bucket: str, key: str | None, server: str, for_source: bool,
     if missing == "bucket":
         message = (f"bucket {bucket!r} does not exist at {server}; check the bucket name "
                    "(and STORAGE_EMULATOR_HOST if an emulator is meant)")
-        return SourceNotFound(message) if for_source else NotFound(message)
+        return bucket_not_found(message, for_source=for_source)
     where = f"gs://{bucket}/{key}" if key else f"gs://{bucket}"
-    if for_source:
-        return SourceNotFound(f"{where} does not exist")
-    return BlobNotFound(f"{where} does not exist", digest=blob_digest(key) if key else None)
+    return object_not_found(where, key, for_source=for_source)
 
 
 # Without a 404, 410, 401 or 403 the exception's type tells what failed, first
@@ -191,7 +181,7 @@ def map_gcs_error(
             f"(e.g. roles/storage.{'objectViewer' if for_source else 'objectUser'})",
             url=where, status=status,
         )
-    failure = SourceError if for_source else StoreError
+    failure = failure_type(for_source)
     for kind, is_auth, template in _BY_TYPE:
         if isinstance(err, kind):
             message = template.format(action=action, server=server, error=type(err).__name__,

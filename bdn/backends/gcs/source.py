@@ -9,12 +9,14 @@ generation, through the transfer engine's aiohttp path (:mod:`bdn.backends.gcs.c
 from __future__ import annotations
 
 import base64
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from google.auth.credentials import Credentials
 
 from bdn.backends.base import RangeReader, SourceObject
-from bdn.backends.bucket import BucketClient
+from bdn.backends.bucket import BucketSource
 from bdn.backends.gcs.client import DEFAULT_GCS_CLIENT_CONFIG, GcsBucket, GcsClientConfig
 from bdn.backends.gcs.creds import SCOPE_READ_ONLY, gcs_source_credentials
 from bdn.config.secrets import SecretResolver
@@ -25,7 +27,7 @@ from bdn.http import HttpClient, redact_url
 __all__ = ["GcsSource", "gcs_source_from_entry"]
 
 
-class GcsSource(BucketClient):
+class GcsSource(BucketSource):
     """Every object under ``gs://bucket/prefix/``, listed with its generation.
 
     The prefix is a folder: ``gs://b/models/llama`` lists ``models/llama/...``
@@ -78,45 +80,31 @@ class GcsSource(BucketClient):
         # (generation, crc32c) per listed path, so a reader can check a whole read.
         self._crc32c: dict[str, tuple[str, str]] = {}
 
-    async def resolve(self) -> str | None:
-        """GCS has no revision for a prefix; generations pin each object. Returns ``None``."""
-        return None
-
-    async def list(self) -> list[SourceObject]:
-        """List the prefix (paginated), sorted by path; ``[]`` when it is empty.
-
-        Raises:
-            SourceNotFound: the bucket does not exist.
-            AuthError: the credentials are refused or lack access.
-            SourceError: a name is not a valid manifest path, or GCS failed.
-        """
-        bucket = self._bucket.bucket
-        where = redact_url(self._bucket.endpoint)
-        objects: list[SourceObject] = []
+    async def _listing(self) -> AsyncIterator[tuple[str, Any]]:
         async for blob in self._bucket.list_blobs(
             self._base, action=f"list {self.uri}",
             fields="items(name,size,md5Hash,crc32c,generation),nextPageToken",
         ):
-            name = str(blob.name)
-            path = self._source_path(name)
-            if path is None:
-                continue
-            size = int(blob.size or 0)
-            generation = str(blob.generation)
-            md5 = _hex(blob.md5_hash)
-            if blob.crc32c:
-                self._crc32c[path] = (generation, str(blob.crc32c))
-            objects.append(SourceObject(
-                path=path, size=size, etag=generation,
-                # The endpoint belongs in the identity: the same bucket/name on
-                # an emulator and on GCS are two objects.
-                identity=f"gcs:{where}:{bucket}/{name}#{generation}",
-                # Same MD5 and size in the same bucket: the same content (only
-                # the bucket's writers can put it there). Never across buckets.
-                content_id=f"gcs-md5:{where}:{bucket}:{md5}:{size}" if md5 else None,
-            ))
-        objects.sort(key=lambda obj: obj.path)
-        return objects
+            yield str(blob.name), blob
+
+    def _object(self, path: str, name: str, entry: Any) -> SourceObject:
+        """Pinned by generation (see the class); remembers the CRC32C for :meth:`reader`."""
+        bucket = self._bucket.bucket
+        where = redact_url(self._bucket.endpoint)
+        size = int(entry.size or 0)
+        generation = str(entry.generation)
+        md5 = _hex(entry.md5_hash)
+        if entry.crc32c:
+            self._crc32c[path] = (generation, str(entry.crc32c))
+        return SourceObject(
+            path=path, size=size, etag=generation,
+            # The endpoint belongs in the identity: the same bucket/name on
+            # an emulator and on GCS are two objects.
+            identity=f"gcs:{where}:{bucket}/{name}#{generation}",
+            # Same MD5 and size in the same bucket: the same content (only
+            # the bucket's writers can put it there). Never across buckets.
+            content_id=f"gcs-md5:{where}:{bucket}:{md5}:{size}" if md5 else None,
+        )
 
     def reader(self, obj: SourceObject) -> RangeReader:
         """Ranged GETs of ``obj``'s media URL, pinned to its generation (``obj.etag``)."""

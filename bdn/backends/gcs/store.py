@@ -17,11 +17,10 @@ from typing import Any
 from google.auth.credentials import Credentials
 
 from bdn.backends.base import RangeReader
-from bdn.backends.bucket import BucketStore, bucket_and_prefix
+from bdn.backends.bucket import BucketStore, bucket_and_prefix, object_not_found
 from bdn.backends.gcs.client import DEFAULT_GCS_CLIENT_CONFIG, GcsBucket, GcsClientConfig
 from bdn.backends.gcs.creds import SCOPE_READ_WRITE
-from bdn.backends.keys import blob_digest, check_prefix
-from bdn.errors import BlobNotFound
+from bdn.errors import BdnError, BlobNotFound
 from bdn.http import HttpClient
 
 __all__ = ["GcsStore", "open_gcs_store"]
@@ -99,15 +98,11 @@ class GcsStore(BucketStore):
 
         return await self._bucket.run(fetch, action=f"read gs://{self.bucket}/{full}", key=full)
 
-    async def list(self, prefix: str) -> AsyncIterator[str]:
-        """Yield every key (relative to the store prefix) starting with ``prefix``,
-        in name order."""
-        check_prefix(prefix, store=self.uri)
-        base = f"{self.prefix}/" if self.prefix else ""
+    async def _names(self, prefix: str) -> AsyncIterator[str]:
         async for blob in self._bucket.list_blobs(
-            base + prefix, action=f"list {self.uri}", fields="items(name),nextPageToken"
+            prefix, action=f"list {self.uri}", fields="items(name),nextPageToken"
         ):
-            yield str(blob.name)[len(base) :]
+            yield str(blob.name)
 
     def reader(self, key: str, size: int) -> RangeReader:
         """Range reader over aiohttp on the object's media URL (bearer token per range)."""
@@ -128,27 +123,16 @@ class GcsStore(BucketStore):
             key=full,
         )
 
-    async def put_file(self, key: str, path: Path, *, move: bool = False) -> None:
-        """Upload a local file: one request up to 8 MiB (the SDK's threshold), a
-        resumable upload in ``upload_chunk_size`` chunks beyond (a failed chunk
-        is resent, not the file). The object appears only when the upload
-        completes. ``move=True`` removes ``path`` after a successful upload."""
-        full = self._full(key)
-        source = Path(path)
-
-        def upload(b: Any) -> None:
-            blob = b.blob(full, chunk_size=self._config.upload_chunk_size)
-            blob.upload_from_filename(
-                str(source),
-                content_type="application/octet-stream",
-                retry=self._bucket.retry,
-                timeout=self._config.timeout_s,
-            )
-            if move:
-                source.unlink(missing_ok=True)
-
-        await self._upload(source, full,
-                           lambda action: self._bucket.run(upload, action=action, key=full))
+    def _upload_file(self, handle: Any, source: Path, full: str) -> None:
+        """One request up to 8 MiB (the SDK's threshold), a resumable upload in
+        ``upload_chunk_size`` chunks beyond (a failed chunk is resent, not the file)."""
+        blob = handle.blob(full, chunk_size=self._config.upload_chunk_size)
+        blob.upload_from_filename(
+            str(source),
+            content_type="application/octet-stream",
+            retry=self._bucket.retry,
+            timeout=self._config.timeout_s,
+        )
 
     async def delete(self, key: str) -> None:
         """Remove ``key``; a missing key is not an error."""
@@ -163,8 +147,8 @@ class GcsStore(BucketStore):
             )
 
     # -- helpers -------------------------------------------------------------
-    def _missing(self, full: str) -> BlobNotFound:
-        return BlobNotFound(f"gs://{self.bucket}/{full} does not exist", digest=blob_digest(full))
+    def _missing(self, full: str) -> BdnError:
+        return object_not_found(f"gs://{self.bucket}/{full}", full, for_source=False)
 
 
 def open_gcs_store(uri: str, *, credentials: Credentials | None, emulator_host: str | None,

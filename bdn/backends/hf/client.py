@@ -341,24 +341,22 @@ def _denied(hub: HubClient, a: _Answer) -> BdnError:
 
 
 def _throttled_or_failing(hub: HubClient, a: _Answer) -> BdnError:
-    return RetryableHTTPError(
-        f"{redact_url(hub.endpoint)}: HTTP {a.status} for {hub.repo_id}; the Hub is "
-        f"throttling or failing{a.suffix}",
-        url=redact_url(hub.endpoint),
-        status=a.status,
-        retry_after=a.retry_after,
-        request_id=a.request_id,
-    )
+    return _status_error(RetryableHTTPError, hub, a, "; the Hub is throttling or failing",
+                         retry_after=a.retry_after)
 
 
 def _unexpected(hub: HubClient, a: _Answer) -> BdnError:
-    return HTTPStatusError(
-        f"{redact_url(hub.endpoint)}: HTTP {a.status} for {hub.repo_id}"
-        f"{': ' + a.message if a.message else ''}; unexpected answer from the Hub{a.suffix}",
-        url=redact_url(hub.endpoint),
-        status=a.status,
-        request_id=a.request_id,
-    )
+    detail = f": {a.message}" if a.message else ""
+    return _status_error(HTTPStatusError, hub, a, f"{detail}; unexpected answer from the Hub")
+
+
+def _status_error(kind: type[HTTPStatusError], hub: HubClient, a: _Answer, what: str, *,
+                  retry_after: float | None = None) -> BdnError:
+    """A ``kind`` error for an answer no rule above explains: it names the Hub
+    (redacted), the status and the repo, then ``what``, and carries the request id."""
+    where = redact_url(hub.endpoint)
+    return kind(f"{where}: HTTP {a.status} for {hub.repo_id}{what}{a.suffix}", url=where,
+                status=a.status, retry_after=retry_after, request_id=a.request_id)
 
 
 _BY_CODE: Mapping[str, _Builder] = {

@@ -25,7 +25,7 @@ from bdn.config.auth import AuthConfig
 from bdn.config.secrets import SecretResolver
 from bdn.config.weights import WeightsEntry
 from bdn.errors import ConfigError, ManifestInvalid, SecretError, SourceError
-from bdn.http import RETRY_METADATA, HttpClient, RetryPolicy, redact_url
+from bdn.http import HttpClient, redact_url
 from bdn.manifest import validate_path
 
 __all__ = [
@@ -41,14 +41,10 @@ class HfSource:
     """Every file of a Hub model repo at one commit.
 
     Args:
-        repo_id: ``owner/name``.
-        revision: branch, tag or commit SHA; :meth:`resolve` pins it to a commit.
-        token: the Hub token (plain text) or ``None`` for public access; no
-            token is ever looked up from ``~/.cache/huggingface`` or the environment.
-        endpoint: the Hub's base URL, e.g. ``https://huggingface.co``.
+        hub: the Hub's metadata API for the repo at the revision, with the
+            token (or ``None`` for public access), endpoint, secret name and
+            retry policy; :meth:`resolve` pins its revision to a commit.
         http: shared client for the data reads (not owned, not closed here).
-        secret_name: the secret the token came from, named in error hints.
-        retry: policy for metadata calls (listing, resolve HEADs).
 
     Coroutine-safe; :meth:`close` is idempotent; nothing raised or logged
     contains the token.
@@ -56,23 +52,12 @@ class HfSource:
 
     kind = "hf"
 
-    def __init__(
-        self,
-        repo_id: str,
-        revision: str,
-        *,
-        token: str | None,
-        endpoint: str,
-        http: HttpClient,
-        secret_name: str | None = None,
-        retry: RetryPolicy = RETRY_METADATA,
-    ) -> None:
-        self._hub = HubClient(repo_id, revision, token=token, endpoint=endpoint,
-                              secret_name=secret_name, retry=retry)
-        self.repo_id = repo_id
-        self.revision = revision
-        self.uri = self._hub.uri
-        self.endpoint = self._hub.endpoint
+    def __init__(self, hub: HubClient, *, http: HttpClient) -> None:
+        self._hub = hub
+        self.repo_id = hub.repo_id
+        self.revision = hub.revision
+        self.uri = hub.uri
+        self.endpoint = hub.endpoint
         self._http = http
         self._listed: builtins.list[HubFile] | None = None
         self._resolve_lock = asyncio.Lock()
@@ -180,14 +165,9 @@ def hf_source_from_entry(
         raise ConfigError(f"{entry.source!r} is not an hf://owner/repo source", field="source")
     auth = entry.auth
     token, secret_name = _token(auth, secrets) if auth is not None else (None, None)
-    return HfSource(
-        parsed.repo_id,
-        parsed.revision,
-        token=token,
-        endpoint=endpoint or DEFAULT_HF_ENDPOINT,
-        http=http,
-        secret_name=secret_name,
-    )
+    hub = HubClient(parsed.repo_id, parsed.revision, token=token,
+                    endpoint=endpoint or DEFAULT_HF_ENDPOINT, secret_name=secret_name)
+    return HfSource(hub, http=http)
 
 
 def _token(auth: AuthConfig, secrets: SecretResolver) -> tuple[str, str]:

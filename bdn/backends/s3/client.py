@@ -21,18 +21,10 @@ import botocore.exceptions as bce
 from boto3.exceptions import Boto3Error
 from botocore.config import Config
 
-from bdn.backends.keys import blob_digest
+from bdn.backends.bucket import bucket_not_found, failure_type, object_not_found
 from bdn.backends.s3.creds import S3Credentials
 from bdn.backends.s3.reader import PresignedReader
-from bdn.errors import (
-    AuthError,
-    BdnError,
-    BlobNotFound,
-    NotFound,
-    SourceError,
-    SourceNotFound,
-    StoreError,
-)
+from bdn.errors import AuthError, BdnError
 from bdn.http import HttpClient, redact_url
 
 _T = TypeVar("_T")
@@ -161,18 +153,16 @@ def map_s3_error(
     cause = err.__cause__ if isinstance(err, Boto3Error) and err.__cause__ else err
     where = f"s3://{bucket}/{key}" if key else f"s3://{bucket}"
     endpoint = redact_url(endpoint_url) if endpoint_url else "AWS S3"
-    failure = SourceError if for_source else StoreError
+    failure = failure_type(for_source)
     if isinstance(cause, bce.ClientError):
         code = str(cause.response.get("Error", {}).get("Code", ""))
         status = cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if code in _BUCKET_MISSING:
             message = (f"bucket {bucket!r} does not exist at {endpoint}; check the bucket "
                        "name and --endpoint-url/AWS_ENDPOINT_URL")
-            return SourceNotFound(message) if for_source else NotFound(message)
+            return bucket_not_found(message, for_source=for_source)
         if code in _KEY_MISSING:
-            if for_source:
-                return SourceNotFound(f"{where} does not exist")
-            return BlobNotFound(f"{where} does not exist", digest=blob_digest(key) if key else None)
+            return object_not_found(where, key, for_source=for_source)
         if code in _AUTH_FAILED:
             return AuthError(
                 f"cannot {action}: access denied by {endpoint} ({code}); check the "

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from bdn.backends.base import RangeReader, SourceObject
-from bdn.backends.bucket import BucketClient
+from bdn.backends.bucket import BucketSource
 from bdn.backends.s3.client import DEFAULT_S3_CLIENT_CONFIG, S3Bucket, S3ClientConfig
 from bdn.backends.s3.creds import S3Credentials, s3_credentials_for
 from bdn.config.secrets import SecretResolver
@@ -15,7 +17,7 @@ from bdn.http import HttpClient, redact_url
 __all__ = ["S3Source", "s3_source_from_entry"]
 
 
-class S3Source(BucketClient):
+class S3Source(BucketSource):
     """Every object under ``s3://bucket/prefix/``, listed with its ETag.
 
     The prefix is a folder: ``s3://b/models/llama`` lists ``models/llama/...``
@@ -51,41 +53,27 @@ class S3Source(BucketClient):
         self._bucket = S3Bucket(bucket, credentials=credentials, endpoint_url=endpoint_url,
                                 config=client_config, for_source=True)
 
-    async def resolve(self) -> str | None:
-        """S3 has no revision for a prefix; ETags pin each object instead. Returns ``None``."""
-        return None
-
-    async def list(self) -> list[SourceObject]:
-        """List the prefix (paginated), sorted by path; ``[]`` when it is empty.
-
-        Raises:
-            SourceNotFound: the bucket does not exist.
-            AuthError: the credentials are rejected or lack access.
-            SourceError: a key is not a valid manifest path, or S3 failed.
-        """
-        objects: list[SourceObject] = []
-        bucket = self._bucket.bucket
+    async def _listing(self) -> AsyncIterator[tuple[str, Any]]:
         async for entry in self._bucket.list_objects(self._base, action=f"list {self.uri}"):
-            key = str(entry["Key"])
-            path = self._source_path(key)
-            if path is None:
-                continue
-            etag = str(entry.get("ETag", "")).strip('"') or None
-            size = int(entry["Size"])
-            # The endpoint belongs in the identity: the same bucket/key on two
-            # servers are two objects. Index keys are stored, so no userinfo.
-            endpoint = self._bucket.endpoint_url
-            where = redact_url(endpoint) if endpoint else "aws"
-            objects.append(SourceObject(
-                path=path, size=size, etag=etag,
-                identity=f"s3:{where}:{bucket}/{key}:{etag}:{size}",
-                # Same ETag and size in the same bucket: the same content (only
-                # the bucket's owner can write there), so a shard copied to a
-                # new prefix dedups without being read. Never across buckets.
-                content_id=f"s3-etag:{where}:{bucket}:{etag}:{size}" if etag else None,
-            ))
-        objects.sort(key=lambda obj: obj.path)
-        return objects
+            yield str(entry["Key"]), entry
+
+    def _object(self, path: str, name: str, entry: Any) -> SourceObject:
+        """Pinned by ETag and size; S3 has no revision for a prefix."""
+        bucket = self._bucket.bucket
+        etag = str(entry.get("ETag", "")).strip('"') or None
+        size = int(entry["Size"])
+        # The endpoint belongs in the identity: the same bucket/key on two
+        # servers are two objects. Index keys are stored, so no userinfo.
+        endpoint = self._bucket.endpoint_url
+        where = redact_url(endpoint) if endpoint else "aws"
+        return SourceObject(
+            path=path, size=size, etag=etag,
+            identity=f"s3:{where}:{bucket}/{name}:{etag}:{size}",
+            # Same ETag and size in the same bucket: the same content (only
+            # the bucket's owner can write there), so a shard copied to a
+            # new prefix dedups without being read. Never across buckets.
+            content_id=f"s3-etag:{where}:{bucket}:{etag}:{size}" if etag else None,
+        )
 
     def reader(self, obj: SourceObject) -> RangeReader:
         """Ranged GETs of ``obj`` on a presigned URL (signed on first read, valid 12 h)."""

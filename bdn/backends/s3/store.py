@@ -16,7 +16,6 @@ from boto3.s3.transfer import TransferConfig
 
 from bdn.backends.base import RangeReader
 from bdn.backends.bucket import BucketStore, bucket_and_prefix
-from bdn.backends.keys import check_prefix
 from bdn.backends.s3.client import DEFAULT_S3_CLIENT_CONFIG, S3Bucket, S3ClientConfig
 from bdn.backends.s3.creds import S3Credentials
 from bdn.http import HttpClient
@@ -102,12 +101,9 @@ class S3Store(BucketStore):
 
         return await self._bucket.run(fetch, action=f"read s3://{self.bucket}/{full}", key=full)
 
-    async def list(self, prefix: str) -> AsyncIterator[str]:
-        """Yield every key (relative to the store prefix) starting with ``prefix``."""
-        check_prefix(prefix, store=self.uri)
-        base = f"{self.prefix}/" if self.prefix else ""
-        async for entry in self._bucket.list_objects(base + prefix, action=f"list {self.uri}"):
-            yield str(entry["Key"])[len(base) :]
+    async def _names(self, prefix: str) -> AsyncIterator[str]:
+        async for entry in self._bucket.list_objects(prefix, action=f"list {self.uri}"):
+            yield str(entry["Key"])
 
     def reader(self, key: str, size: int) -> RangeReader:
         """Range reader over aiohttp on a presigned GET URL (valid 12 h)."""
@@ -123,26 +119,16 @@ class S3Store(BucketStore):
             key=full,
         )
 
-    async def put_file(self, key: str, path: Path, *, move: bool = False) -> None:
-        """Upload a local file, as a parallel multipart upload when it is larger than
-        one part. ``move=True`` removes ``path`` after a successful upload."""
-        full = self._full(key)
-        source = Path(path)
-
-        def upload(client: Any) -> None:
-            part = part_size_for(source.stat().st_size, self.part_size)
-            config = TransferConfig(
-                multipart_threshold=part,
-                multipart_chunksize=part,
-                max_concurrency=UPLOAD_CONCURRENCY,
-                use_threads=True,
-            )
-            client.upload_file(str(source), self.bucket, full, Config=config)
-            if move:
-                source.unlink(missing_ok=True)
-
-        await self._upload(source, full,
-                           lambda action: self._bucket.run(upload, action=action, key=full))
+    def _upload_file(self, handle: Any, source: Path, full: str) -> None:
+        """A parallel multipart upload when the file is larger than one part."""
+        part = part_size_for(source.stat().st_size, self.part_size)
+        config = TransferConfig(
+            multipart_threshold=part,
+            multipart_chunksize=part,
+            max_concurrency=UPLOAD_CONCURRENCY,
+            use_threads=True,
+        )
+        handle.upload_file(str(source), self.bucket, full, Config=config)
 
     async def delete(self, key: str) -> None:
         """Remove ``key``; S3 treats a missing key as deleted already."""

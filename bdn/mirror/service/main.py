@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from bdn.backends import store_for
 from bdn.config.settings import Settings
 from bdn.config.weights import WeightsEntry
 from bdn.daemon.address import format_hostport
-from bdn.daemon.lifecycle import serve_until_signalled
+from bdn.daemon.lifecycle import Closer, close_all, serve_until_signalled, start_or_stop
 from bdn.errors import ConfigError
 from bdn.http import HttpClient
 from bdn.mirror.run import MirrorOptions, MirrorPlan, MirrorResult, run_mirror
@@ -105,7 +105,7 @@ class MirrorService:
         self.jobs: JobManager | None = None
         self._mirror = mirror
         self._runner: web.AppRunner | None = None
-        self._closers: list[Callable[[], Awaitable[None]]] = []
+        self._closers: list[Closer] = []
         self.port: int | None = None
 
     @property
@@ -119,11 +119,7 @@ class MirrorService:
         Raises:
             ConfigError: the state dir cannot be created or the address is taken.
         """
-        try:
-            await self._start()
-        except BaseException:
-            await self.stop()
-            raise
+        await start_or_stop(self, self._start)
 
     async def _start(self) -> None:
         cfg = self.config
@@ -196,12 +192,7 @@ class MirrorService:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        for close in reversed(self._closers):
-            try:
-                await close()
-            except Exception:  # One failing close must not leak the others.
-                log.exception("closing failed")
-        self._closers.clear()
+        await close_all(self._closers, log)
 
 
 def _bound_port(runner: web.AppRunner, asked: int) -> int:

@@ -1,9 +1,8 @@
 """The mirror service's Prometheus metrics, in a registry of their own.
 
-As for the agent (:mod:`bdn.agent.metrics`), a dedicated
-:class:`~prometheus_client.CollectorRegistry` keeps several services in one
-process (tests, benches) apart and leaves out the client library's process
-collectors.
+As for the agent, the registry is the service's own
+(:class:`~bdn.daemon.metrics.DaemonMetrics` says why), so several services in
+one process (tests, benches) stay apart.
 
 Where the numbers come from:
 
@@ -17,23 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from bdn.daemon.metrics import CONTENT_TYPE, DaemonMetrics
 from bdn.mirror.run import MirrorResult
 
 __all__ = ["CONTENT_TYPE", "JOB_BUCKETS", "JobGauges", "MirrorMetrics"]
-
-CONTENT_TYPE = CONTENT_TYPE_LATEST
-"""``Content-Type`` of :meth:`MirrorMetrics.render`."""
 
 JOB_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600)
 """Jobs span an unchanged re-mirror (sub-second) to a cold 700 GB model (hours)."""
@@ -42,44 +31,39 @@ JobGauges = Callable[[], tuple[Mapping[str, int], int]]
 """Returns ``(jobs by state, planned bytes of running jobs)``."""
 
 
-class MirrorMetrics:
+class MirrorMetrics(DaemonMetrics):
     """Every collector of one mirror service. Call from the event loop thread only."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.submissions = Counter(
+        super().__init__()
+        self.submissions = self._counter(
             "bdn_mirror_submissions",
             "POST /v1/mirrors answered, by outcome: new, coalesced (joined a queued or "
             "running job), succeeded (identical to a finished job; nothing re-mirrored), "
             "retried (a failed job queued again), forced (?force=1).",
-            ["outcome"],
-            registry=r,
+            "outcome",
         )
-        self.runs = Counter(
+        self.runs = self._counter(
             "bdn_mirror_runs",
             "Executions of the mirror of one weights entry, by outcome: succeeded, failed, "
             "deferred (planned bytes did not fit --max-bytes-in-flight; queued again "
             "before any byte moved), interrupted (shutdown; resumed at the next start).",
-            ["outcome"],
-            registry=r,
+            "outcome",
         )
-        self.bytes = Counter(
+        self.bytes = self._counter(
             "bdn_mirror_bytes",
             "Bytes of finished entry mirrors, by kind: read (from sources, retries "
             "included), stored (new blobs), deduplicated (already held by the store).",
-            ["kind"],
-            registry=r,
+            "kind",
         )
-        self.job_seconds = Histogram(
+        self.job_seconds = self._histogram(
             "bdn_mirror_job_duration_seconds",
             "Wall time of finished jobs from their start to their end, by outcome.",
-            ["outcome"],
+            "outcome",
             buckets=JOB_BUCKETS,
-            registry=r,
         )
-        self.draining = Gauge(
-            "bdn_mirror_draining", "1 while the service drains for shutdown.", registry=r
+        self.draining = self._gauge(
+            "bdn_mirror_draining", "1 while the service drains for shutdown."
         )
 
     def watch_jobs(self, gauges: JobGauges) -> None:
@@ -91,10 +75,6 @@ class MirrorMetrics:
         self.bytes.labels("read").inc(result.bytes_transferred)
         self.bytes.labels("stored").inc(result.bytes_stored)
         self.bytes.labels("deduplicated").inc(result.bytes_deduplicated)
-
-    def render(self) -> bytes:
-        """The Prometheus text exposition of every metric (see :data:`CONTENT_TYPE`)."""
-        return generate_latest(self.registry)
 
 
 class _JobCollector(Collector):

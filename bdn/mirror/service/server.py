@@ -26,15 +26,16 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
+from bdn.daemon.failures import Handler, answer_failures
 from bdn.daemon.jsonlog import bind_log_context, reset_log_context
 from bdn.daemon.tokens import authorized, json_error, unauthorized
-from bdn.errors import BdnError, ConfigError
+from bdn.errors import ConfigError
 from bdn.mirror.service.jobs import parse_submission
 from bdn.mirror.service.metrics import CONTENT_TYPE
 from bdn.mirror.service.scheduler import Draining, JobManager
@@ -43,7 +44,6 @@ __all__ = ["CONTEXT", "ServerContext", "make_app"]
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _OPEN_PATHS = frozenset({"/healthz"})
 # Scrapes, probes and progress polls arrive every few seconds; their lines are DEBUG
@@ -153,13 +153,6 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path not in _OPEN_PATHS and not authorized(request, ctx.token):
         return unauthorized("missing or wrong bearer token; send Authorization: Bearer "
                             "<the token in the server's --token-file>")
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:  # Unknown path, wrong method: JSON like the rest.
-        return json_error(exc.status, f"{request.method} {request.path}: {exc.reason}")
-    except BdnError as err:
-        log.warning("%s %s failed: %s", request.method, request.path, err)
-        return json_error(500, str(err))
-    except Exception as err:
-        log.exception("%s %s failed", request.method, request.path)
-        return json_error(500, f"internal error in the mirror service: {type(err).__name__}")
+    # Unknown path, wrong method: JSON like the rest.
+    return await answer_failures(request, handler, service="mirror service", logger=log,
+                                 http_errors_as_json=True)

@@ -1,13 +1,12 @@
-"""GcsSource against gcp-storage-emulator: listing as a folder, generations, ranged reads,
-and the credential errors of a gs:// entry."""
+"""GcsSource against gcp-storage-emulator: generations and MD5s, CRC32C checks, and the
+credential errors of a gs:// entry (what every bucket source does alike is in
+tests/backends/test_bucket.py)."""
 
 from __future__ import annotations
 
 import base64
 import json
-import re
 import traceback
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,6 @@ from google.api_core import exceptions as gapi
 from google.auth import exceptions as gae
 from google.auth import jwt
 
-from bdn.backends.base import Source, SourceObject
 from bdn.backends.gcs.client import GcsBucket, map_gcs_error
 from bdn.backends.gcs.creds import (
     SCOPE_READ_ONLY,
@@ -37,82 +35,32 @@ from bdn.errors import (
     SourceNotFound,
 )
 from bdn.http import HttpClient
+from tests.backends.helpers import read_source
 from tests.gcsemulator import FakeGoogle, GcsEmulator
 
 FAKE_KEY = "zzFAKE-private-KEY-material-5e4d3c2b"  # Distinctive: must never appear in an error.
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[HttpClient]:
-    client = HttpClient()
-    yield client
-    await client.close()
 
 
 def make_source(emu: GcsEmulator, bucket: str, prefix: str, http: HttpClient | None) -> GcsSource:
     return GcsSource(bucket, prefix, credentials=None, emulator_host=emu.host, http=http)
 
 
-async def read(src: GcsSource, obj: SourceObject, start: int, end: int) -> bytes:
-    reader = src.reader(obj)
-    try:
-        return b"".join([bytes(p) async for p in reader.open_range(start, end)])
-    finally:
-        await reader.close()
-
-
 def entry(bucket: str, auth: AuthConfig | None) -> WeightsEntry:
     return WeightsEntry(source=f"gs://{bucket}/models/m", auth=auth)
 
 
-async def test_lists_prefix_as_folder_with_generation_md5_crc32c(
+async def test_identity_is_generation_and_content_id_md5(
     gcs_emulator: GcsEmulator, gcs_bucket: str, http: HttpClient
 ) -> None:
-    for name, body in {
-        "models/llama/config.json": b"{}",
-        "models/llama/shards/w-00001.safetensors": b"a" * 100,
-        "models/llama/shards/": b"",  # a console "folder" placeholder
-        "models/llama-2/other.bin": b"not under the folder",
-        "models/llamaX": b"nor this",
-        "unrelated.bin": b"x",
-    }.items():
-        gcs_emulator.upload(gcs_bucket, name, body)
-    src = make_source(gcs_emulator, gcs_bucket, "/models/llama/", http)
-    assert isinstance(src, Source) and src.kind == "gcs"
-    assert src.uri == f"gs://{gcs_bucket}/models/llama"
-    assert await src.resolve() is None
-    objs = await src.list()
-    assert [(o.path, o.size) for o in objs] == [("config.json", 2),
-                                                ("shards/w-00001.safetensors", 100)]
+    gcs_emulator.upload(gcs_bucket, "models/llama/config.json", b"{}")
+    (first,) = await make_source(gcs_emulator, gcs_bucket, "/models/llama/", http).list()
     blob = gcs_emulator.client().bucket(gcs_bucket).get_blob("models/llama/config.json")
     assert blob.crc32c and blob.md5_hash  # the emulator lists both, like GCS
-    first = objs[0]
     assert first.etag == str(blob.generation)
     assert first.identity == (f"gcs:{gcs_emulator.endpoint}:{gcs_bucket}/models/llama/"
                               f"config.json#{blob.generation}")
     md5 = base64.b64decode(blob.md5_hash).hex()
     assert first.content_id == f"gcs-md5:{gcs_emulator.endpoint}:{gcs_bucket}:{md5}:2"
-    assert first.sha256 is None
-
-
-async def test_whole_bucket_and_empty_prefix(gcs_emulator: GcsEmulator, gcs_bucket: str,
-                                             http: HttpClient) -> None:
-    gcs_emulator.upload(gcs_bucket, "a/b.bin", b"x")
-    assert [o.path for o in await make_source(gcs_emulator, gcs_bucket, "", http).list()] == [
-        "a/b.bin"]
-    assert await make_source(gcs_emulator, gcs_bucket, "nothing/here", http).list() == []
-
-
-async def test_identity_changes_when_overwritten(gcs_emulator: GcsEmulator, gcs_bucket: str,
-                                                 http: HttpClient) -> None:
-    gcs_emulator.upload(gcs_bucket, "m/w.bin", b"one")
-    src = make_source(gcs_emulator, gcs_bucket, "m", http)
-    before = (await src.list())[0]
-    assert (await src.list())[0].identity == before.identity
-    gcs_emulator.upload(gcs_bucket, "m/w.bin", b"two")  # same size, new generation
-    after = (await src.list())[0]
-    assert after.identity != before.identity and after.etag != before.etag
-    assert after.content_id != before.content_id
 
 
 async def test_same_content_elsewhere_in_bucket_shares_content_id(
@@ -126,24 +74,6 @@ async def test_same_content_elsewhere_in_bucket_shares_content_id(
     assert base.content_id == tuned.content_id is not None
 
 
-async def test_range_reads(gcs_emulator: GcsEmulator, gcs_bucket: str) -> None:
-    data = bytes(range(256)) * 2048
-    gcs_emulator.upload(gcs_bucket, "m/dir with space/w.bin", data)
-    src = make_source(gcs_emulator, gcs_bucket, "m", None)  # makes its own HTTP client
-    try:
-        (obj,) = await src.list()
-        assert await read(src, obj, 0, len(data)) == data
-        assert await read(src, obj, 100, 100_000) == data[100:100_000]
-        reader = src.reader(obj)
-        assert reader.describe() == f"gs://{gcs_bucket}/m/dir with space/w.bin"
-        # The emulator answers Range with 206: only the asked bytes travel.
-        assert [bytes(p) async for p in reader.open_range(5, 9)] != []
-        assert reader.supports_ranges is True
-    finally:
-        await src.close()
-        await src.close()  # idempotent
-
-
 async def test_whole_read_is_checked_against_crc32c(gcs_emulator: GcsEmulator,
                                                     gcs_bucket: str, http: HttpClient) -> None:
     gcs_emulator.upload(gcs_bucket, "m/w.bin", b"payload")
@@ -155,19 +85,6 @@ async def test_whole_read_is_checked_against_crc32c(gcs_emulator: GcsEmulator,
     # A partial range cannot be checked against a whole-object CRC, so it is not.
     assert b"".join([bytes(p) async for p in reader.open_range(1, 4)]) == b"ayl"
     bucket.close()
-
-
-async def test_missing_bucket(gcs_emulator: GcsEmulator, http: HttpClient) -> None:
-    src = make_source(gcs_emulator, "no-such-source-bucket", "m", http)
-    with pytest.raises(SourceNotFound, match="no-such-source-bucket"):
-        await src.list()
-
-
-async def test_names_that_are_not_manifest_paths(gcs_emulator: GcsEmulator, gcs_bucket: str,
-                                                 http: HttpClient) -> None:
-    gcs_emulator.upload(gcs_bucket, "m/a//b.bin", b"x")
-    with pytest.raises(SourceError, match=re.escape("a//b.bin")):
-        await make_source(gcs_emulator, gcs_bucket, "m", http).list()
 
 
 def test_access_denied_is_auth_error() -> None:
@@ -292,8 +209,7 @@ async def test_service_account_key_signs_for_a_token_that_reads(fake_google: Fak
                     http=http)
     try:
         (obj,) = await src.list()
-        reader = src.reader(obj)
-        assert b"".join([bytes(p) async for p in reader.open_range(0, obj.size)]) == b"weights!"
+        assert await read_source(src, obj) == b"weights!"
     finally:
         await src.close()
     grant = fake_google.oauth_requests[0]

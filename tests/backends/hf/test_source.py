@@ -12,17 +12,18 @@ import asyncio
 import hashlib
 import logging
 import traceback
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from bdn.backends.base import Source, SourceObject
+from bdn.backends.hf.client import HubClient
 from bdn.backends.hf.source import HfSource, hf_source_from_entry
 from bdn.config.secrets import SecretResolver
 from bdn.config.weights import AuthConfig, WeightsEntry
 from bdn.errors import AuthError, BdnError, ConfigError, SecretError, SourceNotFound
 from bdn.http import HttpClient, HttpRangeReader, RetryPolicy
+from tests.backends.helpers import read_source
 from tests.fixtures import pattern_bytes
 from tests.hfserver import HfServer, git_blob_oid
 from tests.hfserver import hf_server as hf_server
@@ -41,25 +42,10 @@ FILES = {
 }
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[HttpClient]:
-    client = HttpClient()
-    yield client
-    await client.close()
-
-
 def source(server: HfServer, http: HttpClient, repo: str = "org/model", rev: str = "main",
            token: str | None = None) -> HfSource:
-    return HfSource(repo, rev, token=token, endpoint=server.endpoint, http=http, retry=FAST)
-
-
-async def read(src: HfSource, obj: SourceObject, start: int = 0, end: int | None = None) -> bytes:
-    reader = src.reader(obj)
-    try:
-        return b"".join([bytes(p) async for p in reader.open_range(start, obj.size
-                                                                   if end is None else end)])
-    finally:
-        await reader.close()
+    hub = HubClient(repo, rev, token=token, endpoint=server.endpoint, retry=FAST)
+    return HfSource(hub, http=http)
 
 
 def by_path(objs: list[SourceObject]) -> dict[str, SourceObject]:
@@ -79,7 +65,7 @@ async def test_resolve_pins_branch_to_commit(hf_server: HfServer, http: HttpClie
     assert second != first
     assert await src.resolve() == first
     assert by_path(await src.list())["model.safetensors"].size == len(SHARD)
-    assert await read(src, listed["model.safetensors"]) == SHARD
+    assert await read_source(src, listed["model.safetensors"]) == SHARD
     resolves = [s.path for s in hf_server.requests_to("hub") if "/resolve/" in s.path]
     assert resolves and all(f"/resolve/{first}/" in p for p in resolves)
 
@@ -105,7 +91,7 @@ async def test_list_sizes_lfs_sha256_and_nested_paths(hf_server: HfServer,
     assert listed["sub/deep/extra.bin"].sha256 == hashlib.sha256(FILES["sub/deep/extra.bin"]
                                                                  ).hexdigest()
     for o in objs:  # Every byte, through the Hub or the CDN; the odd name quoted.
-        assert await read(src, o) == FILES[o.path], o.path
+        assert await read_source(src, o) == FILES[o.path], o.path
     small = listed["tokenizer/vocab.txt"]
     assert small.sha256 is None
     assert small.etag == git_blob_oid(FILES["tokenizer/vocab.txt"])
@@ -156,7 +142,7 @@ async def test_ranges_through_cdn_never_carry_the_token(
     assert hf_server.bytes_served["cdn"] == sum(b - a for a, b in bounds)
 
     # A small file is read from the Hub itself, with the token.
-    assert await read(src, listed["tokenizer/vocab.txt"], 2, 5) == b"b\nc"
+    assert await read_source(src, listed["tokenizer/vocab.txt"], 2, 5) == b"b\nc"
     gets = [s for s in hf_server.requests_to("hub") if s.method == "GET"]
     assert gets[-1].headers["Authorization"] == f"Bearer {TOKEN}"
     assert gets[-1].headers["Range"] == "bytes=2-4"
@@ -192,7 +178,7 @@ async def test_no_token_is_picked_up_from_the_machine(
     hf_server.add_token(OTHER)
     src = source(hf_server, http)
     shard = by_path(await src.list())["model.safetensors"]
-    assert await read(src, shard, 0, 4) == SHARD[:4]
+    assert await read_source(src, shard, 0, 4) == SHARD[:4]
     assert all("Authorization" not in s.headers for s in hf_server.seen)
 
 
@@ -248,14 +234,14 @@ async def test_gated_repo(hf_server: HfServer, http: HttpClient) -> None:
         src = source(hf_server, http, repo="org/gated", token=token)
         shard = by_path(await src.list())["model.safetensors"]  # Metadata stays public.
         with pytest.raises(AuthError) as info:
-            await read(src, shard, 0, 10)
+            await read_source(src, shard, 0, 10)
         message = str(info.value)
         assert "request access on the Hub page of org/gated" in message
         assert "hf_access_token secret" in message
         assert_clean(info.value, TOKEN)
     granted = source(hf_server, http, repo="org/gated", token=OTHER)
     shard = by_path(await granted.list())["model.safetensors"]
-    assert await read(granted, shard, 0, 10) == SHARD[:10]
+    assert await read_source(granted, shard, 0, 10) == SHARD[:10]
 
 
 @pytest.mark.parametrize("token", [None, TOKEN])
@@ -297,7 +283,7 @@ async def test_file_gone_from_commit(hf_server: HfServer, http: HttpClient) -> N
     await src.resolve()
     ghost = SourceObject(path="ghost.bin", size=3, identity="x")
     with pytest.raises(SourceNotFound) as info:
-        await read(src, ghost)
+        await read_source(src, ghost)
     assert "ghost.bin not found in org/model@" in str(info.value)
 
 
@@ -308,7 +294,7 @@ async def test_transient_hub_errors_are_retried(hf_server: HfServer, http: HttpC
     assert len(await src.list()) == len(FILES)
     hf_server.fail_next(502)
     shard = by_path(await src.list())["model.safetensors"]
-    assert await read(src, shard, 5, 9) == SHARD[5:9]
+    assert await read_source(src, shard, 5, 9) == SHARD[5:9]
 
 
 async def test_reader_before_resolve_is_a_bug(hf_server: HfServer, http: HttpClient) -> None:

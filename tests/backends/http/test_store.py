@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -13,39 +11,12 @@ from aiohttp import web
 
 from bdn.backends import FileStore, HttpStore, open_store
 from bdn.backends.base import BlobStore
-from bdn.errors import AuthError, BlobNotFound, ConfigError, StoreError
+from bdn.errors import AuthError, ConfigError, StoreError
 from bdn.http import HttpClient
+from tests.backends.helpers import BLOB, assert_blob_missing, read_range
+from tests.loopback import LoopbackApps, listen
 
-BLOB = "blobs/sha256/ab/" + "ab" * 32
 TOKEN = "cdn-token-value"
-
-
-class ServeInThread:
-    """An aiohttp app on 127.0.0.1:<free port>, run by its own loop in a thread."""
-
-    def __init__(self, app: web.Application) -> None:
-        self._app = app
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner = web.AppRunner(app)
-        self.port = 0
-
-    def __enter__(self) -> ServeInThread:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=10)
-        return self
-
-    async def _start(self) -> None:
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-        self._loop.close()
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -66,8 +37,13 @@ def origin(tmp_path: Path) -> Iterator[tuple[FileStore, str]]:
     store.root.mkdir()
     app = web.Application(middlewares=[require_token])
     app.router.add_static("/bdn/", store.root)
-    with ServeInThread(app) as server:
-        yield store, f"http://127.0.0.1:{server.port}/bdn"
+    sock, port = listen()
+    server = LoopbackApps()
+    server.start([(app, sock)])
+    try:
+        yield store, f"http://127.0.0.1:{port}/bdn"
+    finally:
+        server.stop()
 
 
 @pytest.fixture
@@ -75,14 +51,6 @@ async def web_store(origin: tuple[FileStore, str]) -> AsyncIterator[HttpStore]:
     http = HttpClient()
     yield HttpStore(f"{origin[1]}/?token={TOKEN}", http=http)
     await http.close()
-
-
-async def read(store: BlobStore, key: str, size: int, start: int, end: int) -> bytes:
-    reader = store.reader(key, size)
-    try:
-        return b"".join([bytes(p) async for p in reader.open_range(start, end)])
-    finally:
-        await reader.close()
 
 
 async def test_reads_through_http(origin: tuple[FileStore, str], web_store: HttpStore) -> None:
@@ -95,20 +63,14 @@ async def test_reads_through_http(origin: tuple[FileStore, str], web_store: Http
     assert await web_store.exists(BLOB)
     assert await web_store.size(BLOB) == len(data)
     assert await web_store.get_bytes("manifests/m.json") == b"{}"
-    assert await read(web_store, BLOB, len(data), 0, len(data)) == data
-    assert await read(web_store, BLOB, len(data), 12_345, 300_001) == data[12_345:300_001]
+    assert await read_range(web_store, BLOB, len(data), 0, len(data)) == data
+    assert await read_range(web_store, BLOB, len(data), 12_345, 300_001) == data[12_345:300_001]
     assert TOKEN not in web_store.reader(BLOB, len(data)).describe()
 
 
 async def test_missing_keys(web_store: HttpStore) -> None:
     assert not await web_store.exists(BLOB)
-    with pytest.raises(BlobNotFound) as info:
-        await web_store.size(BLOB)
-    assert info.value.digest == "sha256:" + "ab" * 32
-    with pytest.raises(BlobNotFound):
-        await web_store.get_bytes(BLOB)
-    with pytest.raises(BlobNotFound):
-        await read(web_store, BLOB, 10, 0, 10)
+    await assert_blob_missing(web_store)
 
 
 async def test_forbidden_is_auth_error(origin: tuple[FileStore, str]) -> None:

@@ -8,22 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from bdn.backends.base import Source, SourceObject
+from bdn.backends.base import Source
 from bdn.backends.local.source import LocalSource
 from bdn.errors import SourceError, SourceNotFound
+from tests.backends.helpers import read_source
 from tests.fixtures import make_model
 
 
 def source(root: Path) -> LocalSource:
     return LocalSource(root, f"file://{root}")
-
-
-async def read(src: LocalSource, obj: SourceObject) -> bytes:
-    reader = src.reader(obj)
-    try:
-        return b"".join([bytes(p) async for p in reader.open_range(0, obj.size)])
-    finally:
-        await reader.close()
 
 
 async def test_lists_nested_tree_sorted(tmp_path: Path) -> None:
@@ -44,7 +37,7 @@ async def test_lists_nested_tree_sorted(tmp_path: Path) -> None:
     st = os.stat(root / "a.safetensors")
     assert objs[0].identity == (f"local:{os.path.realpath(root / 'a.safetensors')}:3:"
                                 f"{st.st_mtime_ns}:{st.st_ino}:{st.st_ctime_ns}")
-    assert await read(src, objs[1]) == b"w" * 10
+    assert await read_source(src, objs[1]) == b"w" * 10
 
 
 async def test_identity_changes_when_content_may_have(tmp_path: Path) -> None:
@@ -72,7 +65,7 @@ async def test_symlinks_inside_root_are_followed(tmp_path: Path) -> None:
     assert objs["alias.bin"].size == 3
     # The identity names the real file, so a renamed link still dedups.
     assert objs["alias.bin"].identity == objs["shards/a.bin"].identity
-    assert await read(src, objs["mirror/b.bin"]) == b"bb"
+    assert await read_source(src, objs["mirror/b.bin"]) == b"bb"
 
 
 async def test_symlink_escaping_root_is_refused(tmp_path: Path) -> None:

@@ -17,16 +17,12 @@ from bdn.backends.base import BlobStore
 from bdn.backends.local.store import _os_error
 from bdn.backends.s3.store import S3Store
 from bdn.errors import BlobNotFound, ConfigError, StoreError
-
-BLOB = "blobs/sha256/ab/" + "ab" * 32
+from tests.backends.helpers import BLOB, read_range
 
 
 async def read_all(store: BlobStore, key: str, start: int, end: int) -> bytes:
-    reader = store.reader(key, await store.size(key))
-    try:
-        return b"".join([bytes(p) async for p in reader.open_range(start, end)])
-    finally:
-        await reader.close()
+    """``[start, end)`` of ``key``, its size taken from the store."""
+    return await read_range(store, key, await store.size(key), start, end)
 
 
 async def keys(store: BlobStore, prefix: str) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import traceback
-from collections.abc import AsyncIterator
 from urllib.parse import unquote
 
 import pytest
@@ -20,13 +19,6 @@ from tests.conftest import MotoS3
 
 FAKE_SECRET = "zzFAKE-r2-s3cr3t-VALUE-77aa"  # Distinctive: must never appear in an error.
 R2_AUTH = AuthConfig(auth_method="CUSTOM_SECRET", auth_secret_name="r2_credentials")
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[HttpClient]:
-    client = HttpClient()
-    yield client
-    await client.close()
 
 
 def r2_secrets(moto: MotoS3) -> SecretResolver:

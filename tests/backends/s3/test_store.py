@@ -1,8 +1,8 @@
-"""S3Store against moto's real S3 server: CRUD, multipart, listing, presigned reads, errors."""
+"""S3Store against moto's real S3 server: multipart uploads and refused credentials
+(what every bucket store does alike is in tests/backends/test_bucket.py)."""
 
 from __future__ import annotations
 
-import socket
 import traceback
 import urllib.request
 import uuid
@@ -12,12 +12,10 @@ from pathlib import Path
 import boto3
 import pytest
 
-from bdn.backends.base import BlobStore
-from bdn.backends.s3.client import S3ClientConfig
 from bdn.backends.s3.creds import S3Credentials
 from bdn.backends.s3.store import MiB, S3Store, part_size_for
-from bdn.errors import AuthError, NotFound, StoreError
-from tests.backends.helpers import BLOB, read_range
+from bdn.errors import AuthError
+from tests.backends.helpers import BLOB
 from tests.conftest import MotoS3
 
 SECRET = "wrong-secret-value-that-must-never-show"
@@ -33,27 +31,6 @@ async def store(moto_s3: MotoS3, s3_bucket: str) -> AsyncIterator[S3Store]:
                 credentials=creds(moto_s3), part_size=5 * MiB)
     yield s
     await s.close()
-
-
-def test_is_a_blob_store(store: S3Store, s3_bucket: str) -> None:
-    assert isinstance(store, BlobStore)
-    assert store.uri == f"s3://{s3_bucket}/bdn/store"
-    assert store.local_path(BLOB) is None and store.staging_dir() is None
-
-
-async def test_put_get_exists_size_delete(store: S3Store, moto_s3: MotoS3,
-                                          s3_bucket: str) -> None:
-    assert not await store.exists(BLOB)
-    await store.put_bytes(BLOB, b"hello")
-    assert await store.exists(BLOB)
-    assert await store.size(BLOB) == 5
-    assert await store.get_bytes(BLOB) == b"hello"
-    # Keys live under the store's prefix.
-    body = moto_s3.client().get_object(Bucket=s3_bucket, Key=f"bdn/store/{BLOB}")["Body"]
-    assert body.read() == b"hello"
-    await store.delete(BLOB)
-    assert not await store.exists(BLOB)
-    await store.delete(BLOB)  # missing is fine
 
 
 async def test_put_file_multipart(store: S3Store, moto_s3: MotoS3, s3_bucket: str,
@@ -75,49 +52,6 @@ def test_part_size_keeps_parts_under_limit() -> None:
     size = 500 * 1024**3
     part = part_size_for(size)
     assert part % MiB == 0 and -(-size // part) <= 10_000
-
-
-async def test_list_with_prefix(store: S3Store, moto_s3: MotoS3, s3_bucket: str) -> None:
-    names = [BLOB, "blobs/sha256/cd/" + "cd" * 32, "manifests/m.json", "refs/a"]
-    for name in names:
-        await store.put_bytes(name, b"x")
-    moto_s3.client().put_object(Bucket=s3_bucket, Key="elsewhere/blobs/x", Body=b"x")
-    assert [k async for k in store.list("")] == sorted(names)
-    assert [k async for k in store.list("blobs/")] == names[:2]
-    assert [k async for k in store.list("blobs/sha256/c")] == names[1:2]
-    assert [k async for k in store.list("nothing/")] == []
-
-
-async def test_reader_uses_presigned_url(store: S3Store) -> None:
-    data = bytes(range(256)) * 4096
-    await store.put_bytes(BLOB, data)
-    reader = store.reader(BLOB, len(data))
-    assert "X-Amz" not in reader.describe() and reader.describe().startswith("s3://")
-    assert await read_range(store, BLOB, len(data), 0, len(data)) == data
-    assert await read_range(store, BLOB, len(data), 1000, 70_000) == data[1000:70_000]
-
-
-async def test_missing_bucket_is_not_found(moto_s3: MotoS3) -> None:
-    store = S3Store("no-such-bucket-here", endpoint_url=moto_s3.endpoint_url,
-                    credentials=creds(moto_s3))
-    with pytest.raises(NotFound, match="no-such-bucket-here"):
-        await store.get_bytes("refs/a")
-    with pytest.raises(NotFound, match="no-such-bucket-here"):
-        _ = [k async for k in store.list("")]
-    await store.close()
-
-
-async def test_unreachable_endpoint_says_what_to_do() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    store = S3Store("b", endpoint_url=f"http://127.0.0.1:{port}",
-                    credentials=S3Credentials("a", "b"),
-                    client_config=S3ClientConfig(max_attempts=1, connect_timeout_s=2))
-    with pytest.raises(StoreError) as info:
-        await store.get_bytes("refs/a")
-    assert f"127.0.0.1:{port}" in str(info.value)
-    assert "--endpoint-url" in str(info.value) and "AWS_ENDPOINT_URL" in str(info.value)
 
 
 @pytest.fixture
