@@ -29,6 +29,22 @@ _XXH3_HEX = re.compile(r"[0-9a-f]{32}")
 DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024
 """Chunk size for manifests when none is configured (docs/DESIGN.md, "Chunk")."""
 
+MIN_CHUNK_SIZE = 1024 * 1024
+"""The smallest chunk size a user may ask for (``bdn mirror --chunk-size``).
+
+Every chunk costs a digest in the manifest, a record in a partial file and a
+request to a peer or origin, so tiny chunks make a mirror crawl (1-byte chunks
+of a small model did not finish in 90 s) and a manifest balloon. The library
+itself (``MirrorOptions``, the manifest format, the peer wire) accepts any
+chunk size of at least 1 byte: tests use small chunks to get many chunks out
+of little data."""
+
+MAX_CHUNK_SIZE = 256 * 1024 * 1024
+"""The largest chunk size a user may ask for, and the largest a peer serves.
+
+An agent holds every chunk it serves to a peer whole in memory, so a peer
+request naming a bigger chunk is refused rather than read into memory."""
+
 
 @dataclass(frozen=True, slots=True, order=True)
 class Digest:

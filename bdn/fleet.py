@@ -10,6 +10,8 @@ They all start agents the same way, through this module:
 - :func:`start_agent` starts ``python -m bdn agent`` in its own session, its
   output in ``root/agent.log``; :func:`stop_agents` drains (SIGTERM) or kills;
 - :func:`wait_ready` waits until each answers ``/healthz`` and sees its ring;
+  :func:`wait_answering` until one answers at all (the moment a pod on its node
+  could start a pull: an agent opens its pod socket once its ring has settled);
 - :func:`loopback_fleet` puts it together: N agents on free 127.0.0.1 ports,
   one ring, stopped on the way out.
 
@@ -56,7 +58,8 @@ class AgentSpec:
         name: a label for logs and errors.
         listen: the peer port's ``host:port``.
         store: the origin store URI.
-        root: the agent's directory: its node cache and its log.
+        root: the agent's directory: its node cache, its log, and the trees
+            root its pulls may write under (``--trees-root``).
         socket: its pod (unix) socket; the path must fit in 108 bytes.
         argv_prefix: run the agent through this (``ip netns exec NS``).
         advertise: the address peers know it by, when not ``listen``.
@@ -169,6 +172,7 @@ def agent_argv(
         "--cache", str(spec.cache),
         "--socket", str(spec.socket),
         "--listen", spec.listen,
+        "--trees-root", str(spec.root),
         *extra,
     ]
     if spec.advertise:
@@ -272,6 +276,28 @@ async def wait_ready(
             want = "answer" if members is None else f"see {members} members"
             raise FleetError(f"agents did not {want} within {timeout:.0f}s: "
                              f"{ {a.name: seen.get(a.name) for a in pending} }")
+        await asyncio.sleep(interval)
+
+
+async def wait_answering(agent: FleetAgent, *, timeout: float = 60.0,
+                         interval: float = 0.02) -> dict[str, Any]:
+    """Until ``agent`` answers ``/healthz`` on its pod socket (not its peer port); returns
+    the body.
+
+    Raises:
+        FleetError: the agent exited, or did not answer within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if agent.proc.poll() is not None:
+            raise FleetError(f"agent {agent.name} exited {agent.proc.returncode}: "
+                             f"{agent.log_tail()}")
+        # The pod socket itself, whatever a subclass's health() asks.
+        body = await AgentClient(agent.address).health() if agent.socket.exists() else None
+        if body is not None:
+            return body
+        if time.monotonic() > deadline:
+            raise FleetError(f"agent {agent.name} did not answer within {timeout:.0f}s")
         await asyncio.sleep(interval)
 
 

@@ -44,7 +44,7 @@ from bdn.manifest_json import (
     validate_data,
 )
 
-SOURCE_KINDS: Final = ("local", "s3", "hf", "gcs", "r2", "http")
+SOURCE_KINDS: Final = ("local", "s3", "hf", "gcs", "r2", "http", "azure", "cw")
 """Allowed values of ``source.kind`` (the schema's enum, in the same order)."""
 
 

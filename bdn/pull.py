@@ -8,11 +8,18 @@ origin); the tree is then materialized at the mount location from hardlinks
 and swapped in atomically (docs/DESIGN.md, "Pull"). This module decides only where
 bytes come from: how they land in the cache (lock, recheck, resumable
 partial, commit; single-flight across processes) is :mod:`bdn.cache.fill`.
+
+The pull knows its store, so it tells the cache whose word it takes
+(:class:`bdn.cache.Trust`): a cached blob admitted on another, untrusted
+store's word is proven before it is used, and blobs fetched from a store the
+node does not trust are proven (SHA-256, while the chunks are written)
+before they are admitted (docs/DESIGN.md, "Blob").
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -21,7 +28,8 @@ from pathlib import Path
 from typing import Protocol
 
 from bdn.backends.base import BlobStore, RangeReader
-from bdn.cache import NodeCache, Partial, fill_blob, recheck_after_reboot
+from bdn.cache import NodeCache, Partial, Trust, fill_blob, recheck_after_reboot
+from bdn.config.settings import store_identity
 from bdn.config.weights import WeightsEntry
 from bdn.digest import Digest
 from bdn.errors import BlobNotFound, ManifestInvalid, RefNotFound
@@ -34,6 +42,13 @@ log = logging.getLogger(__name__)
 MAX_BLOBS_IN_FLIGHT = 16
 """Blobs fetched at once; their chunks share the engine's connection cap."""
 
+ChunkDone = Callable[[FileEntry, Path, int], None]
+"""Told ``(blob, partial file, chunk index)`` on the event loop for each chunk of a blob
+being fetched that is verified and on disk, and, when the fetch starts, of those an
+earlier attempt verified (not re-checked yet: a reader checks those itself). The
+partial file becomes the cached blob by a rename, so an open handle on it stays valid.
+:func:`fill_blobs` takes one (the Hub endpoint streams with it)."""
+
 
 @dataclass(frozen=True, slots=True)
 class PullOptions:
@@ -42,16 +57,35 @@ class PullOptions:
     Attributes:
         transfer: engine limits (connections, segment size, retries).
         strict: also check every file's SHA-256 (the chunk digests are the
-            check otherwise; docs/DESIGN.md, "Chunk").
+            check otherwise; docs/DESIGN.md, "Chunk"): fetched blobs while
+            they are written, cached ones not yet proven by this node before
+            they are used.
         fsync: flush every blob to disk before committing it. Off by default:
             the cache marks such blobs as unflushed for this boot and verifies
             them again after a reboot, which keeps a multi-GB flush (measured
             at ~1 s per 2 GiB here) off the critical path of a cold start.
+        trusted_stores: identities (``bdn.config.settings.store_identity``) of
+            the stores whose word this node takes for cached blobs
+            (``Settings.trusted_stores``). A pull from a store outside it
+            proves every blob it fetches. ``None``: the pull's own store only.
     """
 
     transfer: TransferConfig = DEFAULT_TRANSFER_CONFIG
     strict: bool = False
     fsync: bool = False
+    trusted_stores: frozenset[str] | None = None
+
+    def trusting(self, trusted: frozenset[str] | None, own_store: str) -> PullOptions:
+        """These options, trusting ``trusted`` and ``own_store`` (the node agent's
+        store counts as trusted for the agent's pulls)."""
+        more = frozenset([store_identity(own_store)])
+        return dataclasses.replace(self, trusted_stores=(trusted or frozenset()) | more)
+
+    def trust_for(self, store_uri: str) -> Trust:
+        """Whose word a pull from ``store_uri`` takes (see :class:`bdn.cache.Trust`)."""
+        store = store_identity(store_uri)
+        trusted = self.trusted_stores if self.trusted_stores is not None else frozenset([store])
+        return Trust(store, trusted, self.strict)
 
 
 DEFAULT_PULL_OPTIONS = PullOptions()
@@ -59,7 +93,12 @@ DEFAULT_PULL_OPTIONS = PullOptions()
 
 @dataclass(slots=True)
 class PullResult:
-    """Outcome of one pull; bytes are counted per tier, as ``--json`` prints them."""
+    """Outcome of one pull; bytes are counted per tier, as ``--json`` prints them.
+
+    ``bytes_proven`` counts the bytes this pull hashed with SHA-256 (fetched
+    from an untrusted store or with ``strict``, or cached on another store's
+    word); it is 0 for a pull from a trusted store that met no such blob.
+    """
 
     manifest_id: str
     path: Path
@@ -72,6 +111,7 @@ class PullResult:
     materialized: str = ""
     peer_failures: int = 0
     corrupt_from_peers: int = 0
+    bytes_proven: int = 0
 
     def summary(self) -> dict[str, object]:
         """The result as ``bdn pull --json`` prints it (peer failure counts are not in it)."""
@@ -231,22 +271,35 @@ class _Pull:
     tier: TierPull | None
     result: PullResult
     fetched: set[Digest] = field(default_factory=set)
+    on_chunk: ChunkDone | None = None
+    trust: Trust = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.trust = self.options.trust_for(self.store.uri)
 
     async def fill_cache(
-        self, on_progress: Callable[[int], None] | None, on_plan: Callable[[int], None] | None
+        self, on_progress: Callable[[int], None] | None, on_plan: Callable[[int], None] | None,
+        blobs: list[FileEntry] | None = None,
     ) -> None:
-        """Make every blob of the manifest present in the node cache."""
+        """Make every blob of the manifest (or only ``blobs``) present in the node cache."""
         cache = self.cache
-        blobs = _unique_blobs(self.manifest)
+        blobs = _unique_blobs(self.manifest) if blobs is None else blobs
         await recheck_after_reboot(cache, blobs, self.manifest.chunk_size)
+        held = [e for e in blobs if cache.has_blob(e.sha256, e.size)]
         missing = [e for e in blobs if not cache.has_blob(e.sha256, e.size)]
+        # Held, but admitted in a way this pull does not accept: the write path
+        # proves them under their lock (and fetches any that fail).
+        usable = cache.usable((e.sha256 for e in held), self.trust)
+        suspect = [e for e in held if e.sha256 not in usable]
         # Most recently used now, so a concurrent pull's eviction takes others first.
         cache.touch(e.sha256 for e in blobs)
         if on_plan:
             on_plan(sum(e.size for e in missing))
-        if not missing:
+        if not missing and not suspect:
             return
-        await cache.ensure_space(sum(e.size for e in missing), keep=[e.sha256 for e in blobs])
+        if missing:
+            await cache.ensure_space(sum(e.size for e in missing),
+                                     keep=[e.sha256 for e in blobs])
         slots = asyncio.Semaphore(MAX_BLOBS_IN_FLIGHT)
         async with TransferEngine(self.options.transfer, on_progress=on_progress) as engine:
 
@@ -254,36 +307,54 @@ class _Pull:
                 async with slots:
                     await self.fetch_blob(entry, engine)
 
-            await asyncio.gather(*(one(e) for e in missing))
-        cache.touch(e.sha256 for e in missing)
+            await asyncio.gather(*(one(e) for e in [*suspect, *missing]))
+        cache.touch(e.sha256 for e in [*suspect, *missing])
 
     async def fetch_blob(self, entry: FileEntry, engine: TransferEngine) -> None:
         """Bring one missing blob into the node cache through the tiers.
 
         The cache's write path (:func:`bdn.cache.fill.fill_blob`) takes the
         blob's lock and skips the fetch when another task or process just
-        committed the blob; then nothing is counted here.
+        committed the blob, or the blob it holds proves to be this pull's;
+        then nothing is counted here but the proof.
         """
+        prove = self.trust.proves_fetches
         fetched = await fill_blob(
             self.cache,
             entry,
             self.manifest.chunk_size,
-            lambda partial: self.fetch_into(partial, entry, engine),
-            strict=self.options.strict,
+            lambda partial: self.fetch_into(partial, entry, engine, prove),
+            strict=prove,
             fsync=self.options.fsync,
+            trust=self.trust,
+            on_proof=self._proved,
         )
         if fetched is None:
             return
+        if prove:
+            self._proved(entry.size)
         self.fetched.add(entry.sha256)
         if self.tier is None:  # A tier counts origin's bytes itself.
             self.result.bytes_from_origin += fetched
 
-    async def fetch_into(self, partial: Partial, entry: FileEntry, engine: TransferEngine) -> int:
-        """Fetch the chunks ``partial`` lacks, each verified; returns the bytes read."""
+    def _proved(self, nbytes: int) -> None:
+        self.result.bytes_proven += nbytes
+
+    async def fetch_into(
+        self, partial: Partial, entry: FileEntry, engine: TransferEngine, prove: bool
+    ) -> int:
+        """Fetch the chunks ``partial`` lacks, each verified; returns the bytes read.
+
+        ``prove``: the engine also hashes the file (SHA-256) as its chunks land,
+        reading them back while they are still in the page cache.
+        """
         chunk_size = self.manifest.chunk_size
         reader: RangeReader = self.store.reader(blob_key(entry.sha256), entry.size)
         if self.tier is not None:
             reader = self.tier.reader(reader, entry, chunk_size)
+        on_done: Callable[[int], None] = partial.mark_done
+        if self.on_chunk is not None:
+            on_done = self._tell_chunks(partial, entry, self.on_chunk)
         try:
             done = await engine.fetch(
                 FileTask(
@@ -292,15 +363,29 @@ class _Pull:
                     dest=partial.path,
                     chunk_size=chunk_size,
                     expected_chunks=entry.chunks,
-                    expected_sha256=entry.sha256.hex if self.options.strict else None,
+                    expected_sha256=entry.sha256.hex if prove else None,
                     done_chunks=partial.done_chunks,
-                    on_chunk_done=partial.mark_done,
+                    on_chunk_done=on_done,
+                    partial_chunks=partial.partial_chunks,
+                    on_chunk_progress=partial.mark_progress,
                     label=entry.path,
                 )
             )
         finally:
             await reader.close()
         return done.bytes_fetched
+
+    @staticmethod
+    def _tell_chunks(partial: Partial, entry: FileEntry, tell: ChunkDone) -> Callable[[int], None]:
+        """``partial.mark_done`` that also tells ``tell``; tells it the chunks already done."""
+        for index in sorted(partial.done_chunks):
+            tell(entry, partial.path, index)
+
+        def done(index: int) -> None:
+            partial.mark_done(index)
+            tell(entry, partial.path, index)
+
+        return done
 
     def count_bytes(self) -> None:
         """Fill in the result's bytes per tier, once the tree is in place."""
@@ -318,6 +403,31 @@ class _Pull:
         result.bytes_from_node_cache += stats.bytes_from_local_cache
         result.peer_failures = stats.peer_failures
         result.corrupt_from_peers = stats.corrupt_from_peers
+
+
+async def fill_blobs(
+    manifest: Manifest,
+    blobs: list[FileEntry],
+    *,
+    store: BlobStore,
+    cache: NodeCache,
+    options: PullOptions = DEFAULT_PULL_OPTIONS,
+    tiers: Tier | None = None,
+    on_chunk: ChunkDone | None = None,
+) -> None:
+    """Bring ``blobs`` (entries of ``manifest``) into the node cache, with no tree.
+
+    The same path as :func:`pull_manifest`'s (cache, then ``tiers``, then origin,
+    every chunk verified, single-flight per blob); ``on_chunk`` sees each chunk as
+    it is verified, so a reader may serve it before the blob is complete.
+
+    Raises:
+        As :func:`pull_manifest`, but never MountConflict.
+    """
+    result = PullResult(manifest.id, Path(), len(blobs), sum(e.size for e in blobs))
+    tier = tiers.start_pull() if tiers is not None else None
+    run = _Pull(manifest, store, cache, options, tier, result, on_chunk=on_chunk)
+    await run.fill_cache(None, None, blobs=blobs)
 
 
 def _unique_blobs(manifest: Manifest) -> list[FileEntry]:

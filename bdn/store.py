@@ -7,6 +7,8 @@ Same on every backend (``file://``, ``s3://``, ``gs://``, ``http(s)://``)::
     manifests/<hex>.json                        canonical manifest bytes; <hex> = its sha256
     refs/<config hash>                          the manifest id last mirrored for a config
     index/<2 hex>/<sha256 of identity>.json     source object identity -> blob digest
+    hub/<repo>/repo.json                        hf:// repo: the revisions mirrored, -> commit
+    hub/<repo>/revisions/<revision>.json        hf:// (repo, branch/tag/commit) -> manifests
 
 Write order is what makes a crash harmless: a blob first, then its chunk list
 and index entry, then the manifest, then the ref. So every manifest a reader
@@ -22,8 +24,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 from bdn.backends.base import BlobStore, RangeReader
 from bdn.digest import Digest, chunk_count, is_xxh3_hex, new_xxh3
@@ -44,6 +47,7 @@ CHUNKS = "chunks/"
 MANIFESTS = "manifests/"
 REFS = "refs/"
 INDEX = "index/"
+HUB = "hub/"
 
 
 def blob_key(digest: Digest) -> str:
@@ -73,6 +77,22 @@ def index_key(identity: str) -> str:
     return f"{INDEX}{h[:2]}/{h}.json"
 
 
+def _hub_name(text: str) -> str:
+    """One key segment for a repo id or revision: ``/`` and ``.`` escaped, so a
+    name from a request can never climb out of ``hub/``."""
+    return quote(text, safe="").replace(".", "%2E")
+
+
+def hub_repo_key(repo: str) -> str:
+    """Key of an hf:// repo's record: which revisions were mirrored."""
+    return f"{HUB}{_hub_name(repo)}/repo.json"
+
+
+def hub_revision_key(repo: str, revision: str) -> str:
+    """Key of the manifests mirrored for an hf:// repo at a branch, tag or commit."""
+    return f"{HUB}{_hub_name(repo)}/revisions/{_hub_name(revision)}.json"
+
+
 def _dumps(obj: object) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -86,18 +106,56 @@ class IndexEntry:
     size: int
 
 
+@dataclass(frozen=True, slots=True)
+class HubRevision:
+    """What the store holds of an hf:// repo at one revision (the Hub endpoint's view).
+
+    ``manifests`` maps the config hash of each weights entry mirrored at this
+    revision to ``(manifest id, auth secret name or None)``; all of them are
+    of ``commit`` (a branch that moved keeps only the newest commit's).
+    """
+
+    repo: str
+    revision: str
+    commit: str
+    manifests: Mapping[str, tuple[str, str | None]]
+
+
 @dataclass(slots=True)
 class CheckReport:
-    """Result of :meth:`Store.check`: ``problems`` empty means the store is consistent."""
+    """Result of :meth:`Store.check`: ``problems`` empty means the store is consistent.
+
+    A store with nothing in it is consistent, but it is also what a mistyped
+    store URI looks like, so the report says which it is: ``empty`` is True
+    when the store holds no object at all, and ``exists`` whether its location
+    exists where the backend can tell (a ``file://`` directory). An ``s3://``
+    or ``gs://`` prefix exists only through its objects, so there an empty
+    store cannot be told from a missing one and ``exists`` is None.
+    """
 
     manifests: int = 0
     blobs_checked: int = 0
     problems: list[str] = field(default_factory=list)
     fixed: list[str] = field(default_factory=list)
+    store: str = ""
+    empty: bool = False
+    exists: bool | None = True
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    def missing(self) -> str | None:
+        """One line saying the store does not exist (or is empty, where the backend
+        cannot tell those apart) and what to do; None for a store that exists."""
+        if not self.empty or self.exists:
+            return None
+        what = "does not exist" if self.exists is False else "does not exist (or is empty)"
+        return (
+            f"store {self.store} {what}: nothing is stored there; check the store URI "
+            f"(--store or BDN_STORE) for a typo, or mirror into it first: "
+            f"bdn mirror SOURCE --store {self.store}"
+        )
 
 
 class Store:
@@ -226,6 +284,51 @@ class Store:
             ) from None
         return str(Digest.parse(raw.decode().strip()))
 
+    # -- hf:// revisions (the Hub endpoint, bdn.hub) ------------------------------
+    async def put_hub_revision(self, repo: str, revision: str, commit: str, config_hash: str,
+                               manifest_id: str, auth_secret: str | None) -> None:
+        """Record that ``manifest_id`` (config ``config_hash``) is ``repo`` at ``revision``,
+        pinned to ``commit``, under the revision and under the commit. Written after the
+        ref. Read-modify-write: of two mirrors of one repo racing, one entry may be lost
+        until that config is mirrored again."""
+        for rev in dict.fromkeys([revision, commit]):
+            old = await self.get_hub_revision(repo, rev)
+            kept = dict(old.manifests) if old is not None and old.commit == commit else {}
+            kept[config_hash] = (manifest_id, auth_secret)
+            doc = {"repo": repo, "revision": rev, "commit": commit,
+                   "manifests": {h: {"manifest_id": m, "auth_secret": a}
+                                 for h, (m, a) in kept.items()}}
+            await self.backend.put_bytes(hub_revision_key(repo, rev), _dumps(doc))
+        revisions = await self.hub_revisions(repo)
+        revisions.update({revision: commit, commit: commit})
+        await self.backend.put_bytes(hub_repo_key(repo),
+                                     _dumps({"repo": repo, "revisions": revisions}))
+
+    async def get_hub_revision(self, repo: str, revision: str) -> HubRevision | None:
+        """The manifests mirrored for ``repo`` at ``revision``; None if none (or damaged)."""
+        try:
+            doc = json.loads(await self.backend.get_bytes(hub_revision_key(repo, revision)))
+            found = HubRevision(repo=doc["repo"], revision=doc["revision"], commit=doc["commit"],
+                                manifests={h: (str(Digest.parse(v["manifest_id"])),
+                                               v["auth_secret"])
+                                           for h, v in doc["manifests"].items()})
+        except NotFound:
+            return None
+        except (ValueError, KeyError, TypeError, AttributeError, BdnError):
+            return None
+        return found if (found.repo, found.revision) == (repo, revision) else None
+
+    async def hub_revisions(self, repo: str) -> dict[str, str]:
+        """Every revision mirrored for ``repo`` -> its commit; empty if never mirrored."""
+        try:
+            doc = json.loads(await self.backend.get_bytes(hub_repo_key(repo)))
+            revisions = {str(k): str(v) for k, v in doc["revisions"].items()}
+        except NotFound:
+            return {}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return {}
+        return revisions if doc.get("repo") == repo else {}
+
     # -- fsck ----------------------------------------------------------------
     async def check(self, *, deep: bool = False) -> CheckReport:
         """Verify that every manifest is intact and every blob it names exists with
@@ -254,7 +357,29 @@ class Store:
                 await self._check_blob(
                     manifest, entry.sha256, entry.size, entry.chunks, deep, report
                 )
+        report.store = self.uri
+        if report.manifests == 0 and not await self._holds_anything():
+            report.empty = True
+            report.exists = self._location_exists()
         return report
+
+    async def _holds_anything(self) -> bool:
+        """Whether the store holds at least one object (a listing stopped at the first)."""
+        listing = self.backend.list("")
+        try:
+            async for _ in listing:
+                return True
+            return False
+        finally:
+            close = getattr(listing, "aclose", None)
+            if close is not None:
+                await close()
+
+    def _location_exists(self) -> bool | None:
+        """Whether the store's directory exists (``file://``); None where a store has
+        no location apart from its objects (``s3://``, ``gs://``)."""
+        path = self.backend.local_path(MANIFESTS.rstrip("/"))
+        return None if path is None else path.parent.is_dir()
 
     async def _check_blob(
         self,

@@ -79,6 +79,10 @@ def _add_herd(sub: argparse._SubParsersAction) -> None:
                         f"{format_bytes(GiB)} with --netns)")
     h.add_argument("--shards", type=int, default=8, metavar="N",
                    help="files of the model (default 8)")
+    h.add_argument("--start", choices=("settled", "together"), default="settled",
+                   help="settled: pulls start once every agent sees its ring (default); "
+                        "together: each pull starts as soon as its agent's socket opens, "
+                        "timed from the agents' launch (N nodes added at once)")
     h.add_argument("--netns", action="store_true",
                    help="run every agent in its own network namespace with shaped links "
                         "(needs root, ip and tc)")
@@ -86,6 +90,8 @@ def _add_herd(sub: argparse._SubParsersAction) -> None:
                    help="with --netns: each node's link to origin, MB/s (default 100)")
     h.add_argument("--peer-mbps", type=float, default=1000.0, metavar="MB/S",
                    help="with --netns: each node's link to its peers, MB/s (default 1000)")
+    h.add_argument("--hedge-after", metavar="SECONDS|off",
+                   help="the agents' --hedge-after (default: theirs); off: no hedging")
     h.add_argument("--json", action="store_true", help="print results as JSON on stdout")
     h.add_argument("--no-install", action="store_true",
                    help="never apt-get install nginx; exit 2 naming the command instead")

@@ -77,6 +77,7 @@ from bench.herd_report import (
     HerdCase,
     HerdReport,
     HerdRun,
+    StartMode,
     parse_nodes,
 )
 from bench.model import Model, prepare_model, remove_tree, shard_sizes
@@ -105,6 +106,7 @@ class Fleet:
     token_file: Path
     nodes_for: Callable[[int], list[Node]]
     pull_timeout: float
+    agent_flags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,8 +126,19 @@ async def _burst(agents: Sequence[FleetAgent], fleet: Fleet, members: int) -> _B
     return _Burst(seconds, started_at, statuses, await agent_counters(agents), offset)
 
 
-def run_case(fleet: Fleet, n: int, variant: Variant) -> HerdRun:
+async def _burst_together(agents: Sequence[FleetAgent], fleet: Fleet, launched: float,
+                          started_at: float, offset: int) -> _Burst:
+    """``--start together``: each pull as soon as its agent's socket opens, timed from launch."""
+    seconds, statuses = await pull_all(agents, fleet.model.manifest_id,
+                                       fleet.pull_timeout + READY_TIMEOUT_S, when_open=launched)
+    return _Burst(seconds, started_at, statuses, await agent_counters(agents), offset)
+
+
+def run_case(fleet: Fleet, n: int, variant: Variant, start: StartMode = "settled") -> HerdRun:
     """Start ``n`` agents, time one burst, stop them, verify every tree, clean up.
+
+    ``start``: see :class:`~bench.herd_report.HerdBenchOptions`; ``together`` reads
+    the origin's log from before the agents' launch.
 
     Raises:
         ToolFailed: an agent would not start, a pull failed, or a tree is wrong.
@@ -133,10 +146,14 @@ def run_case(fleet: Fleet, n: int, variant: Variant) -> HerdRun:
     area = fleet.area / f"{variant}-{n}"
     agents: list[FleetAgent] = []
     try:
-        agents = start_agents(fleet.nodes_for(n), variant, area, fleet.sockets, fleet.token_file)
+        offset, started_at, launched = fleet.origin.log_offset(), time.time(), time.perf_counter()
+        agents = start_agents(fleet.nodes_for(n), variant, area, fleet.sockets, fleet.token_file,
+                              fleet.agent_flags)
         members = n if variant == "ring" else 1
         try:
-            burst = asyncio.run(_burst(agents, fleet, members))
+            burst = asyncio.run(
+                _burst_together(agents, fleet, launched, started_at, offset)
+                if start == "together" else _burst(agents, fleet, members))
         except (aiohttp.ClientError, OSError) as err:
             raise ToolFailed(f"talking to the agents failed: {err}") from err
         stop_agents(agents)
@@ -147,8 +164,10 @@ def run_case(fleet: Fleet, n: int, variant: Variant) -> HerdRun:
         from_peers = sum(int(s.get("bytes_from_peers") or 0) for s in burst.statuses)
         busy = tally.last_blob_end - burst.started_at if tally.last_blob_end else None
         changes = sum(ring_changes_since(a, burst.started_at) for a in agents)
+        hedges = {k.removeprefix("hedges_"): v for k, v in burst.counters.items()
+                  if k.startswith("hedges_") and v}
         return HerdRun(burst.seconds, tally, busy, burst.counters["origin_bytes"], from_peers,
-                       burst.counters["peer_failures"], changes)
+                       burst.counters["peer_failures"], changes, hedges)
     finally:
         stop_agents(agents)
         _keep_logs(agents, fleet.area.parent / "logs", f"{variant}-{n}")
@@ -177,6 +196,8 @@ def _describe(run: HerdRun, model_bytes: int) -> str:
         f"{format_bytes(run.agents_origin_bytes)}), from peers {format_bytes(run.from_peers)}"
         + (f", {run.peer_failures} peer failures" if run.peer_failures else "")
         + (f", {run.ring_changes} ring changes" if run.ring_changes else "")
+        + (", hedges " + " ".join(f"{k}={v}" for k, v in sorted(run.hedges.items()))
+           if run.hedges else "")
     )
 
 
@@ -191,9 +212,10 @@ def measure(fleet: Fleet, options: HerdBenchOptions, console: Console) -> list[H
                 case = cases[(n, variant)]
                 if case.error is not None:
                     continue
-                where = f"  {options.mode} · N={n} · {variant} · run {round_ + 1}/{options.repeat}"
+                where = (f"  {options.mode} · {options.start} · N={n} · {variant} · run"
+                         f" {round_ + 1}/{options.repeat}")
                 try:
-                    run = run_case(fleet, n, variant)
+                    run = run_case(fleet, n, variant, options.start)
                 except ToolFailed as err:
                     case.error = str(err)
                     console.print(f"{where}: [red]failed[/] ({err})")
@@ -228,6 +250,14 @@ def _notes(options: HerdBenchOptions, facts: MachineFacts) -> list[str]:
         f"{format_bytes(_warm_up_bytes(o, facts))} written and deleted untimed before the "
         "first burst (first-touch memory); ring and naive alternate which goes first each round",
     ]
+    notes.append(
+        "start together: agents launched and each pull sent as soon as its agent's pod "
+        "socket answers; wall time from the launch (agent start-up included)"
+        if o.start == "together" else
+        "start settled: pulls sent once every agent sees its whole ring; wall time from "
+        "the first pull request")
+    notes.append("hedging: the agents' default (--hedge-after = --peer-timeout)"
+                 if o.hedge_after is None else f"hedging: --hedge-after {o.hedge_after}")
     if o.netns:
         notes.append(
             f"shaped: each agent in its own network namespace; its own link to the origin "
@@ -344,7 +374,7 @@ def run_herd_bench(
             f"origin: nginx serving the store, logging bytes sent to {served.origin.access_log}")
         timeout = timeout_for(max(options.fleet_sizes) * model.nbytes) + served.extra_timeout
         fleet = Fleet(model, served.origin, wd / "runs", sockets, _token_file(wd),
-                      served.nodes_for, timeout)
+                      served.nodes_for, timeout, options.agent_flags)
         report = HerdReport(facts, options, served.title, notes=_notes(options, facts))
         report.cases = measure(fleet, options, console)
         report.notes.append(
@@ -368,6 +398,8 @@ def options_from_args(args: argparse.Namespace) -> HerdBenchOptions:
         peer_mbps=args.peer_mbps,
         workdir=Path(args.workdir) if args.workdir else None,
         keep=args.keep,
+        start=args.start,
+        hedge_after=args.hedge_after,
     )
 
 

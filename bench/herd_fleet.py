@@ -84,10 +84,11 @@ def netns_nodes(n: int, plan: NetnsPlan) -> list[Node]:
 
 
 def agent_argv(spec: AgentSpec, variant: Variant, peers: Sequence[str],
-               token_file: Path) -> list[str]:
-    """The command line of one agent (a ring member, or alone for ``naive``)."""
+               token_file: Path, extra: Sequence[str] = ()) -> list[str]:
+    """The command line of one agent (a ring member, or alone for ``naive``);
+    ``extra``: more flags (``--hedge-after``)."""
     return fleet.agent_argv(spec, peers=peers if variant == "ring" else (),
-                            token_file=token_file, extra=AGENT_FLAGS)
+                            token_file=token_file, extra=[*AGENT_FLAGS, *extra])
 
 
 def mount(agent: FleetAgent) -> Path:
@@ -114,16 +115,17 @@ def ring_changes_since(agent: FleetAgent, since: float) -> int:
 
 
 def start_agents(nodes: Sequence[Node], variant: Variant, area: Path, sockets: Path,
-                 token_file: Path) -> list[FleetAgent]:
-    """Start one agent per node; the caller must :func:`bdn.fleet.stop_agents` them
-    (even on failure)."""
+                 token_file: Path, extra: Sequence[str] = ()) -> list[FleetAgent]:
+    """Start one agent per node, with flags ``extra`` too; the caller must
+    :func:`bdn.fleet.stop_agents` them (even on failure)."""
     peers = [node.listen for node in nodes] if variant == "ring" else []
     agents: list[FleetAgent] = []
     for node in nodes:
         spec = node.spec(area, sockets)
         spec.root.mkdir(parents=True)
         agents.append(fleet.start_agent(spec, peers=peers, token_file=token_file,
-                                        extra=AGENT_FLAGS, env=agent_env(spec.root),
+                                        extra=[*AGENT_FLAGS, *extra],
+                                        env=agent_env(spec.root),
                                         cwd=spec.root))
     return agents
 
@@ -159,12 +161,16 @@ COUNTERS = {
 }
 """Agent counters the bench reads after a burst (our name -> Prometheus sample name)."""
 
+HEDGES = "bdn_peer_hedges_total"
+"""Read by outcome too: ``hedges_<outcome>`` in :func:`agent_counters`' answer."""
+
 
 async def agent_counters(agents: Sequence[FleetAgent]) -> dict[str, int]:
     """Each of :data:`COUNTERS`, summed over ``agents`` (from ``/metrics`` on their sockets).
 
     ``origin_bytes`` is what the agents say they read from origin: a cross-check of
-    the origin's own count; ``peer_failures`` says why a ring read origin more than once.
+    the origin's own count; ``peer_failures`` says why a ring read origin more than once;
+    ``hedges_<outcome>``: :data:`HEDGES` by outcome.
     """
     wanted = {sample: key for key, sample in COUNTERS.items()}
     totals = dict.fromkeys(COUNTERS, 0.0)
@@ -176,28 +182,38 @@ async def agent_counters(agents: Sequence[FleetAgent]) -> dict[str, int]:
             for sample in family.samples:
                 if sample.name in wanted:
                     totals[wanted[sample.name]] += sample.value
+                elif sample.name == HEDGES:
+                    key = f"hedges_{sample.labels.get('outcome')}"
+                    totals[key] = totals.get(key, 0.0) + sample.value
     return {key: int(value) for key, value in totals.items()}
 
 
 async def pull_all(
-    agents: Sequence[FleetAgent], manifest_id: str, timeout: float
+    agents: Sequence[FleetAgent], manifest_id: str, timeout: float,
+    *, when_open: float | None = None,
 ) -> tuple[float, list[dict[str, Any]]]:
     """All agents pull ``manifest_id`` into their mounts at once.
 
+    With ``when_open`` (the ``time.perf_counter()`` at which the agents were
+    launched), each pull is sent the moment its agent's pod socket answers,
+    and the time runs from ``when_open`` (``--start together``).
+
     Returns:
-        Seconds from the first request to the last completion, and each
-        agent's final progress object.
+        Seconds from the first request (or ``when_open``) to the last
+        completion, and each agent's final progress object.
 
     Raises:
-        ToolFailed: a pull failed, or they did not all finish in ``timeout``.
+        ToolFailed: an agent exited, a pull failed, or they did not all finish in ``timeout``.
     """
 
     async def one(a: FleetAgent) -> tuple[float, dict[str, Any]]:
+        if when_open is not None:
+            await fleet.wait_answering(a, timeout=timeout, interval=0.01)
         client = AgentClient(a.address, poll_interval=POLL_INTERVAL_S)
         status = await client.pull(request_for(manifest_id, mount(a)))
         return time.perf_counter(), status
 
-    start = time.perf_counter()
+    start = time.perf_counter() if when_open is None else when_open
     try:
         # asyncio.timeout, not wait_for: when SIGTERM cancels everything, wait_for
         # leaves the gather's CancelledError unretrieved and asyncio logs it.
@@ -205,7 +221,7 @@ async def pull_all(
             done = await asyncio.gather(*(one(a) for a in agents))
     except TimeoutError:
         raise ToolFailed(f"the pulls did not finish within {timeout:.0f}s") from None
-    except (BdnError, OSError) as err:
+    except (BdnError, OSError) as err:  # FleetError is a BdnError
         raise ToolFailed(f"a pull failed: {err}") from err
     return max(end for end, _ in done) - start, [status for _, status in done]
 

@@ -25,6 +25,8 @@ from bench.herd_origin import OriginTally
 from bench.tools import MachineFacts
 
 Mode = Literal["loopback", "netns"]
+StartMode = Literal["settled", "together"]
+START_MODES: tuple[StartMode, ...] = ("settled", "together")
 VARIANTS: tuple[Variant, ...] = ("ring", "naive")
 
 DEFAULT_NODES: dict[Mode, tuple[int, ...]] = {"loopback": (2, 4, 8), "netns": (2, 4)}
@@ -52,6 +54,11 @@ class HerdBenchOptions:
         peer_mbps: each node's link to its peers in the shaped run, MB/s.
         workdir: parent of the fresh work directory (default: the system temp dir).
         keep: keep the work directory afterwards.
+        start: ``settled``: every agent sees its ring before the pulls start,
+            timed from the first pull request; ``together``: each pull starts
+            the moment its agent's pod socket answers, timed from the agents'
+            launch (an autoscaler adding N nodes at once).
+        hedge_after: the agents' ``--hedge-after`` (``None``: their default).
     """
 
     nodes: tuple[int, ...] | None = None
@@ -63,6 +70,13 @@ class HerdBenchOptions:
     peer_mbps: float = 1000.0
     workdir: Path | None = None
     keep: bool = False
+    start: StartMode = "settled"
+    hedge_after: str | None = None
+
+    @property
+    def agent_flags(self) -> tuple[str, ...]:
+        """Flags every agent of the run gets beyond the bench's own."""
+        return () if self.hedge_after is None else ("--hedge-after", self.hedge_after)
 
     @property
     def mode(self) -> Mode:
@@ -86,6 +100,8 @@ class HerdBenchOptions:
         if self.model_bytes < self.shards:
             raise ConfigError(f"must be at least {self.shards} bytes (one per shard)",
                               field="--size")
+        if self.start not in START_MODES:
+            raise ConfigError(f"must be one of {', '.join(START_MODES)}", field="--start")
         for name in ("origin_mbps", "peer_mbps"):
             if not getattr(self, name) > 0:
                 raise ConfigError("must be a positive rate in MB/s",
@@ -154,6 +170,8 @@ class HerdRun:
             more at the origin.
         ring_changes: membership changes the agents logged during the burst
             (summed): a peer dropped from a ring (a probe timed out) or back.
+        hedges: ``bdn_peer_hedges_total`` by outcome, summed (won and lost
+            hedges each read a chunk a second time, maybe from origin).
     """
 
     seconds: float
@@ -163,6 +181,7 @@ class HerdRun:
     from_peers: int
     peer_failures: int = 0
     ring_changes: int = 0
+    hedges: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -300,6 +319,7 @@ class HerdReport:
             "command": "bdn bench herd",
             "machine": self.facts.to_dict(),
             "mode": o.mode,
+            "start": o.start,
             "repeat": o.repeat,
             "model_bytes": o.model_bytes,
             "shards": o.shards,

@@ -132,6 +132,7 @@ def _in_server(load: _Workload, run: Callable[[MirrorServerProcess], Any]) -> An
     async def go() -> Any:
         server = start_mirror_server(root, store=f"file://{root / 'store'}", env=load.env,
                                      token=secrets.token_hex(16),
+                                     allow=[f"file://{load.wd / 'src'}"],
                                      extra=["--max-jobs", str(load.options.max_jobs)])
         try:
             await server.wait_ready()

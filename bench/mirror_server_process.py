@@ -163,17 +163,20 @@ def start_mirror_server(
     extra: Sequence[str] = (),
     log_name: str = "mirror-server.log",
     verbose: bool = False,
+    allow: Sequence[str] = (),
 ) -> MirrorServerProcess:
     """Start ``python -m bdn mirror-server`` on ``127.0.0.1:0`` with its state in
     ``root/state``; not ready until :meth:`MirrorServerProcess.wait_ready`.
 
     ``token`` None means ``--insecure-no-token``; ``verbose`` logs at DEBUG (``bdn
-    -v``). The log is appended to, so a restarted server keeps one log.
+    -v``); ``allow`` are its ``--allow-source`` rules (none: every submission is
+    refused). The log is appended to, so a restarted server keeps one log.
     """
     root.mkdir(parents=True, exist_ok=True)
     args = [sys.executable, "-m", "bdn", *(["-v"] if verbose else []), "mirror-server",
             "--listen", "127.0.0.1:0",
-            "--store", store, "--state-dir", str(root / "state"), *extra]
+            "--store", store, "--state-dir", str(root / "state"),
+            *(a for rule in allow for a in ("--allow-source", rule)), *extra]
     if token is None:
         args.append("--insecure-no-token")
     else:

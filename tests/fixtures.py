@@ -8,6 +8,12 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from bdn.backends import open_store
+from bdn.cache import NodeCache
+from bdn.manifest import Manifest
+from bdn.pull import DEFAULT_PULL_OPTIONS, PullOptions, PullResult, pull_manifest
 
 
 def pattern_bytes(seed: int, size: int) -> bytes:
@@ -58,3 +64,17 @@ def run_bdn(
         check=False,
     )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+async def pull_from(manifest: Manifest, mount: Path, store_uri: str, cache_dir: Path,
+                    options: PullOptions = DEFAULT_PULL_OPTIONS,
+                    **store_kw: Any) -> PullResult:
+    """Pull ``manifest`` to ``mount`` in this process, from the store at ``store_uri``
+    (opened with ``store_kw``) through the cache at ``cache_dir``; both closed after."""
+    store = open_store(store_uri, **store_kw)
+    cache = NodeCache(cache_dir)
+    try:
+        return await pull_manifest(manifest, mount, store=store, cache=cache, options=options)
+    finally:
+        cache.close()
+        await store.close()

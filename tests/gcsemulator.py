@@ -33,18 +33,19 @@ from google.auth._regional_access_boundary_utils import _RegionalAccessBoundaryM
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
+from tests.emulator import StorageEmulator
+
 __all__ = ["FakeGoogle", "GcsEmulator", "fake_google", "gcs_bucket", "gcs_emulator"]
 
 
 @dataclass(frozen=True)
-class GcsEmulator:
-    """A running emulator: ``host`` is what ``STORAGE_EMULATOR_HOST`` would hold."""
-
-    host: str
+class GcsEmulator(StorageEmulator):
+    """A running gcp-storage-emulator."""
 
     @property
-    def endpoint(self) -> str:
-        return f"http://{self.host}"
+    def host(self) -> str:
+        """``127.0.0.1:<port>``: what ``STORAGE_EMULATOR_HOST`` would hold."""
+        return self.endpoint.removeprefix("http://")
 
     def client(self) -> Any:
         """A google-cloud-storage client on the emulator (anonymous, project "test")."""
@@ -89,7 +90,7 @@ def gcs_emulator() -> Iterator[GcsEmulator]:
         # Port 0 picks a free port; the package exposes the bound address only
         # through its HTTPServer, which exists once start() has returned.
         port = server._api._httpd.server_address[1]
-        yield GcsEmulator(host=f"127.0.0.1:{port}")
+        yield GcsEmulator(endpoint=f"http://127.0.0.1:{port}")
     finally:
         stop()
         atexit.unregister(stop)

@@ -50,19 +50,17 @@ import hmac
 import itertools
 import json
 import os
-import re
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-import pytest
 from aiohttp import web
 
-from tests.loopback import LoopbackApps, listen
+from tests.loopback import LoopbackApps, listen, parse_range, server_fixtures
 
 __all__ = [
     "LFS_SUFFIXES",
@@ -81,7 +79,6 @@ LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".onnx", ".msgpack
 DEFAULT_LFS_THRESHOLD = 10 * 1024 * 1024
 """The Hub refuses non-LFS files from 10 MiB on; larger files are LFS here too."""
 
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 _HASH_PIECE = 8 * 1024 * 1024
 _INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
 
@@ -526,7 +523,7 @@ class HfServer:
                           headers: dict[str, str]) -> web.StreamResponse:
         start, end, status = 0, f.size, 200
         if "Range" in request.headers:
-            parsed = _parse_range(request.headers["Range"], f.size)
+            parsed = parse_range(request.headers["Range"], f.size)
             if parsed is None:
                 self._record("hub", request, 416)
                 return web.Response(status=416, headers={"Content-Range": f"bytes */{f.size}"})
@@ -618,31 +615,9 @@ def _tree_entries(commit: _Commit, base: str, recursive: bool,
     return out
 
 
-def _parse_range(header: str, size: int) -> tuple[int, int] | None:
-    """``[start, end)`` of a single ``bytes=`` range, or ``None`` if unsatisfiable."""
-    match = _RANGE.fullmatch(header.strip())
-    if match is None or (match[1] == "" and match[2] == ""):
-        return None
-    if match[1] == "":
-        return max(size - int(match[2]), 0), size
-    start = int(match[1])
-    end = size if match[2] == "" else min(int(match[2]) + 1, size)
-    return (start, end) if start < end else None
-
-
 # --------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="session")
-def hf_server_session() -> Iterator[HfServer]:
-    """One :class:`HfServer` for the whole session."""
-    with HfServer() as server:
-        yield server
-
-
-@pytest.fixture
-def hf_server(hf_server_session: HfServer) -> Iterator[HfServer]:
-    """The session's server, with repos, tokens and records reset around the test."""
-    hf_server_session.reset()
-    yield hf_server_session
-    hf_server_session.reset()
+# ``hf_server_session``: one :class:`HfServer` for the whole session; ``hf_server``: that
+# server, with repos, tokens and records reset around the test.
+hf_server_session, hf_server = server_fixtures(HfServer, "hf_server")

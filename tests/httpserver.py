@@ -23,22 +23,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import socket
 import struct
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 from aiohttp import web
 
-from tests.loopback import LoopbackApps, listen
+from tests.loopback import LoopbackApps, listen, parse_range, server_fixtures
 
 __all__ = ["FaultPlan", "FaultServer", "ServerStats", "fault_server", "fault_server_session"]
 
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 _WRITE_PIECE = 64 * 1024
 
 
@@ -67,6 +63,13 @@ class FaultPlan:
         path: restrict all faults to this object name (``None``: any object).
         bytes_per_second: throttle every GET body to this rate (per response;
             not consumed), so a test can kill a client mid-transfer.
+        pause_after: a barrier: once this many GET body bytes have been served
+            in all (since the plan was set), every response stops sending at its
+            next write (so each sends at most one more piece), the server's
+            ``paused`` event is set, and bodies resume only after
+            :meth:`FaultServer.release` (or a reset). Not restricted by ``path``.
+        stall_headers_count: the next N GETs send their headers and then no
+            body byte until the client gives up (a persistent stall).
     """
 
     status: int = 503
@@ -86,6 +89,8 @@ class FaultPlan:
     content_encoding: str | None = None
     path: str | None = None
     bytes_per_second: float | None = None
+    pause_after: int | None = None
+    stall_headers_count: int = 0
 
 
 @dataclass
@@ -122,6 +127,7 @@ class _Decision:
     stall_seconds: float = 0.0
     ignore_range: bool = False
     wrong_range: bool = False
+    stall_headers: bool = False
 
 
 class FaultServer:
@@ -130,7 +136,11 @@ class FaultServer:
     def __init__(self) -> None:
         self._objects: dict[str, bytes | Path] = {}
         self._lock = threading.Lock()
-        self.faults = FaultPlan()
+        self.paused = threading.Event()
+        self._released = threading.Event()
+        self._generation = 0  # bumped by every new plan: releases responses held by the old
+        self._plan_served = 0  # GET body bytes served under the current plan (pause_after)
+        self._faults = FaultPlan()
         self.stats = ServerStats()
         self._apps = LoopbackApps()
         self._sock, self.port = listen(128)
@@ -170,11 +180,29 @@ class FaultServer:
         return f"{self.base_url}/{name}"
 
     def reset(self) -> None:
-        """Forget objects, faults and counters."""
+        """Forget objects, faults and counters (releasing a pause)."""
         with self._lock:
             self._objects.clear()
-            self.faults = FaultPlan()
             self.stats = ServerStats()
+        self.faults = FaultPlan()
+
+    @property
+    def faults(self) -> FaultPlan:
+        """The plan in force; setting one releases a pause and restarts ``pause_after``."""
+        return self._faults
+
+    @faults.setter
+    def faults(self, plan: FaultPlan) -> None:
+        with self._lock:
+            self._faults = plan
+            self._plan_served = 0
+            self._generation += 1
+            self.paused.clear()
+            self._released.clear()
+
+    def release(self) -> None:
+        """Let paused responses go on (a ``pause_after`` barrier that fired)."""
+        self._released.set()
 
     def reset_stats(self) -> None:
         with self._lock:
@@ -219,6 +247,10 @@ class FaultServer:
                 setattr(d, f"{kind}_after", after)
                 fired += 1
         d.stall_seconds = plan.stall_seconds
+        if plan.stall_headers_count > 0:
+            plan.stall_headers_count -= 1
+            d.stall_headers = True
+            fired += 1
         self.stats.faults_fired += fired
         return d
 
@@ -247,7 +279,7 @@ class FaultServer:
         ranged = False
         start, end = 0, size
         if header is not None:
-            parsed = _parse_range(header, size)
+            parsed = parse_range(header, size)
             if parsed is None:
                 return web.Response(
                     status=416, headers={"Content-Range": f"bytes */{size}"}, text="bad range\n"
@@ -296,7 +328,11 @@ class FaultServer:
                 limit = min(limit, cut)
         sent = 0
         try:
+            if d.stall_headers:  # prepare() has sent the headers.
+                await self._until_released()  # The client gives up first (or a reset).
+                return
             while sent < limit:
+                await self._barrier()
                 piece = body[sent : min(sent + _WRITE_PIECE, limit)]
                 await resp.write(piece)
                 sent += len(piece)
@@ -314,6 +350,7 @@ class FaultServer:
             if d.stall_after is not None:
                 await asyncio.sleep(d.stall_seconds)
             while sent < len(body):
+                await self._barrier()
                 piece = body[sent : sent + _WRITE_PIECE]
                 await resp.write(piece)
                 sent += len(piece)
@@ -324,6 +361,20 @@ class FaultServer:
             # The client went away (expected after a stall timeout or a reset).
             return
 
+    async def _barrier(self) -> None:
+        """Hold this response while a ``pause_after`` barrier is up (see FaultPlan)."""
+        after = self.faults.pause_after
+        if after is None or self._plan_served < after:
+            return
+        self.paused.set()
+        await self._until_released()
+
+    async def _until_released(self) -> None:
+        """Wait for :meth:`release` or a new plan (polled: both come from the test's thread)."""
+        generation = self._generation
+        while not self._released.is_set() and self._generation == generation:
+            await asyncio.sleep(0.005)
+
     async def _throttle(self, n: int) -> None:
         rate = self.faults.bytes_per_second
         if rate:
@@ -332,6 +383,7 @@ class FaultServer:
     def _count(self, name: str, n: int) -> None:
         with self._lock:
             self.stats.bytes_served += n
+            self._plan_served += n
             self.stats.bytes_by_object[name] = self.stats.bytes_by_object.get(name, 0) + n
 
 
@@ -341,23 +393,6 @@ def _error(d: _Decision) -> web.Response:
         headers["Retry-After"] = d.retry_after
     assert d.status is not None
     return web.Response(status=d.status, headers=headers, text=f"injected {d.status}\n")
-
-
-def _parse_range(header: str, size: int) -> tuple[int, int] | None:
-    """``[start, end)`` of a single ``bytes=`` range, or ``None`` if unsatisfiable."""
-    match = _RANGE.fullmatch(header.strip())
-    if match is None:
-        return None
-    first, last = match[1], match[2]
-    if first == "":
-        if last == "" or int(last) == 0:
-            return None
-        return max(size - int(last), 0), size
-    start = int(first)
-    end = size if last == "" else min(int(last) + 1, size)
-    if start >= size or end <= start:
-        return None
-    return start, end
 
 
 def _read(obj: bytes | Path, start: int, end: int) -> bytes:
@@ -380,16 +415,6 @@ def _reset(request: web.Request) -> None:
     transport.abort()
 
 
-@pytest.fixture(scope="session")
-def fault_server_session() -> Iterator[FaultServer]:
-    """One :class:`FaultServer` for the whole session."""
-    with FaultServer() as server:
-        yield server
-
-
-@pytest.fixture
-def fault_server(fault_server_session: FaultServer) -> Iterator[FaultServer]:
-    """The session's server with objects, faults and counters reset around the test."""
-    fault_server_session.reset()
-    yield fault_server_session
-    fault_server_session.reset()
+# ``fault_server_session``: one :class:`FaultServer` for the whole session;
+# ``fault_server``: that server, with objects, faults and counters reset around the test.
+fault_server_session, fault_server = server_fixtures(FaultServer, "fault_server")

@@ -8,13 +8,42 @@ origin) all start, serve and stop the same way; this is that one way.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol, TypeVar
 
+import pytest
 from aiohttp import web
 
-__all__ = ["LoopbackApps", "listen"]
+__all__ = ["LoopbackApps", "listen", "parse_range", "server_fixtures"]
+
+
+class _Resettable(Protocol):
+    def reset(self) -> None: ...
+
+
+_S = TypeVar("_S", bound=_Resettable)
+
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """``[start, end)`` of a single ``bytes=`` range of ``size`` bytes, or ``None`` if it
+    is malformed or unsatisfiable (416), as a suffix of zero bytes is."""
+    match = _RANGE.fullmatch(header.strip())
+    if match is None:
+        return None
+    first, last = match[1], match[2]
+    if first == "":
+        if last == "" or int(last) == 0:
+            return None
+        return max(size - int(last), 0), size
+    start = int(first)
+    end = size if last == "" else min(int(last) + 1, size)
+    return (start, end) if start < end else None
 
 
 def listen(backlog: int = 256) -> tuple[socket.socket, int]:
@@ -66,3 +95,27 @@ class LoopbackApps:
         self._loop.close()
         for sock in self._socks:
             sock.close()
+
+
+def server_fixtures(start: Callable[[], AbstractContextManager[_S]],
+                    name: str) -> tuple[Any, Any]:
+    """Two fixtures over one server for the whole session: ``<name>_session``, the
+    server ``start()`` enters (stopped at the session's end), and ``<name>``, that
+    server reset before and after each test. Bind them to those names in the module
+    (and import them into a conftest.py) for pytest to find them."""
+
+    @pytest.fixture(scope="session", name=f"{name}_session")
+    def session() -> Iterator[_S]:
+        """One server for the whole session."""
+        with start() as server:
+            yield server
+
+    @pytest.fixture(name=name)
+    def per_test(request: pytest.FixtureRequest) -> Iterator[_S]:
+        """The session's server, reset before and after the test."""
+        server: _S = request.getfixturevalue(f"{name}_session")
+        server.reset()
+        yield server
+        server.reset()
+
+    return session, per_test

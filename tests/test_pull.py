@@ -19,7 +19,7 @@ from bdn.pull import PullOptions, PullResult, pull_manifest
 from bdn.transfer import TransferConfig
 from tests.conftest import MotoS3
 from tests.e2e.agents import mirror_into, mirrored_model, publish_store
-from tests.fixtures import make_model, pattern_bytes
+from tests.fixtures import make_model, pattern_bytes, pull_from
 from tests.httpserver import FaultPlan, FaultServer
 
 CHUNK = 64 * 1024
@@ -59,13 +59,7 @@ async def pull(
     options: PullOptions = FAST,
     **store_kw: object,
 ) -> PullResult:
-    store = open_store(store_uri, **store_kw)  # type: ignore[arg-type]
-    cache = NodeCache(cache_dir)
-    try:
-        return await pull_manifest(manifest, mount, store=store, cache=cache, options=options)
-    finally:
-        cache.close()
-        await store.close()
+    return await pull_from(manifest, mount, store_uri, cache_dir, options, **store_kw)
 
 
 async def test_pull_from_file_store_then_again_is_instant(tmp_path: Path) -> None:
@@ -351,10 +345,12 @@ async def test_disk_filling_up_mid_pull_is_a_clear_error_and_resumable(
 
     store, cache = open_store(base), NodeCache(small_fs / "cache")
     try:
-        with pytest.raises(CacheError, match="disk filled up") as info:
+        # ENOSPC may hit a blob's partial or the index (which records each
+        # admission); either way the error says the disk is full, with need/free.
+        with pytest.raises(CacheError, match=r"disk (filled up|holding .* is full)") as info:
             await pull_manifest(manifest, small_fs / "m", store=store, cache=cache,
                                 options=FAST, on_progress=fill_disk)
-        assert "free space" in str(info.value)
+        assert "free space" in str(info.value) and "delete" not in str(info.value)
         assert not (small_fs / "m").exists()
         assert cache.verify().ok
         hog.unlink()

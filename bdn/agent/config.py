@@ -11,10 +11,12 @@ Addresses are parsed by :mod:`bdn.daemon.address`, as for the mirror service.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from bdn.agent.chunks import DEFAULT_CHUNK_CACHE_BYTES
+from bdn.agent.trees import DEFAULT_TREES_DIR, check_roots
 from bdn.config.settings import Settings
 from bdn.daemon.address import format_hostport, is_loopback, is_wildcard, parse_hostport
 from bdn.errors import ConfigError
@@ -50,6 +52,10 @@ class MembershipConfig:
             change moves ~1/N of the chunks to new owners, which read them from
             origin again (measured: a flapping ring took a 4-node herd from
             1.0x to 1.75x the model at origin).
+        settle_timeout: the longest the start-up waits for every known
+            candidate to answer before the pod socket opens, so agents started
+            together agree on owners before their first pull (0: one round,
+            no wait; :mod:`bdn.agent.membership`).
     """
 
     static_peers: tuple[str, ...] = ()
@@ -59,6 +65,7 @@ class MembershipConfig:
     probe_interval: float = 2.0
     probe_timeout: float = 2.0
     misses_to_leave: int = 3
+    settle_timeout: float = 10.0
 
 
 DEFAULT_MEMBERSHIP_CONFIG = MembershipConfig()
@@ -84,9 +91,17 @@ class AgentConfig:
             ``"background": true`` may take (``None``: no cap).
         peer_timeout: seconds a chunk request to a peer may take before the
             pull falls back to origin (docs/DESIGN.md, "Pull": a short peer timeout).
+        hedge_after: the shortest wait before a slow chunk read from a peer is
+            hedged (``None``: ``peer_timeout``); the deadline itself is learned
+            (:mod:`bdn.peer.hedge`). ``hedge=False`` never hedges.
         drain_timeout: seconds a SIGTERM waits for in-flight pulls and
             responses before cancelling them.
         finished_pulls_kept: finished pulls remembered for ``GET /v1/pulls/{id}``.
+        trees_roots: the directories pods may have trees materialized under
+            (``--trees-root``; absolute, normalized); empty: only
+            ``<cache>/trees`` (see :attr:`allowed_trees_roots`, :mod:`bdn.agent.trees`).
+        hf_listen: ``(host, port)`` of the Hub-compatible read endpoint
+            (``--hf-listen``, :mod:`bdn.hub`); ``None``: not served.
     """
 
     settings: Settings
@@ -100,8 +115,12 @@ class AgentConfig:
     chunk_cache_bytes: int = DEFAULT_CHUNK_CACHE_BYTES
     background_fill_rate: float | None = None
     peer_timeout: float = 2.0
+    hedge: bool = True
+    hedge_after: float | None = None
     drain_timeout: float = 30.0
     finished_pulls_kept: int = 1000
+    trees_roots: tuple[Path, ...] = ()
+    hf_listen: tuple[str, int] | None = None
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -111,13 +130,20 @@ class AgentConfig:
         """Where the owner-side chunk cache lives: beside the node cache's blobs."""
         return self.settings.cache_dir / "chunks"
 
+    @property
+    def allowed_trees_roots(self) -> tuple[Path, ...]:
+        """Where pods' trees may go: ``trees_roots``, else ``<cache>/trees``."""
+        return self.trees_roots or (
+            Path(os.path.abspath(self.settings.cache_dir / DEFAULT_TREES_DIR)),)
+
 
 def check_config(config: AgentConfig) -> None:
     """Refuse configurations that would be unsafe or could not work.
 
     Raises:
         ConfigError: a non-loopback listen address without a token, an
-            unusable advertise address, or a socket path too long for the OS.
+            unusable advertise address, a socket path too long for the OS, or
+            a trees root that is unsafe (:func:`bdn.agent.trees.check_roots`).
     """
     host, port = config.listen
     if config.token is None and not is_loopback(host):
@@ -142,6 +168,7 @@ def check_config(config: AgentConfig) -> None:
             "a unix socket; pass a shorter --socket PATH",
             field="--socket",
         )
+    check_roots(config.allowed_trees_roots, config.settings.cache_dir, config.settings.store_uri)
 
 
 def parse_peer_list(text: str, *, field: str) -> tuple[str, ...]:

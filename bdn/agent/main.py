@@ -29,7 +29,7 @@ from prometheus_client import disable_created_metrics
 
 from bdn.agent.chunks import ChunkService
 from bdn.agent.config import AgentConfig
-from bdn.agent.membership import HealthProber, Membership
+from bdn.agent.membership import HealthProber, Membership, MembershipCollector
 from bdn.agent.metrics import AgentMetrics, CountingStore
 from bdn.agent.pulls import PullContext, PullJob, PullRegistry
 from bdn.agent.server import (
@@ -40,6 +40,7 @@ from bdn.agent.server import (
     pod_app,
     remove_unix_socket,
 )
+from bdn.agent.trees import protected_dirs
 from bdn.backends import store_for
 from bdn.cache import NodeCache
 from bdn.daemon.address import format_hostport
@@ -52,9 +53,12 @@ from bdn.daemon.lifecycle import (
     serve_until_signalled,
     start_or_stop,
 )
+from bdn.daemon.sites import listen_tcp
 from bdn.errors import ConfigError
 from bdn.http import HttpClient, HttpConfig
+from bdn.hub.app import HubContext, hub_app
 from bdn.peer.client import PeerClient
+from bdn.peer.hedge import HedgeConfig, Hedging
 from bdn.peer.tiered import TierConfig
 from bdn.ring import Ring
 
@@ -87,6 +91,7 @@ class Agent:
         self.chunks: ChunkService | None = None
         self.membership: Membership | None = None
         self.pulls: PullRegistry | None = None
+        self.peer_client: PeerClient | None = None
 
     async def start(self) -> None:
         """Open everything and start serving; on failure, close what was opened and raise."""
@@ -98,20 +103,30 @@ class Agent:
         store = CountingStore(store_for(s), self.metrics)
         self._closers.append(store.close)
         cache, chunks = self._open_caches(store)
-        membership = await self._start_membership(probe_http)
-        tiers = TierConfig(
-            ring=membership.current_ring,
-            self_addr=cfg.advertise,
-            peers=PeerClient(peer_http, cfg.token, timeout=cfg.peer_timeout),
-            local=chunks,
-        )
+        membership = self._open_membership(probe_http)
+        self.peer_client = PeerClient(peer_http, cfg.token, timeout=cfg.peer_timeout)
+        hedging = (Hedging(HedgeConfig.for_peer_timeout(cfg.peer_timeout, cfg.hedge_after))
+                   if cfg.hedge else None)
+        if hedging is not None:
+            self.metrics.watch_hedges(lambda: hedging.stats)
+        tiers = TierConfig(ring=membership.current_ring, self_addr=cfg.advertise,
+                           peers=self.peer_client, local=chunks, hedging=hedging)
         self.pulls = pulls = PullRegistry(
-            PullContext(store, cache, s.secrets(), cfg.pull, tiers, cfg.background_fill_rate),
+            PullContext(store, cache, s.secrets(), cfg.pull.trusting(s.trusted_stores, store.uri),
+                        tiers, cfg.background_fill_rate,
+                        trees_roots=cfg.allowed_trees_roots,
+                        protected=protected_dirs(s.cache_dir, s.store_uri)),
             self.metrics,
             keep=cfg.finished_pulls_kept,
             on_finish=self._pull_finished,
         )
-        await self._serve(ServerContext(pulls, chunks, self.metrics, cfg.token, self.health))
+        ctx = ServerContext(pulls, chunks, self.metrics, cfg.token, self.health)
+        await self._serve_peers(ctx)
+        # The peer port answers now, so agents starting with this one can see it;
+        # the pod socket opens once they agree on the ring (bdn.agent.membership).
+        await membership.start()
+        await self._serve_pods(ctx)
+        await self._serve_hub(store, cache, tiers)
         self._tasks.append(asyncio.create_task(self._scan_caches_forever(), name="bdn-scan"))
         self._log_started(store.uri, membership)
 
@@ -135,16 +150,19 @@ class Agent:
         cfg, s = self.config, self.config.settings
         self.cache = cache = NodeCache(s.cache_dir, max_bytes=s.cache_max_bytes)
         self._closers.append(self._close_cache)
+        # Chunks are served from node-cache blobs only as the agent's own pulls
+        # would use them: admitted by proof, or on its store's (or a trusted one's) word.
         self.chunks = chunks = ChunkService(
             cache, store, chunk_cache_dir=cfg.chunk_cache_dir,
             chunk_cache_bytes=cfg.chunk_cache_bytes,
+            trust=cfg.pull.trusting(s.trusted_stores, store.uri).trust_for(store.uri),
         )
         self._closers.append(chunks.close)
         self.metrics.watch_chunk_service(lambda: chunks.stats)
         return cache, chunks
 
-    async def _start_membership(self, probe_http: HttpClient) -> Membership:
-        """Find and probe the peers; the ring starts as this agent alone."""
+    def _open_membership(self, probe_http: HttpClient) -> Membership:
+        """Peer membership, not started yet; the ring starts as this agent alone."""
         cfg = self.config
         self.membership = membership = Membership(
             cfg.membership,
@@ -155,7 +173,7 @@ class Agent:
         )
         self._closers.append(membership.close)
         self.metrics.ring_members.set(1)
-        await membership.start()
+        self.metrics.registry.register(MembershipCollector(lambda: membership.stats))
         return membership
 
     def _log_started(self, store_uri: str, membership: Membership) -> None:
@@ -172,19 +190,14 @@ class Agent:
             },
         )
 
-    async def _serve(self, ctx: ServerContext) -> None:
-        """Listen on the peer port, then on the pod socket: once a pod can connect, the
-        agent is already reachable by its peers."""
+    async def _serve_peers(self, ctx: ServerContext) -> None:
+        """Listen on the peer port (before the pod socket: once a pod can connect, the
+        agent is already reachable by its peers)."""
+        await listen_tcp(await self._runner(peer_app(ctx)), self.config.listen)
+
+    async def _serve_pods(self, ctx: ServerContext) -> None:
+        """Listen on the pod socket."""
         cfg = self.config
-        host, port = cfg.listen
-        peer_runner = await self._runner(peer_app(ctx))
-        try:
-            await web.TCPSite(peer_runner, host, port, reuse_address=True).start()
-        except OSError as err:
-            raise ConfigError(
-                f"cannot listen on {format_hostport(host, port)}: {err.strerror or err}; "
-                "pass another --listen", field="--listen",
-            ) from err
         try:
             self._socket = bind_unix_socket(cfg.socket_path)
         except OSError as err:
@@ -194,6 +207,16 @@ class Agent:
             ) from err
         pod_runner = await self._runner(pod_app(ctx))
         await web.SockSite(pod_runner, self._socket.sock).start()
+
+    async def _serve_hub(self, store: CountingStore, cache: NodeCache, tiers: TierConfig) -> None:
+        """The Hub-compatible read endpoint (:mod:`bdn.hub`) on ``--hf-listen``, if set, with
+        the pulls' store, cache, trust and peer tier, so its bytes take the pulls' path."""
+        cfg, s = self.config, self.config.settings
+        if cfg.hf_listen is None:
+            return
+        options = cfg.pull.trusting(s.trusted_stores, store.uri)
+        app = hub_app(HubContext(store, cache, s.secrets(), options, tiers))
+        await listen_tcp(await self._runner(app), cfg.hf_listen, flag="--hf-listen")
 
     async def _runner(self, app: web.Application) -> web.AppRunner:
         # No access log: every chunk request would be a line; metrics count them.
@@ -255,6 +278,9 @@ class Agent:
 
     def _ring_changed(self, ring: Ring) -> None:
         self.metrics.ring_members.set(len(ring.members))
+        if self.peer_client is not None:
+            # Requests in flight to a peer that left fall back now, not at their timeout.
+            self.peer_client.drop_peers(ring.members)
 
     def _pull_finished(self, job: PullJob) -> None:
         self._tasks.append(asyncio.create_task(self._scan_caches(), name="bdn-scan-once"))

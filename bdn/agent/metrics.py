@@ -12,6 +12,7 @@ Where the numbers come from:
   and metadata request to origin is counted once, whoever makes it (a pull's
   fallback or this node's chunk service as an owner);
 - the owner side: :class:`~bdn.agent.chunks.ChunkStats`, read at scrape time;
+- hedged chunk reads: :class:`~bdn.peer.hedge.HedgeStats`, read at scrape time;
 - the caches: :meth:`AgentMetrics.scan_caches`, run periodically off the loop.
 """
 
@@ -22,7 +23,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from bdn.agent.chunks import ChunkStats
@@ -30,6 +31,7 @@ from bdn.backends.base import BlobStore, RangeReader
 from bdn.cache import NodeCache
 from bdn.daemon.metrics import CONTENT_TYPE, DaemonMetrics
 from bdn.digest import Digest
+from bdn.peer.hedge import HedgeStats
 from bdn.pull import PullResult
 
 __all__ = ["CONTENT_TYPE", "AgentMetrics", "CountingStore"]
@@ -68,6 +70,11 @@ class AgentMetrics(DaemonMetrics):
             buckets=PULL_BUCKETS,
         )
         self.pulls_running = self._gauge("bdn_pulls_running", "Pulls in progress.")
+        self.pulls_rate_lifted = self._counter(
+            "bdn_pulls_rate_lifted",
+            "Background pulls whose fill-rate limit was lifted because a foreground "
+            "request joined them.",
+        )
         self.peer_failures = self._counter(
             "bdn_peer_failures",
             "Chunk requests to an owner peer that failed (down, slow, refused); "
@@ -122,6 +129,10 @@ class AgentMetrics(DaemonMetrics):
         """Export the owner side's counters, read from ``stats()`` at every scrape."""
         self.registry.register(_ChunkStatsCollector(stats))
 
+    def watch_hedges(self, stats: Callable[[], HedgeStats]) -> None:
+        """Export this agent's hedged chunk reads, read from ``stats()`` at every scrape."""
+        self.registry.register(_HedgeStatsCollector(stats))
+
     def observe_pull(self, outcome: str, seconds: float, result: PullResult | None) -> None:
         """Count one finished pull (``outcome``: ``succeeded`` or ``failed``)."""
         self.pulls.labels(outcome).inc()
@@ -151,7 +162,7 @@ class _ChunkStatsCollector(Collector):
     def __init__(self, stats: Callable[[], ChunkStats]) -> None:
         self._stats = stats
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         s = self._stats()
         reads = CounterMetricFamily(
             "bdn_chunk_service_reads",
@@ -174,6 +185,59 @@ class _ChunkStatsCollector(Collector):
             "Bytes this agent fetched from origin as a chunk owner.",
             value=s.origin_bytes,
         )
+        yield from _owner_side(s)
+
+
+def _owner_side(s: ChunkStats) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    """Digest checks, trust refusals and the peer-response gate of the chunk owner."""
+    yield CounterMetricFamily(
+        "bdn_chunk_service_hashes",
+        "xxh3-128 digests the chunk owner computed: one per chunk entering its chunk "
+        "cache, none per request.",
+        value=s.chunk_hashes,
+    )
+    yield CounterMetricFamily(
+        "bdn_chunk_service_untrusted_blobs",
+        "Node-cache blobs the owner did not serve from because their admission is not "
+        "acceptable to this agent's trust (the chunk came from the chunk cache or origin).",
+        value=s.untrusted_blobs,
+    )
+    r = s.responses
+    yield GaugeMetricFamily("bdn_peer_responses_in_flight",
+                            "Chunk responses this owner is running now.", value=r.in_flight)
+    yield GaugeMetricFamily("bdn_peer_responses_queued",
+                            "Chunk requests waiting for a response slot now.", value=r.queued)
+    yield GaugeMetricFamily("bdn_peer_responses_peak_in_flight",
+                            "Most chunk responses this owner ever ran at once.",
+                            value=r.peak_in_flight)
+    yield CounterMetricFamily(
+        "bdn_peer_responses_rejected",
+        "Chunk requests refused with 503 because the response queue was full.",
+        value=r.rejected,
+    )
+
+
+class _HedgeStatsCollector(Collector):
+    def __init__(self, stats: Callable[[], HedgeStats]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        s = self._stats()
+        hedges = CounterMetricFamily(
+            "bdn_peer_hedges",
+            "Second requests sent for a slow chunk read from a peer (no answer in time, a "
+            "stalled or slow body), to a replica or origin, by outcome: won (the hedge "
+            "answered first), lost (the first request did), denied (a chunk past its "
+            "deadline found the concurrent-hedge cap full; it hedges once a slot frees), "
+            "withheld (not sent to origin: the owner said it was filling the chunk from "
+            "origin, so a hedge would only read it twice).",
+            labels=["outcome"],
+        )
+        hedges.add_metric(["won"], s.won)
+        hedges.add_metric(["lost"], s.lost)
+        hedges.add_metric(["denied"], s.denied)
+        hedges.add_metric(["withheld"], s.withheld)
+        yield hedges
 
 
 def _tree_bytes(root: Path) -> int:

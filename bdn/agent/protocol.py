@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 from bdn import errors
 from bdn.config.weights import WeightsEntry, parse_entry
-from bdn.digest import Digest, chunk_count, is_xxh3_hex
+from bdn.digest import MAX_CHUNK_SIZE, Digest, chunk_count, is_xxh3_hex
 from bdn.errors import BdnError, ConfigError, ManifestInvalid
 
 # -- paths and headers -------------------------------------------------------------------
@@ -56,6 +56,21 @@ CHUNK_ROUTE = "/v1/chunks/{digest}/{index}"
 
 FORWARDED_HEADER = "X-BDN-Forwarded"
 """Sent on every peer chunk request: the owner answers it itself, never forwards it."""
+
+EARLY_ANSWER_HEADER = "X-BDN-Early-Answer"
+"""Sent (``1``) on a chunk request by a requester that takes an early answer: the
+owner sends the 200 and its headers at once and the body when the bytes are ready
+(after filling the chunk from origin, or waiting for a response slot). A failure
+after that aborts the connection instead of answering 404/502. Without it (an
+older requester) the owner answers once it holds the chunk, as before."""
+
+CHUNK_SOURCE_HEADER = "X-BDN-Chunk-Source"
+"""On an early answer: ``cache`` (the owner holds the chunk) or ``origin`` (it is
+filling the chunk from origin; the body waits for that fetch). Older requesters
+ignore it."""
+
+ChunkSource = Literal["cache", "origin"]
+"""The values of :data:`CHUNK_SOURCE_HEADER`."""
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _UINT = re.compile(r"[0-9]{1,19}")
@@ -121,25 +136,48 @@ def chunk_path(ref: ChunkRef) -> str:
 def parse_chunk_ref(digest: str, index: str, query: Mapping[str, str]) -> ChunkRef:
     """The :class:`ChunkRef` a chunk request names (path parts and query).
 
+    Only what a manifest could have written is accepted: ``chunk_size`` from 1
+    byte to :data:`~bdn.digest.MAX_CHUNK_SIZE` (the owner holds a chunk whole
+    in memory) and an ``index`` inside the blob. Whether ``size`` is the blob's
+    real size is for the server to find out, at origin.
+
     Raises:
-        ValueError: a one-line description of the malformed parameter.
+        ValueError: one line naming the malformed parameter and what to send.
     """
     if not _HEX64.fullmatch(digest):
-        raise ValueError("the blob digest must be 64 lowercase hex characters")
-    numbers: dict[str, int] = {}
-    for name, text in (("index", index), ("size", query.get("size")),
-                       ("chunk_size", query.get("chunk_size"))):
-        if text is None or not _UINT.fullmatch(text):
-            raise ValueError(f"{name} must be a non-negative integer")
-        numbers[name] = int(text)
+        raise ValueError("the blob digest must be 64 lowercase hex characters, got "
+                         f"{_shown(digest)}")
+    i = _whole_number("index", index)
+    size = _whole_number("size", query.get("size"))
+    chunk_size = _whole_number("chunk_size", query.get("chunk_size"))
     xxh3 = query.get("xxh3")
     if xxh3 is None or not is_xxh3_hex(xxh3):
-        raise ValueError("xxh3 must be 32 lowercase hex characters")
-    size, chunk_size, i = numbers["size"], numbers["chunk_size"], numbers["index"]
-    if chunk_size < 1 or i >= chunk_count(size, chunk_size):
-        raise ValueError(f"chunk {i} does not exist in a {size}-byte blob of "
-                         f"{chunk_size}-byte chunks")
+        raise ValueError("xxh3 must be 32 lowercase hex characters, got "
+                         f"{'nothing' if xxh3 is None else _shown(xxh3)}")
+    if not 1 <= chunk_size <= MAX_CHUNK_SIZE:
+        raise ValueError(f"chunk_size must be from 1 to {MAX_CHUNK_SIZE} bytes, got "
+                         f"{chunk_size}; send the manifest's chunk_size")
+    count = chunk_count(size, chunk_size)
+    if i >= count:
+        has = f"{count} (indices 0 to {count - 1})" if count else "none"
+        raise ValueError(f"chunk {i} does not exist: a {size}-byte blob in {chunk_size}-byte "
+                         f"chunks has {has}; send an index inside the blob")
     return ChunkRef(Digest(digest), i, size, chunk_size, xxh3)
+
+
+def _whole_number(name: str, text: str | None) -> int:
+    """A non-negative integer parameter of a chunk request (at most 19 digits)."""
+    if text is None:
+        raise ValueError(f"{name} must be a whole number, 0 or more; it is missing")
+    if not _UINT.fullmatch(text):
+        raise ValueError(f"{name} must be a whole number from 0 to {10**19 - 1}, got "
+                         f"{_shown(text)}")
+    return int(text)
+
+
+def _shown(text: str) -> str:
+    """A request value quoted for an error message, cut short (it comes from the wire)."""
+    return repr(text if len(text) <= 40 else text[:40] + "...")
 
 
 # -- pull requests ---------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from bdn.agent.metrics import AgentMetrics
 from bdn.agent.protocol import PullRequest, PullStatus, State, error_type_of
+from bdn.agent.trees import check_mount
 from bdn.backends.base import BlobStore
 from bdn.cache import NodeCache
 from bdn.config.secrets import SecretResolver
@@ -30,6 +31,7 @@ from bdn.daemon.lifecycle import cancel_and_wait
 from bdn.errors import BdnError, MountConflict, TransferError
 from bdn.peer.tiered import TierConfig
 from bdn.pull import PullOptions, PullResult, pull_manifest, resolve_manifest
+from bdn.transfer.ratelimit import LiftableRate
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,21 @@ class PullJob:
     started: float = field(default_factory=time.monotonic)
     seconds: float = 0.0
     task: asyncio.Task[None] | None = None
+    options: PullOptions | None = None
+
+    @property
+    def rate(self) -> LiftableRate | None:
+        """The background fill rate this pull runs under (None: unlimited)."""
+        rate = self.options.transfer.max_bytes_per_second if self.options else None
+        return rate if isinstance(rate, LiftableRate) else None
+
+    def lift_rate(self) -> bool:
+        """Let this pull run at full speed from now on; True when it was limited."""
+        rate = self.rate
+        if rate is None or rate.lifted:
+            return False
+        rate.lift()
+        return True
 
     def status(self) -> PullStatus:
         """The pull as the pod API shows it."""
@@ -81,7 +98,12 @@ class PullJob:
 
 @dataclass(frozen=True, slots=True)
 class PullContext:
-    """What every pull of the agent shares (owned and closed by the caller)."""
+    """What every pull of the agent shares (owned and closed by the caller).
+
+    ``trees_roots`` are the directories a request's mount location must lie
+    under, ``protected`` the ones it must stay out of (the node cache, a
+    local store); see :mod:`bdn.agent.trees`. No roots: every request is refused.
+    """
 
     store: BlobStore
     cache: NodeCache
@@ -89,13 +111,16 @@ class PullContext:
     options: PullOptions
     tiers: TierConfig
     background_fill_rate: float | None = None
+    trees_roots: tuple[Path, ...] = ()
+    protected: tuple[Path, ...] = ()
 
     def options_for(self, request: PullRequest) -> PullOptions:
-        """The pull options of one request: a background fill is rate-limited."""
+        """The pull options of one request: a background fill is rate-limited, by a
+        rate of its own that a foreground request joining it lifts."""
         if not (request.background and self.background_fill_rate):
             return self.options
-        transfer = dataclasses.replace(self.options.transfer,
-                                       max_bytes_per_second=self.background_fill_rate)
+        rate = LiftableRate(self.background_fill_rate)
+        transfer = dataclasses.replace(self.options.transfer, max_bytes_per_second=rate)
         return dataclasses.replace(self.options, transfer=transfer)
 
 
@@ -135,12 +160,20 @@ class PullRegistry:
         """Start a pull, or join the identical one already running.
 
         Raises:
+            ConfigError: the mount location is not one the agent may write
+                (outside its trees roots, through a symlink, on its cache).
             MountConflict: another running pull is filling the same mount
                 location with different content.
         """
+        check_mount(request.mount, self._ctx.trees_roots, self._ctx.protected)
         same = self._running.get(request.key)
         if same is not None:
             log.info("request joins a running pull", extra={"pull_id": same.id})
+            if not request.background and same.lift_rate():
+                # A pod now waits on this fill: it must not crawl at the fill rate.
+                self._metrics.pulls_rate_lifted.inc()
+                log.info("a foreground request lifted the background rate limit",
+                         extra={"pull_id": same.id})
             return same
         for job in self._running.values():
             if job.request.mount == request.mount:
@@ -149,7 +182,8 @@ class PullRegistry:
                     "wait for it, or use another mount_location",
                     path=request.mount,
                 )
-        job = PullJob(id="pull-" + secrets.token_hex(8), request=request)
+        job = PullJob(id="pull-" + secrets.token_hex(8), request=request,
+                      options=self._ctx.options_for(request))
         self._jobs[job.id] = job
         self._running[request.key] = job
         self._metrics.pulls_running.inc()
@@ -190,7 +224,7 @@ class PullRegistry:
                 Path(job.request.mount),
                 store=self._ctx.store,
                 cache=self._ctx.cache,
-                options=self._ctx.options_for(job.request),
+                options=job.options or self._ctx.options_for(job.request),
                 on_progress=progress,
                 on_plan=plan,
                 tiers=self._ctx.tiers,

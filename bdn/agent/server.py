@@ -12,8 +12,16 @@ Peer-facing (TCP, the cluster network)::
 
     GET /v1/chunks/{sha256 hex}/{index}?size=<blob size>&chunk_size=<n>&xxh3=<32 hex>
         Authorization: Bearer <token>
+        X-BDN-Early-Answer: 1   (optional: answer the headers at once)
         -> 200 the chunk's bytes; 401 missing/wrong token (nothing served);
-           400 malformed parameters; 404 origin lacks the blob; 502 origin failed
+           400 malformed parameters (chunk_size above 256 MiB, an index outside the
+               blob, a size that is not the blob's at origin); 404 origin lacks the
+               blob; 502 origin failed; 503 + Retry-After: the owner is busy (its
+               response queue is full), read the chunk from origin
+        With X-BDN-Early-Answer: 1, a request past the token, the parameters and the
+        queue check gets its 200 headers at once, with X-BDN-Chunk-Source: cache|origin,
+        and the body when the chunk is ready; a failure then (origin lacks or fails
+        the chunk) aborts the connection instead of answering 404/502.
     GET /healthz, GET /metrics  (no token: for probes and scrapers)
     POST /v1/pulls, GET /v1/pulls/{id}  (as above, behind the bearer token; 403 when
                                          the agent has no token)
@@ -43,25 +51,41 @@ from typing import Any
 from aiohttp import web
 
 from bdn.agent.chunks import ChunkService
+from bdn.agent.gate import GateFull, Place
 from bdn.agent.metrics import CONTENT_TYPE, AgentMetrics
 from bdn.agent.protocol import (
     CHUNK_ROUTE,
+    EARLY_ANSWER_HEADER,
     HEALTH_PATH,
     METRICS_PATH,
     PULL_ROUTE,
     PULLS_PATH,
+    ChunkRef,
     parse_chunk_ref,
     parse_pull_request,
     pull_path,
     status_for,
 )
 from bdn.agent.pulls import PullRegistry
+from bdn.agent.sending import abandon, send_body, send_chunk, start_answer
 from bdn.daemon.failures import Handler, answer_failures
 from bdn.daemon.tokens import authorized, json_error, unauthorized
-from bdn.errors import AuthError, ConfigError, MountConflict, NotFound, TransferError
+from bdn.errors import (
+    AuthError,
+    BdnError,
+    ConfigError,
+    MountConflict,
+    NotFound,
+    SourceError,
+    StoreError,
+    TransferError,
+)
+from bdn.store import blob_key
 
 log = logging.getLogger(__name__)
 
+BUSY_RETRY_AFTER = "1"
+"""``Retry-After`` seconds of a 503 from a busy owner (its requester reads origin meanwhile)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,8 +179,14 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE})
 
 
-async def get_chunk(request: web.Request) -> web.Response:
-    """Serve one chunk to a peer; see the module docstring for the contract."""
+async def get_chunk(request: web.Request) -> web.StreamResponse:
+    """Serve one chunk to a peer; see the module docstring for the contract.
+
+    Cheap checks first; then the request takes a slot of the owner's response
+    gate (FIFO), or is refused with 503 when too many already wait, so its
+    requester reads origin at once instead of queueing. A request that takes an
+    early answer goes through :func:`_answer_early`.
+    """
     ctx = request.app[CONTEXT]
     counter = ctx.metrics.peer_requests
     if not authorized(request, ctx.token):
@@ -169,21 +199,98 @@ async def get_chunk(request: web.Request) -> web.Response:
         counter.labels("400").inc()
         return _error(400, str(err))
     try:
+        if request.headers.get(EARLY_ANSWER_HEADER) == "1":
+            return await _answer_early(request, ctx, ref, ctx.chunks.gate.place())
+        async with ctx.chunks.gate.slot():
+            return await _serve_chunk(request, ctx, ref)
+    except GateFull as err:
+        counter.labels("503").inc()
+        resp = _error(503, f"this owner is busy ({err}); read the chunk from origin")
+        resp.headers["Retry-After"] = BUSY_RETRY_AFTER
+        return resp
+
+
+async def _answer_early(request: web.Request, ctx: ServerContext, ref: ChunkRef,
+                        place: Place) -> web.StreamResponse:
+    """The 200 headers now, saying whether the chunk is held (``cache``) or being
+    filled from origin (``origin``); the body once the chunk is ready and a response
+    slot is free. So the requester learns at once that this owner is alive and
+    whether waiting costs origin anything, and hedges on that (:mod:`bdn.peer.race`).
+
+    The wait for the chunk holds ``place`` in the gate's queue, not a slot. A
+    failure after the headers aborts the connection: the requester reads elsewhere.
+    """
+    counter = ctx.metrics.peer_requests
+    chunk = None
+    resp: web.StreamResponse | None = None
+    try:
+        chunk = await ctx.chunks.open_if_kept(ref)
+        resp = await start_answer(request, ref.end - ref.start,
+                                  "origin" if chunk is None else "cache")
+        if chunk is None:
+            chunk = await ctx.chunks.open(ref)  # Fills it from origin, or joins that fill.
+        async with place.slot():
+            counter.labels("200").inc()
+            ctx.metrics.chunks_served.labels(chunk.origin).inc()
+            ctx.metrics.peer_bytes_served.inc(chunk.length)
+            await send_body(request, resp, chunk)
+        return resp
+    except Exception as err:  # Headers may be out: only the connection can say it failed.
+        counter.labels("404" if isinstance(err, NotFound) else "502").inc()
+        if not isinstance(err, OSError):  # Not origin or the peer's socket: a bug.
+            log.exception("chunk %d of %s: early answer failed", ref.index, ref.digest)
+        elif not isinstance(err, ConnectionError):
+            log.warning("chunk %d of %s: origin failed: %s", ref.index, ref.digest, err)
+        abandon(request, err)
+        return resp if resp is not None else web.StreamResponse()
+    finally:
+        place.give_up()
+        if chunk is not None:
+            chunk.close()
+
+
+async def _serve_chunk(request: web.Request, ctx: ServerContext,
+                       ref: ChunkRef) -> web.StreamResponse:
+    counter = ctx.metrics.peer_requests
+    try:
         # Served here whether or not X-BDN-Forwarded is set: the chunk service
         # reads node cache, chunk cache and origin only, never another peer, so
         # a forwarded request is never forwarded again.
-        data, source = await ctx.chunks.read_with_origin(ref)
+        chunk = await ctx.chunks.open(ref)
     except NotFound as err:
         counter.labels("404").inc()
         return _error(404, str(err))
-    except (TransferError, AuthError) as err:
+    except (TransferError, AuthError, SourceError, StoreError) as err:
+        wrong = await _wrong_size(ctx.chunks, ref)
+        if wrong is not None:
+            counter.labels("400").inc()
+            return _error(400, wrong)
         counter.labels("502").inc()
         log.warning("chunk %d of %s: origin failed: %s", ref.index, ref.digest, err)
         return _error(502, f"origin failed: {err}")
-    counter.labels("200").inc()
-    ctx.metrics.chunks_served.labels(source).inc()
-    ctx.metrics.peer_bytes_served.inc(len(data))
-    return web.Response(body=data, content_type="application/octet-stream")
+    try:
+        counter.labels("200").inc()
+        ctx.metrics.chunks_served.labels(chunk.origin).inc()
+        ctx.metrics.peer_bytes_served.inc(chunk.length)
+        return await send_chunk(request, chunk)
+    finally:
+        chunk.close()
+
+
+async def _wrong_size(chunks: ChunkService, ref: ChunkRef) -> str | None:
+    """After origin failed to deliver a chunk: the 400 message when the request's
+    ``size`` is not the blob's (the request was wrong, not origin), else None.
+
+    Asked only on failure, so a good request costs origin no extra call.
+    """
+    try:
+        actual = await chunks.origin.size(blob_key(ref.digest))
+    except BdnError:
+        return None
+    if actual == ref.blob_size:
+        return None
+    return (f"size={ref.blob_size} is not the size of blob {ref.digest} at origin "
+            f"({actual} bytes); send the size the manifest records")
 
 
 # -- auth and errors -------------------------------------------------------------------

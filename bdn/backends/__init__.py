@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -39,6 +39,7 @@ from bdn.http import HttpClient, redact_url
 if TYPE_CHECKING:
     from google.auth.credentials import Credentials as GcsCredentials
 
+    from bdn.backends.azure.creds import AzureCredentials
     from bdn.backends.s3.creds import S3Credentials
 
 __all__ = ["DEFAULT_SOURCE_ENV", "BlobStore", "FileStore", "HttpStore", "Source",
@@ -48,7 +49,8 @@ __all__ = ["DEFAULT_SOURCE_ENV", "BlobStore", "FileStore", "HttpStore", "Source"
 _Build = Callable[[Any, Mapping[str, Any]], Any]
 
 _ACCEPTED = ("use file:///abs/path (or an absolute path), s3://bucket[/prefix], "
-             "gs://bucket[/prefix] or http(s)://host[:port]/prefix")
+             "gs://bucket[/prefix], azure://account/container[/prefix] "
+             "or http(s)://host[:port]/prefix")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +80,9 @@ _STORES: dict[str, _Build] = {
     "gs": _Factory("bdn.backends.gcs.store", "open_gcs_store",
                    {"gcs_credentials": "credentials", "gcs_emulator_host": "emulator_host",
                     "http": "http"}),
+    "azure": _Factory("bdn.backends.azure.store", "open_azure_store",
+                      {"azure_credentials": "credentials", "azure_endpoint_url": "endpoint_url",
+                       "http": "http"}),
     "http": _Factory("bdn.backends.http.store", "open_http_store", {"http": "http"}),
     "https": _Factory("bdn.backends.http.store", "open_http_store", {"http": "http"}),
 }
@@ -85,8 +90,16 @@ _STORES: dict[str, _Build] = {
 
 def store_for(settings: Settings) -> BlobStore:
     """The blob store ``settings`` name, with the platform's own credentials."""
+    azure = None
+    if settings.azure_store_secret and urlsplit(settings.store_uri).scheme.lower() == "azure":
+        # Imported here: the Azure SDK loads only for azure:// stores.
+        from bdn.backends.azure.creds import load_azure_credentials
+
+        account = urlsplit(settings.store_uri).netloc
+        azure = load_azure_credentials(settings.secrets(), settings.azure_store_secret, account)
     return open_store(settings.store_uri, endpoint_url=settings.endpoint_url,
-                      gcs_emulator_host=settings.gcs_emulator_host)
+                      gcs_emulator_host=settings.gcs_emulator_host,
+                      azure_credentials=azure, azure_endpoint_url=settings.azure_endpoint_url)
 
 
 def open_store(
@@ -97,6 +110,8 @@ def open_store(
     credentials: S3Credentials | None = None,
     gcs_emulator_host: str | None = None,
     gcs_credentials: GcsCredentials | None = None,
+    azure_credentials: AzureCredentials | None = None,
+    azure_endpoint_url: str | None = None,
 ) -> BlobStore:
     """Open the blob store that ``uri`` names. Nothing is contacted yet.
 
@@ -114,6 +129,9 @@ def open_store(
         gcs_credentials: google-auth credentials for ``gs://`` (e.g.
             :func:`bdn.backends.gcs.creds.gcs_credentials_from_secret` with the
             read-write scope); ``None`` uses Application Default Credentials.
+        azure_credentials: the account key for ``azure://`` (``BDN_AZURE_STORE_SECRET``
+            names its secret); ``None`` reads a public container.
+        azure_endpoint_url: an Azure emulator's base URL (``BDN_AZURE_ENDPOINT_URL``).
 
     Raises:
         ConfigError: unknown scheme, relative path or missing bucket.
@@ -128,6 +146,7 @@ def open_store(
     store: BlobStore = factory(uri, {
         "endpoint_url": endpoint_url, "http": http, "credentials": credentials,
         "gcs_emulator_host": gcs_emulator_host, "gcs_credentials": gcs_credentials,
+        "azure_credentials": azure_credentials, "azure_endpoint_url": azure_endpoint_url,
     })
     return store
 
@@ -157,6 +176,10 @@ class SourceEnv:
         gcs_emulator_host: a GCS emulator (``STORAGE_EMULATOR_HOST``).
         r2_endpoint_url: overrides ``https://<account>.r2.cloudflarestorage.com``
             (``BDN_R2_ENDPOINT_URL``), e.g. for an S3-compatible test server.
+        cw_endpoint_url: overrides ``https://cwobject.com`` for ``cw://``
+            (``BDN_CW_ENDPOINT_URL``: ``http://cwlota.com`` inside CoreWeave, or a test server).
+        azure_endpoint_url: an Azure Blob emulator's base URL for ``azure://``
+            (``BDN_AZURE_ENDPOINT_URL``, e.g. Azurite's ``http://127.0.0.1:10000``).
         oidc_token_file: the projected service-account token for ``AWS_OIDC`` and
             ``GCP_OIDC`` (``BDN_OIDC_TOKEN_FILE``).
     """
@@ -165,9 +188,19 @@ class SourceEnv:
     hf_endpoint: str | None = None
     gcs_emulator_host: str | None = None
     r2_endpoint_url: str | None = None
+    cw_endpoint_url: str | None = None
+    azure_endpoint_url: str | None = None
     oidc_token_file: Path | None = None
 
+    @classmethod
+    def of(cls, holder: object) -> SourceEnv:
+        """The endpoints ``holder`` carries under these fields' names (:class:`Settings`,
+        ``MirrorOptions``): one list of names, so an upstream added here reaches every
+        holder without another field-by-field copy."""
+        return cls(**{name: getattr(holder, name) for name in _SOURCE_ENV_FIELDS})
 
+
+_SOURCE_ENV_FIELDS = tuple(f.name for f in fields(SourceEnv))
 DEFAULT_SOURCE_ENV = SourceEnv()
 
 
@@ -192,6 +225,13 @@ _SOURCES: dict[str, _Build] = {
                      "oidc_token_file": "token_file"}),
     "r2": _Factory("bdn.backends.s3.r2", "r2_source_from_entry",
                    {"secrets": "secrets", "http": "http", "r2_endpoint_url": "endpoint_override"}),
+    "cw": _Factory("bdn.backends.s3.cw", "cw_source_from_entry",
+                   {"secrets": "secrets", "http": "http", "cw_endpoint_url": "endpoint_override"}),
+    "azure": _Factory("bdn.backends.azure.source", "azure_source_from_entry",
+                      {"secrets": "secrets", "http": "http",
+                       "azure_endpoint_url": "endpoint_url"}),
+    "https": _Factory("bdn.backends.http.source", "https_source_from_entry",
+                      {"secrets": "secrets", "http": "http"}),
 }
 
 

@@ -8,10 +8,15 @@ such a file exists:
 
 - the file is named by ``BDN_OIDC_TOKEN_FILE`` (read once at the entry point,
   see :func:`oidc_token_file`);
-- ``AWS_OIDC``: STS ``AssumeRoleWithWebIdentity`` through boto3
+- ``AWS_OIDC``: STS ``AssumeRoleWithWebIdentity`` through boto3, renewed
+  by botocore's refreshable credentials before the keys expire
   (:func:`bdn.backends.s3.creds.aws_oidc_credentials`);
 - ``GCP_OIDC``: google-auth's identity-pool credentials with service-account
-  impersonation (:func:`bdn.backends.gcs.creds.gcp_oidc_credentials`).
+  impersonation, renewed by google-auth as the token nears expiry
+  (:func:`bdn.backends.gcs.creds.gcp_oidc_credentials`).
+
+Both read the token file afresh at every exchange, never once at start-up:
+the kubelet rotates it, and after an hour only the rotated token is accepted.
 
 This module holds only what both share, so it imports neither SDK.
 

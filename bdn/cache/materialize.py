@@ -7,6 +7,12 @@ never a mix and never a partial file. Files are hardlinks of the blobs (0444
 because blobs are); only when the cache is on another filesystem are they
 reflinked or copied. Directories are made 0555 once populated.
 
+What is already at the mount is replaced only when nothing of a user's would
+be lost: a tree BDN recorded there that holds nothing BDN did not put in it
+(:mod:`bdn.cache.foreign`), or an empty directory of the user pulling, which
+is adopted. Anything else fails with :class:`MountConflict` naming what is
+in the way, and nothing is changed.
+
 One materialize per mount path runs at a time on the node (a flock in
 ``locks/``), so concurrent pulls to one mount serialize and the second finds
 the tree ``unchanged``. Everything here blocks; call it from a worker thread.
@@ -31,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from bdn.cache.foreign import BlobIdentities, describe, foreign_paths, top_entries
 from bdn.cache.index import CacheIndex, TreeRecord
 from bdn.cache.layout import BLOB_MODE, TREE_DIR_MODE, CacheLayout
 from bdn.cache.lock import file_lock, try_file_lock
@@ -150,7 +157,7 @@ def materialize(layout: CacheLayout, index: CacheIndex, manifest: Manifest, moun
         if (record is not None and record.manifest_id == manifest.id
                 and holds(mount, manifest, record.mode, blobs)):
             return Materialized(mount, "unchanged")
-        exists = _check_replaceable(mount, record, index)
+        exists = _check_replaceable(layout, mount, record, index)
         hexes = sorted({e.sha256.hex for e in manifest.files if e.size})
         previous_hexes = index.tree_blobs(mount) if record is not None else []
         if exists and os.path.ismount(mount):
@@ -277,25 +284,47 @@ def _missing(layout: CacheLayout, entry: FileEntry) -> BlobNotFound:
         "it may have been evicted meanwhile; run `bdn pull` again", digest=str(entry.sha256))
 
 
-def _check_replaceable(mount: Path, record: TreeRecord | None, index: CacheIndex) -> bool:
-    """Whether ``mount`` exists; raises MountConflict unless it is ours or an empty dir."""
+def _check_replaceable(layout: CacheLayout, mount: Path, record: TreeRecord | None,
+                       index: CacheIndex) -> bool:
+    """Whether ``mount`` exists; raises MountConflict unless replacing it loses nothing.
+
+    Replaceable: a tree BDN recorded there that holds nothing BDN did not put
+    in it (see :mod:`bdn.cache.foreign`), or an empty directory that the user
+    running the pull owns (adopted: the tree takes its place). Never: a
+    non-empty directory BDN did not materialize, another user's directory, a
+    file, a symlink.
+    """
     try:
         st = os.lstat(mount)
     except FileNotFoundError:
         return False
-    if stat.S_ISDIR(st.st_mode):
-        if record is not None:
-            return True
-        with os.scandir(mount) as it:
-            if next(it, None) is None:
-                return True
-        what = "a non-empty directory"
-    else:
+    if not stat.S_ISDIR(st.st_mode):
         what = "a file" if stat.S_ISREG(st.st_mode) else "not a directory"
-    raise MountConflict(
-        f"mount location {mount} is {what} that BDN did not materialize (no record in "
-        f"{index.path}); refusing to replace it: remove or empty it, or choose another "
-        "mount location", path=str(mount))
+        raise MountConflict(
+            f"mount location {mount} is {what} that BDN did not materialize; refusing to "
+            "replace it: remove it, or choose another mount location", path=str(mount))
+    if record is not None:
+        foreign = foreign_paths(mount, BlobIdentities.of(layout))
+        if foreign:
+            raise MountConflict(
+                f"mount location {mount} holds {len(foreign)} path(s) BDN did not put there: "
+                f"{describe(foreign)}; refusing to replace the tree, so nothing of yours is "
+                "lost: move them out (its directories are read-only: chmod u+w first), or "
+                "choose another mount location", path=str(mount))
+        return True
+    entries = top_entries(mount)
+    if entries:
+        raise MountConflict(
+            f"mount location {mount} is a directory that BDN did not materialize (no record "
+            f"in {index.path}) and it holds {describe(entries)}; refusing to replace it: "
+            "empty it, or choose another mount location", path=str(mount))
+    if st.st_uid != os.geteuid():
+        raise MountConflict(
+            f"mount location {mount} is an empty directory owned by uid {st.st_uid}, not by "
+            f"the user pulling (uid {os.geteuid()}); BDN only adopts an empty directory of "
+            "its own user: remove it, or choose another mount location", path=str(mount))
+    log.info("adopting the empty directory %s as the mount location", mount)
+    return True
 
 
 def _sibling(mount: Path) -> Path:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import stat
@@ -22,12 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bdn.cache import evict as _evict
+from bdn.cache import trust as _trust
 from bdn.cache.evict import BlobInfo
 from bdn.cache.index import CacheIndex
 from bdn.cache.layout import LOCK_SUFFIX, CacheLayout, current_boot_id
 from bdn.cache.lock import async_file_lock, try_file_lock, try_remove_lock_file
 from bdn.cache.materialize import Materialized, materialize, try_sweep_leftovers
 from bdn.cache.partial import Partial, PartialInfo, discard_files, list_partials, open_partial
+from bdn.cache.trust import Trust
 from bdn.config.units import format_bytes
 from bdn.digest import Digest
 from bdn.errors import BdnError, CacheError, ConfigError
@@ -37,8 +38,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PARTIAL_MAX_AGE_S = 7 * 24 * 3600.0
 """``gc`` removes partials untouched this long (and not being fetched)."""
-
-_HASH_BUFFER = 4 * 1024 * 1024
 
 
 def _default_verify_threads() -> int:
@@ -240,6 +239,25 @@ class NodeCache:
         self._index.delete_blobs([digest.hex])
         self.mark_verified(digest)
 
+    # -- admission (bdn.cache.trust) -------------------------------------------------
+    def usable(self, digests: Iterable[Digest], trust: Trust) -> set[Digest]:
+        """Those of ``digests`` cached and admitted in a way ``trust`` accepts (as is)."""
+        with self._os_errors("read admissions of"):
+            return _trust.usable(self._layout, self._index, list(set(digests)), trust)
+
+    def admit(self, digest: Digest, *, proven: bool, vouched_by: str | None) -> None:
+        """Record how the blob just committed got in; call under :meth:`lock`."""
+        with self._os_errors("record the admission of a blob in"):
+            _trust.admit(self._layout, self._index, digest, proven=proven, vouched_by=vouched_by)
+
+    def prove(self, digest: Digest) -> bool:
+        """SHA-256 a cached blob under :meth:`lock`: proven, or quarantined (False).
+
+        Blocking (it reads the whole blob): run it in a thread.
+        """
+        with self._os_errors("prove a blob of"):
+            return _trust.prove(self._layout, self._index, digest)
+
     def lock(self, digest: Digest) -> AbstractAsyncContextManager[None]:
         """Single-flight lock of one blob, across tasks, threads and processes.
 
@@ -365,7 +383,7 @@ class NodeCache:
             with ThreadPoolExecutor(
                 threads or _default_verify_threads(), thread_name_prefix="bdn-verify"
             ) as pool:
-                results = list(pool.map(lambda b: _hash_file(b[1]), blobs))
+                results = list(pool.map(lambda b: _trust.sha256_file(b[1]), blobs))
             trees = self._index.blob_trees()
             bad: list[str] = []
             for (digest, path), result in zip(blobs, results, strict=True):
@@ -386,6 +404,8 @@ class NodeCache:
                     path.unlink(missing_ok=True)
                     report.removed.append(digest)
                     bad.append(digest.hex)
+                    # Copied trees pass the "unchanged" check by size: rebuild them too.
+                    self._index.quarantine_trees(digest.hex)
             if bad:
                 self._index.delete_blobs(bad)
         return report
@@ -442,22 +462,3 @@ class NodeCache:
             )
             wrapped.errno = err.errno
             raise wrapped from err
-
-
-def _hash_file(path: Path) -> tuple[str | None, int, str | None] | None:
-    """``(sha256 hex, bytes read, None)``, ``(None, bytes read, error)``, or ``None``
-    when the file is gone."""
-    sha = hashlib.sha256()
-    size = 0
-    try:
-        with open(path, "rb", buffering=0) as f:
-            buf = bytearray(_HASH_BUFFER)
-            view = memoryview(buf)
-            while n := f.readinto(buf):
-                sha.update(view[:n])  # Releases the GIL: blobs hash in parallel.
-                size += n
-    except FileNotFoundError:
-        return None
-    except OSError as err:
-        return None, size, str(err)
-    return sha.hexdigest(), size, None

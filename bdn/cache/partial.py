@@ -11,13 +11,22 @@ The record ``incomplete/<hex>.chunks`` is one JSON header line::
     {"size": 1234, "chunk_size": 67108864, "chunks_digest": "<sha256 hex>"}
 
 (``chunks_digest`` is the SHA-256 of the expected xxh3-128 chunk digests
-joined by ``\\n``), then one verified chunk index per line, each appended with
-a single ``O_APPEND`` write. A crash can tear the last line; it is ignored. A
-header that does not match the request (the manifest changed the chunking or
-the content) discards the partial. Nothing here is fsynced: after a power cut
-the ``.part`` may lack bytes the record claims, which is why the transfer
-engine re-verifies resumed chunks (keep ``TransferConfig.verify_resumed_chunks``
-on, the default).
+joined by ``\\n``), then one line per event, each appended with a single
+``O_APPEND`` write: a verified chunk index (``7``), or how much of a chunk not
+yet verified is written (``7:8388608:<boot id>``, the bytes from the chunk's
+start; the last such line of a chunk wins, ``7:0:...`` withdraws it). A crash
+can tear the last line; it is ignored. A header that does not match the request
+(the manifest changed the chunking or the content) discards the partial.
+
+Ordering: the transfer engine appends a progress line only after the
+``pwrite`` of those bytes returned, so after a SIGKILL (the page cache survives
+the process) a recorded prefix is always on disk. Nothing here is fsynced,
+consistent with the commit path's per-boot "unflushed" markers: after a power
+cut the ``.part`` may lack bytes the record claims, so prefixes recorded in an
+earlier boot are dropped on open, and the engine re-verifies resumed chunks
+(keep ``TransferConfig.verify_resumed_chunks`` on, the default). A resumed
+prefix is verified with the rest of its chunk (xxh3-128 of the whole chunk);
+on a mismatch the chunk is fetched again from its start.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,24 +95,47 @@ def record_header(size: int, chunk_size: int, chunks: Sequence[str]) -> dict[str
 def read_record(path: Path) -> tuple[dict[str, Any] | None, set[int]]:
     """Parse a record: its header (``None`` if unreadable) and the chunk indices in it.
 
-    Lines that are not a plain integer (the torn tail of an interrupted append)
-    are ignored; range checks are the caller's, who knows the chunk count.
+    Lines that are not a plain integer (the torn tail of an interrupted append,
+    progress lines) are ignored; range checks are the caller's, who knows the
+    chunk count.
+    """
+    header, done, _ = read_progress(path)
+    return header, done
+
+
+def read_progress(
+    path: Path,
+) -> tuple[dict[str, Any] | None, set[int], dict[int, tuple[int, str]]]:
+    """Parse a record fully: header, verified chunks, and written prefixes.
+
+    The prefixes map a chunk index to ``(bytes written from its start, boot id)``
+    of its last progress line; a chunk that is verified has none.
     """
     try:
         text = path.read_bytes().decode("ascii", errors="replace")
     except FileNotFoundError:
-        return None, set()
+        return None, set(), {}
     lines = text.split("\n")
     try:
         header = json.loads(lines[0])
     except ValueError:
-        return None, set()
+        return None, set(), {}
     if not isinstance(header, dict):
-        return None, set()
+        return None, set(), {}
     if not text.endswith("\n"):
         lines.pop()  # An append cut short: its index may be half written.
-    done = {int(line) for line in lines[1:] if line.isdigit()}
-    return header, done
+    done: set[int] = set()
+    prefixes: dict[int, tuple[int, str]] = {}
+    for line in lines[1:]:
+        if line.isdigit():
+            done.add(int(line))
+            continue
+        fields = line.split(":")
+        if len(fields) == 3 and fields[0].isdigit() and fields[1].isdigit() and fields[2]:
+            prefixes[int(fields[0])] = (int(fields[1]), fields[2])
+    for index in done:
+        prefixes.pop(index, None)
+    return header, done, prefixes
 
 
 class Partial:
@@ -117,6 +149,8 @@ class Partial:
         path: ``incomplete/<hex>.part``; the transfer engine creates and
             preallocates it.
         done_chunks: chunk indices verified before this open (resume).
+        partial_chunks: for chunks not verified, the bytes from the chunk's
+            start written in this boot before this open (resume inside a chunk).
     """
 
     def __init__(
@@ -126,6 +160,7 @@ class Partial:
         digest: Digest,
         size: int,
         done_chunks: frozenset[int],
+        partial_chunks: Mapping[int, int] | None = None,
     ) -> None:
         self._layout = layout
         self._index = index
@@ -134,6 +169,8 @@ class Partial:
         self.path = layout.part(digest)
         self.record_path = layout.record(digest)
         self.done_chunks = done_chunks
+        self.partial_chunks: Mapping[int, int] = dict(partial_chunks or {})
+        self._boot = _boot_tag()
         self._record_warned = False
 
     def mark_done(self, index: int) -> None:
@@ -142,10 +179,23 @@ class Partial:
         A failed append costs only resumability (the chunk is fetched again
         after a crash), so it is logged, not raised.
         """
+        self._append(f"{index}\n")
+
+    def mark_progress(self, index: int, written: int) -> None:
+        """Record that chunk ``index``'s first ``written`` bytes are in the file.
+
+        Call it only after the ``pwrite`` of those bytes returned (see the
+        module docstring); ``written=0`` withdraws the chunk's prefix (it failed
+        verification). Never fails the caller, like :meth:`mark_done`.
+        """
+        self._append(f"{index}:{written}:{self._boot}\n")
+
+    def _append(self, line: str) -> None:
+        """One ``O_APPEND`` write of ``line`` to the record; a failure is logged once."""
         try:
             fd = os.open(self.record_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
             try:
-                os.write(fd, f"{index}\n".encode("ascii"))
+                os.write(fd, line.encode("ascii"))
             finally:
                 os.close(fd)
         except OSError as err:
@@ -249,7 +299,7 @@ def open_partial(
     record = layout.record(digest)
     try:
         layout.incomplete.mkdir(parents=True, exist_ok=True)
-        found, done = read_record(record)
+        found, done, prefixes = read_progress(record)
         resumable = found == header and _size_of(layout.part(digest)) == size
         if not resumable:
             if found is not None:
@@ -258,10 +308,13 @@ def open_partial(
                     digest,
                 )
             discard_files(layout, digest)
-            done = set()
+            done, prefixes = set(), {}
         done = {i for i in done if 0 <= i < len(chunks)}
+        kept = _valid_prefixes(prefixes, size, chunk_size, len(chunks))
+        boot = _boot_tag()
         fresh = record.with_name(record.name + _NEW_SUFFIX)
         lines = [json.dumps(header, sort_keys=True)] + [str(i) for i in sorted(done)]
+        lines += [f"{i}:{n}:{boot}" for i, n in sorted(kept.items())]
         fresh.write_text("\n".join(lines) + "\n", encoding="ascii")
         os.replace(fresh, record)
     except OSError as err:
@@ -271,7 +324,7 @@ def open_partial(
             f"cannot prepare partial blob {digest} in {layout.incomplete}: {err}",
             path=str(layout.incomplete),
         ) from err
-    return Partial(layout, index, digest, size, frozenset(done))
+    return Partial(layout, index, digest, size, frozenset(done), kept)
 
 
 def list_partials(layout: CacheLayout) -> list[PartialInfo]:
@@ -311,6 +364,28 @@ def list_partials(layout: CacheLayout) -> list[PartialInfo]:
             )
         )
     return infos
+
+
+def _boot_tag() -> str:
+    """This boot's id as progress lines carry it (``-`` where the kernel has none)."""
+    return current_boot_id() or "-"
+
+
+def _valid_prefixes(
+    prefixes: dict[int, tuple[int, str]], size: int, chunk_size: int, count: int
+) -> dict[int, int]:
+    """The recorded prefixes a resume may trust: this boot's, inside their chunk.
+
+    A prefix written in an earlier boot may never have left the page cache
+    before a power cut, so it is dropped (its chunk is fetched from the start).
+    """
+    boot = _boot_tag()
+    kept = {}
+    for index, (written, when) in prefixes.items():
+        length = min(chunk_size, size - index * chunk_size) if 0 <= index < count else 0
+        if when == boot and 0 < written < length:
+            kept[index] = written
+    return kept
 
 
 def _size_of(path: Path) -> int | None:

@@ -9,17 +9,18 @@ stays fast).
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bdn.cli.common import (
+    DaemonCommand,
     Flag,
     FlagOrEnv,
     add_cache_flags,
     add_flags,
     add_store_flags,
     read_token,
-    run_daemon,
     settings,
 )
 from bdn.errors import ConfigError
@@ -40,6 +41,8 @@ ENV_TWINS = {
     "ring_replicas": "BDN_RING_REPLICAS",
     "chunk_cache_bytes": "BDN_CHUNK_CACHE_BYTES",
     "background_fill_rate": "BDN_BACKGROUND_FILL_RATE",
+    "trees_root": "BDN_AGENT_TREES_ROOT",
+    "hf_listen": "BDN_AGENT_HF_LISTEN",
 }
 
 _PEER_FLAGS: tuple[Flag, ...] = (
@@ -61,6 +64,15 @@ _FLAGS_BEFORE_PEERS: tuple[Flag, ...] = (
     ("--socket", {"metavar": "PATH",
                   "help": "pod-facing unix socket (env BDN_AGENT_SOCKET; default "
                   "<cache>/agent.sock)"}),
+    ("--trees-root", {"metavar": "DIR", "action": "append",
+                      "help": "directory pods may have trees materialized under; repeat for "
+                      "several (env BDN_AGENT_TREES_ROOT, ':'-separated; default "
+                      "<cache>/trees). Other mount locations, symlinked ones and ones on "
+                      "the cache are refused"}),
+    ("--hf-listen", {"metavar": "HOST:PORT",
+                     "help": "also serve the Hugging Face Hub download API here, for pods "
+                     "with HF_ENDPOINT=http://HOST:PORT/hf (env BDN_AGENT_HF_LISTEN; "
+                     "default: off)"}),
 )
 
 _FLAGS_AFTER_PEERS: tuple[Flag, ...] = (
@@ -83,10 +95,18 @@ _FLAGS_AFTER_PEERS: tuple[Flag, ...] = (
     ("--peer-timeout", {"metavar": "SECONDS", "type": float, "default": 2.0,
                         "help": "wait this long for an owner peer before reading origin "
                         "(default 2)"}),
+    ("--hedge-after", {"metavar": "SECONDS|off",
+                       "help": "hedge a chunk read from a slow owner (to a replica or origin) "
+                       "after at least this long; the deadline is learned from recent reads; "
+                       "off: never (default: --peer-timeout)"}),
     ("--probe-interval", {"metavar": "SECONDS", "type": float, "default": 2.0,
                           "help": "seconds between health probes of peers (default 2)"}),
     ("--dns-interval", {"metavar": "SECONDS", "type": float, "default": 10.0,
                         "help": "seconds between resolutions of --peers-dns (default 10)"}),
+    ("--settle-timeout", {"metavar": "SECONDS", "type": float, "default": 10.0,
+                          "help": "at start-up, wait up to this long for every known peer to "
+                          "answer before opening the pod socket, so agents started together "
+                          "agree on chunk owners (0: do not wait; default 10)"}),
     ("--drain-timeout", {"metavar": "SECONDS", "type": float, "default": 30.0,
                          "help": "on SIGTERM, wait this long for running pulls (default 30)"}),
 )
@@ -108,14 +128,14 @@ def register(sub: Subparsers) -> None:
     add_flags(p, _FLAGS_BEFORE_PEERS)
     add_flags(p.add_mutually_exclusive_group(), _PEER_FLAGS)
     add_flags(p, _FLAGS_AFTER_PEERS)
-    p.set_defaults(func=cmd_agent)
+    p.set_defaults(func=DaemonCommand("bdn.agent.main", agent_config))
 
 
-def cmd_agent(args: argparse.Namespace) -> int:
-    """Run the agent until SIGTERM; 0 after a clean drain."""
-    from bdn.agent.main import run
-
-    return run_daemon(args, agent_config(args), run)
+def _non_negative_seconds(value: float, flag: str) -> float:
+    """``value``, or a ``ConfigError`` naming ``flag`` when it is negative."""
+    if value < 0:
+        raise ConfigError("must be 0 or more seconds", field=flag)
+    return value
 
 
 def agent_config(args: argparse.Namespace) -> AgentConfig:
@@ -167,13 +187,53 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
             dns_interval=args.dns_interval,
             probe_interval=args.probe_interval,
             probe_timeout=max(args.probe_interval, 2.0),
+            settle_timeout=_non_negative_seconds(args.settle_timeout, "--settle-timeout"),
         ),
         ring=RingConfig(replicas=replicas),
         peer_timeout=args.peer_timeout,
+        **_hedge_options(args.hedge_after),
         drain_timeout=args.drain_timeout,
         chunk_cache_bytes=flags.size("chunk_cache_bytes", DEFAULT_CHUNK_CACHE_BYTES),
         background_fill_rate=flags.size("background_fill_rate", None),
+        trees_roots=_trees_roots(flags),
+        hf_listen=_hf_listen(flags),
     )
+
+
+def _hf_listen(flags: FlagOrEnv) -> tuple[str, int] | None:
+    """``--hf-listen`` parsed; None when the Hub endpoint is off (the default)."""
+    from bdn.daemon.address import parse_hostport
+
+    text = flags.text("hf_listen")
+    return parse_hostport(text, field="--hf-listen") if text else None
+
+
+def _trees_roots(flags: FlagOrEnv) -> tuple[Path, ...]:
+    """``--trees-root`` (repeated), else ``BDN_AGENT_TREES_ROOT`` split on ``:``; each
+    made absolute and normalized (``~`` expanded). Empty: the default, ``<cache>/trees``."""
+    given: list[str] | None = flags.args.trees_root
+    texts = given if given else (flags.text("trees_root") or "").split(":")
+    roots: dict[Path, None] = {}
+    for text in texts:
+        if text.strip():
+            roots[Path(os.path.normpath(os.path.abspath(os.path.expanduser(text.strip()))))] = None
+    return tuple(roots)
+
+
+def _hedge_options(text: str | None) -> dict[str, Any]:
+    """``--hedge-after``: ``off``, or positive seconds (the deadline's floor)."""
+    if text is None:
+        return {}
+    if text.strip().lower() == "off":
+        return {"hedge": False}
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ConfigError(f"--hedge-after {text!r}: give seconds > 0, or off",
+                          field="--hedge-after")
+    return {"hedge_after": seconds}
 
 
 def _addresses(flags: FlagOrEnv) -> tuple[tuple[str, int], str]:

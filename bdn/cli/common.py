@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 T = TypeVar("T")
-C = TypeVar("C")
 D = TypeVar("D", bound=int | None)
 
 Flag = tuple[str | tuple[str, ...], dict[str, Any]]
@@ -148,13 +147,31 @@ class FlagOrEnv:
         return parse_size(text, field=_flag(dest)) if text else default
 
 
-def run_daemon(args: argparse.Namespace, config: C, run: Callable[[C], int]) -> int:
-    """Switch to one-JSON-object-per-line logs, then ``run(config)`` until SIGTERM
-    (``bdn agent``, ``bdn mirror-server``); the config was checked before logging changed."""
-    from bdn.daemon.jsonlog import setup_json_logging
+class DaemonCommand:
+    """The ``func`` of a daemon's sub-command (``bdn agent``, ``csi``, ``serve``,
+    ``mirror-server``): build the config from the flags, switch to one-JSON-object-
+    per-line logs, then ``run(config)`` of ``module`` until SIGTERM.
 
-    setup_json_logging(verbose=bool(getattr(args, "verbose", False)))
-    return run(config)
+    The config is checked before logging changes, so a bad flag reads as a plain
+    error. ``module`` is imported only when the command runs, so ``bdn --help``
+    loads no aiohttp or gRPC. (A plain class, as :class:`FlagOrEnv`.)
+    """
+
+    __slots__ = ("config", "module")
+
+    def __init__(self, module: str, config: Callable[[argparse.Namespace], object]) -> None:
+        self.module = module
+        self.config = config
+
+    def __call__(self, args: argparse.Namespace) -> int:
+        import importlib
+
+        from bdn.daemon.jsonlog import setup_json_logging
+
+        run: Callable[[object], int] = importlib.import_module(self.module).run
+        config = self.config(args)
+        setup_json_logging(verbose=bool(getattr(args, "verbose", False)))
+        return run(config)
 
 
 def parse_int(text: str, field: str) -> int:

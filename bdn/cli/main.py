@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from bdn import __version__
-from bdn.cli import agent, bench, demo, mirror, mirror_server, pull
+from bdn.cli import agent, bench, csi, demo, mirror, mirror_server, plan, pull, serve
 from bdn.errors import BdnError, ConfigError, MountConflict, SecretError
 
 if TYPE_CHECKING:
@@ -34,7 +34,10 @@ _USAGE_ERRORS: tuple[type[BaseException], ...] = (ConfigError, SecretError, Moun
 _COMMAND_GROUPS: tuple[Callable[[Subparsers], None], ...] = (
     mirror.register,  # mirror, manifest, store
     pull.register,  # pull, cache
+    plan.register,
     agent.register,
+    csi.register,
+    serve.register,
     mirror_server.register,
     demo.register,
     bench.register,

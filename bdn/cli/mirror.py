@@ -22,9 +22,9 @@ if TYPE_CHECKING:
     from bdn.config.weights import WeightsEntry
     from bdn.manifest import Manifest
 
-CHUNK_SIZE_HELP = "manifest chunk size (default 64.00 MiB)"
-"""Literal, so the parser need not import bdn.digest; tests/cli/test_cli.py checks it
-against ``format_bytes(DEFAULT_CHUNK_SIZE)``."""
+CHUNK_SIZE_HELP = "manifest chunk size, 1.00 MiB to 256.00 MiB (default 64.00 MiB)"
+"""Literal, so the parser need not import bdn.digest; tests/cli check it against
+``format_bytes`` of ``MIN_CHUNK_SIZE``, ``MAX_CHUNK_SIZE`` and ``DEFAULT_CHUNK_SIZE``."""
 
 
 def register(sub: Subparsers) -> None:
@@ -117,13 +117,11 @@ def cmd_mirror(args: argparse.Namespace) -> int:
 
 
 def _chunk_size(text: str | None) -> int:
-    from bdn.config.units import parse_size
+    """``--chunk-size``, held to the user bounds (1 MiB to 256 MiB), or the default."""
+    from bdn.config.units import parse_chunk_size
     from bdn.digest import DEFAULT_CHUNK_SIZE
 
-    chunk_size = parse_size(text, field="--chunk-size") if text else DEFAULT_CHUNK_SIZE
-    if chunk_size < 1:
-        raise ConfigError("must be at least 1 byte", field="--chunk-size")
-    return chunk_size
+    return parse_chunk_size(text, field="--chunk-size") if text else DEFAULT_CHUNK_SIZE
 
 
 def _print_summaries(
@@ -221,20 +219,32 @@ def _show_manifest(manifest: Manifest) -> None:
 
 
 def cmd_store_check(args: argparse.Namespace) -> int:
-    """Verify every manifest and its blobs; exit 1 when a problem is found."""
+    """Verify every manifest and its blobs; exit 1 when a problem is found.
+
+    A store that does not exist (or, on ``s3://``/``gs://``, holds nothing, which
+    looks the same) is a usage error: most likely a mistyped ``--store``. A
+    ``file://`` store whose directory exists but holds nothing is ``ok``, and
+    says it is empty.
+    """
     import asyncio
 
     from bdn import api
 
     report = asyncio.run(api.check_store(settings(args), deep=args.deep))
+    missing = report.missing()
+    if missing is not None:
+        raise ConfigError(missing)
     if args.json:
         body = {
             "ok": report.ok,
+            "empty": report.empty,
             "manifests": report.manifests,
             "blobs_checked": report.blobs_checked,
             "problems": report.problems,
         }
         print(json.dumps(body, indent=2))
+    elif report.empty:
+        print(f"ok: store {report.store} is empty: nothing mirrored into it yet, 0 manifests")
     else:
         for problem in report.problems:
             print(f"problem: {problem}")

@@ -2,6 +2,11 @@
 
 Every flag but ``--insecure-no-token`` has an environment twin, for
 Deployments: a flag wins over its variable, which wins over the default.
+``--allow-source`` is repeatable; its twin holds the rules separated by commas
+or whitespace, and ``--allow-sources-file`` adds one rule per line (``#``
+comments), e.g. from a ConfigMap. With no rule at all, every submission is
+refused: the service reads with its own files and credentials, so what it may
+read is the operator's decision (:mod:`bdn.mirror.service.sources`).
 ``--insecure-no-token`` has no twin on purpose: serving without a token must
 be asked for on the command line, and only on loopback. The service itself
 lives in :mod:`bdn.mirror.service` (imported only when the command runs, so
@@ -11,16 +16,17 @@ lives in :mod:`bdn.mirror.service` (imported only when the command runs, so
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bdn.cli.common import (
+    DaemonCommand,
     Flag,
     FlagOrEnv,
     add_flags,
     add_store_flags,
     read_token,
-    run_daemon,
     settings,
 )
 from bdn.errors import ConfigError
@@ -39,7 +45,15 @@ ENV_TWINS = {
     "max_jobs": "BDN_MIRROR_MAX_JOBS",
     "max_bytes_in_flight": "BDN_MIRROR_MAX_BYTES_IN_FLIGHT",
     "drain_timeout": "BDN_MIRROR_DRAIN_TIMEOUT",
+    "allow_source": "BDN_MIRROR_ALLOW_SOURCES",
+    "allow_sources_file": "BDN_MIRROR_ALLOW_SOURCES_FILE",
+    "job_retention": "BDN_MIRROR_JOB_RETENTION",
 }
+
+DEFAULT_JOB_RETENTION = "7d"
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd]?)")
+_UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 _FLAGS: tuple[Flag, ...] = (
@@ -66,6 +80,17 @@ _FLAGS: tuple[Flag, ...] = (
                          "help": "on SIGTERM, wait this long for running jobs; those still "
                          "running resume at the next start (env BDN_MIRROR_DRAIN_TIMEOUT; "
                          "default 30)"}),
+    ("--allow-source", {"metavar": "PREFIX", "action": "append",
+                        "help": "a source prefix submissions may read: hf://ORG/, "
+                        "hf://ORG/REPO, s3://BUCKET/PREFIX/, gs://..., r2://ACCOUNT.BUCKET/..., "
+                        "file:///DIR; repeatable (env BDN_MIRROR_ALLOW_SOURCES, comma-"
+                        "separated). Without any, every submission is refused"}),
+    ("--allow-sources-file", {"metavar": "FILE",
+                              "help": "more --allow-source rules, one per line, # comments "
+                              "(env BDN_MIRROR_ALLOW_SOURCES_FILE)"}),
+    ("--job-retention", {"metavar": "DURATION",
+                         "help": "forget finished jobs this long after they end, e.g. 7d, "
+                         "12h, 3600 (env BDN_MIRROR_JOB_RETENTION; default 7d)"}),
 )
 
 
@@ -81,14 +106,7 @@ def register(sub: Subparsers) -> None:
     )
     add_store_flags(p)
     add_flags(p, _FLAGS)
-    p.set_defaults(func=cmd_mirror_server)
-
-
-def cmd_mirror_server(args: argparse.Namespace) -> int:
-    """Run the mirror service until SIGTERM; 0 after a clean drain."""
-    from bdn.mirror.service import run
-
-    return run_daemon(args, server_config(args), run)
+    p.set_defaults(func=DaemonCommand("bdn.mirror.service", server_config))
 
 
 def server_config(args: argparse.Namespace) -> MirrorServiceConfig:
@@ -98,7 +116,12 @@ def server_config(args: argparse.Namespace) -> MirrorServiceConfig:
         ConfigError: a malformed value, an unreadable token file, or no token
             without both a loopback ``--listen`` and ``--insecure-no-token``.
     """
-    from bdn.mirror.service import DEFAULT_JOB_LIMITS, JobLimits, MirrorServiceConfig
+    from bdn.mirror.service import (
+        DEFAULT_JOB_LIMITS,
+        JobLimits,
+        MirrorServiceConfig,
+        SourcePolicy,
+    )
 
     flags = FlagOrEnv(args, ENV_TWINS)
     listen = _listen(flags)
@@ -117,7 +140,37 @@ def server_config(args: argparse.Namespace) -> MirrorServiceConfig:
         token=token,
         limits=limits,
         drain_timeout=flags.seconds("drain_timeout", 30.0),
+        sources=SourcePolicy.parse(_allow_rules(args, flags)),
+        job_retention=parse_duration(flags.text("job_retention") or DEFAULT_JOB_RETENTION,
+                                     "--job-retention"),
     )
+
+
+def _allow_rules(args: argparse.Namespace, flags: FlagOrEnv) -> list[str]:
+    """The ``--allow-source`` rules (else their twin's), plus ``--allow-sources-file``'s."""
+    given = getattr(args, "allow_source", None)
+    rules = list(given) if given else (args.environ.get(ENV_TWINS["allow_source"]) or
+                                       "").replace(",", " ").split()
+    path = flags.text("allow_sources_file")
+    if path:
+        try:
+            text = Path(path).expanduser().read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}; "
+                              "pass a readable file of rules, one per line",
+                              field="--allow-sources-file") from err
+        rules += [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    return rules
+
+
+def parse_duration(text: str, field: str) -> float:
+    """``7d``, ``12h``, ``30m``, ``45s`` or plain seconds, as seconds (positive)."""
+    m = _DURATION.fullmatch(text.strip().lower())
+    seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)] if m else 0.0
+    if seconds <= 0:
+        raise ConfigError(f"{text!r} is not a positive duration; write e.g. 7d, 12h, 30m or "
+                          "a number of seconds", field=field)
+    return seconds
 
 
 def _listen(flags: FlagOrEnv) -> tuple[str, int]:

@@ -1,21 +1,90 @@
-"""Byte progress bars for the CLI (rich, on a TTY only), fed by :mod:`bdn.api` callbacks."""
+"""Byte progress bars for the CLI (rich, on a TTY only), fed by :mod:`bdn.api` callbacks.
+
+While no byte has arrived for :data:`STALL_NOTICE_S` the line names what it is
+waiting on and for how long ("waiting on origin 10.0.0.5:9000 for 20s"), so a
+silent source is visible long before the transfer gives up on it (after
+``RetryPolicy.max_stalls`` stall timeouts, under two minutes by default).
+"""
 
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import TextIO
+from urllib.parse import urlsplit
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    ProgressColumn,
     TaskID,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.text import Text
+
+STALL_NOTICE_S = 5.0
+"""Seconds without a byte before the progress line says what it is waiting on."""
+
+
+def source_label(store_uri: str | None, agent: str | None = None) -> str:
+    """What a pull waits on, for the progress line: ``agent <addr>`` or ``origin <host>``.
+
+    >>> source_label("http://10.0.0.5:9000/bdn")
+    'origin 10.0.0.5:9000'
+    >>> source_label("file:///srv/store")
+    'origin /srv/store'
+    """
+    if agent:
+        return f"agent {agent}"
+    if not store_uri:
+        return "origin"
+    parts = urlsplit(store_uri)
+    where = parts.hostname or parts.path or store_uri
+    if parts.hostname and parts.port:
+        where = f"{parts.hostname}:{parts.port}"
+    return f"origin {where}"
+
+
+class StallNotice:
+    """Tracks when bytes last moved; says what is awaited once none have for a while.
+
+    ``clock`` is injectable so the text can be tested without waiting.
+    """
+
+    def __init__(
+        self, source: str, *, after: float = STALL_NOTICE_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.source = source
+        self._after = after
+        self._clock = clock
+        self._last = clock()
+
+    def moved(self) -> None:
+        """Bytes arrived (or work began): the wait starts over."""
+        self._last = self._clock()
+
+    def text(self) -> str:
+        """``"waiting on <source> for Ns"`` after ``after`` silent seconds, else ``""``."""
+        idle = self._clock() - self._last
+        return f"waiting on {self.source} for {int(idle)}s" if idle >= self._after else ""
+
+
+class _StallColumn(ProgressColumn):
+    """Renders a :class:`StallNotice` (re-rendered by rich's refresh thread)."""
+
+    def __init__(self, notice: StallNotice) -> None:
+        super().__init__()
+        self._notice = notice
+
+    def render(self, task: object) -> Text:
+        return Text(self._notice.text(), style="yellow")
 
 
 class ByteProgress:
@@ -32,12 +101,14 @@ class ByteProgress:
         *,
         stream: TextIO | None = None,
         enabled: bool | None = None,
+        source: str = "origin",
     ) -> None:
         out = stream if stream is not None else sys.stderr
         self.enabled = out.isatty() if enabled is None else enabled
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         self._done = 0
+        self.stall = StallNotice(source)
         if self.enabled:
             self._progress = Progress(
                 TextColumn("{task.description}"),
@@ -45,6 +116,7 @@ class ByteProgress:
                 DownloadColumn(binary_units=True),
                 TransferSpeedColumn(),
                 TimeRemainingColumn(),
+                _StallColumn(self.stall),
                 console=Console(file=out),
                 transient=True,
             )
@@ -55,6 +127,7 @@ class ByteProgress:
         """Replace the bar with a fresh one for the next piece of work (an
         ``on_begin`` callback of :mod:`bdn.api`): one bar per entry mirrored."""
         self._done = 0
+        self.stall.moved()
         if self._progress is None:
             return
         if self._task is not None:
@@ -68,6 +141,8 @@ class ByteProgress:
 
     def advance(self, delta: int) -> None:
         """``delta`` more bytes moved (negative: a retried chunk gave them back)."""
+        if delta > 0:
+            self.stall.moved()
         if self._progress is not None and self._task is not None:
             self._progress.advance(self._task, delta)
 

@@ -105,12 +105,13 @@ def cmd_pull(args: argparse.Namespace) -> int:
     import asyncio
 
     from bdn import api
-    from bdn.cli.progress import ByteProgress
+    from bdn.cli.progress import ByteProgress, source_label
 
     conf = settings(args)
     target = _target(args)
     mount = Path(args.to).expanduser().absolute()
-    with ByteProgress(f"pull via {conf.agent}" if conf.agent else None) as bar:
+    with ByteProgress(f"pull via {conf.agent}" if conf.agent else None,
+                      source=source_label(conf.store_uri, conf.agent)) as bar:
         result = asyncio.run(
             api.pull_weights(
                 target,

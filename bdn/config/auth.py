@@ -21,16 +21,22 @@ from bdn.errors import ConfigError
 
 __all__ = [
     "AUTH_METHODS",
+    "LEGACY_SECRET_KEY",
     "AuthConfig",
     "AuthMethod",
     "check_auth_fits_source",
     "parse_auth",
+    "parse_entry_auth",
 ]
 
 AuthMethod = Literal["CUSTOM_SECRET", "AWS_OIDC", "GCP_OIDC"]
 
 #: Valid ``auth.auth_method`` values, in the order error messages list them.
 AUTH_METHODS: tuple[str, ...] = get_args(AuthMethod)
+
+#: The older spelling of a CUSTOM_SECRET: ``auth_secret_name`` beside ``source``
+#: in the entry itself rather than inside ``auth:``. Truss still accepts it.
+LEGACY_SECRET_KEY = "auth_secret_name"
 
 _AUTH_KEYS = (
     "auth_method",
@@ -128,7 +134,7 @@ _AUTH_RULES: Mapping[str, tuple[_AuthRule, ...]] = {
     ),
 }
 _AUTH_SOURCE_KINDS: Mapping[str, frozenset[SourceKind]] = {
-    "CUSTOM_SECRET": frozenset({"hf", "s3", "gcs", "r2"}),
+    "CUSTOM_SECRET": frozenset({"hf", "s3", "gcs", "r2", "azure", "cw", "https"}),
     "AWS_OIDC": frozenset({"s3"}),
     "GCP_OIDC": frozenset({"gcs"}),
 }
@@ -138,8 +144,10 @@ def parse_auth(data: object, *, where: str = "auth") -> AuthConfig:
     """Validate a Truss ``auth:`` mapping.
 
     Keys whose value is null or ``""`` count as absent, since a serializer
-    may write every field. An :class:`AuthConfig` is accepted too (and
-    re-validated), for Python callers that built one.
+    may write every field (Truss treats them so too). ``auth_method`` is
+    case-insensitive, as in Truss, and stored upper-cased. An
+    :class:`AuthConfig` is accepted too (and re-validated), for Python
+    callers that built one.
 
     Args:
         data: the mapping as loaded from YAML, or an :class:`AuthConfig`.
@@ -153,14 +161,10 @@ def parse_auth(data: object, *, where: str = "auth") -> AuthConfig:
     if isinstance(data, AuthConfig):
         data = data.to_dict()
     if not isinstance(data, Mapping):
-        raise ConfigError(
-            f"must be a mapping, got {type_name(data)}; use e.g. "
-            "{auth_method: CUSTOM_SECRET, auth_secret_name: hf_access_token}",
-            field=where,
-        )
+        raise ConfigError(_not_a_mapping(data), field=where)
     reject_unknown_keys(data, _AUTH_KEYS, where)
     values = {key: data[key] for key in _AUTH_KEYS if data.get(key) not in (None, "")}
-    method = _auth_method(values.get("auth_method"), where)
+    method = values["auth_method"] = _auth_method(values.get("auth_method"), where)
     rules = _AUTH_RULES[method]
     _reject_other_methods_fields(values, method, rules, where)
     for rule in rules:
@@ -168,20 +172,42 @@ def parse_auth(data: object, *, where: str = "auth") -> AuthConfig:
     return AuthConfig(**values)
 
 
+def _not_a_mapping(data: object) -> str:
+    """The message for an ``auth`` that is not a mapping, showing the mapping to write.
+
+    A bare string is most likely a method's name or the secret's name (a Python
+    caller writing ``auth="hf_access_token"``), so it is placed in the example.
+    """
+    method, name = "CUSTOM_SECRET", "hf_access_token"
+    fix = "write auth as such a mapping"
+    if isinstance(data, str) and data.upper() in _AUTH_RULES:
+        method, fix = data.upper(), "name the secret in auth_secret_name"
+    elif isinstance(data, str) and data:
+        name, fix = data, "put the secret's name in auth_secret_name"
+    got = f"the string {data!r}" if isinstance(data, str) else type_name(data)
+    return (
+        f'must be a mapping like {{"auth_method": "{method}", "auth_secret_name": "{name}"}}, '
+        f"got {got}; {fix}"
+    )
+
+
 def _auth_method(method: object, where: str) -> str:
-    """The ``auth_method`` value, which must name a known method (case matters)."""
+    """The ``auth_method`` value in its canonical upper case.
+
+    Truss upper-cases the method before checking it, so ``custom_secret`` is
+    ``CUSTOM_SECRET``; storing the canonical form keeps the config hash of
+    either spelling the same.
+    """
     if method is None:
         raise ConfigError(
             f"auth_method is missing; set it to one of {', '.join(AUTH_METHODS)}", field=where
         )
-    if not isinstance(method, str) or method not in _AUTH_RULES:
-        close = [m for m in AUTH_METHODS if str(method).upper() == m]
-        hint = f" (did you mean {close[0]}?)" if close else ""
+    if not isinstance(method, str) or method.upper() not in _AUTH_RULES:
         raise ConfigError(
-            f"unknown auth_method {method!r}{hint}; use one of {', '.join(AUTH_METHODS)}",
+            f"unknown auth_method {method!r}; use one of {', '.join(AUTH_METHODS)}",
             field=f"{where}.auth_method",
         )
-    return method
+    return method.upper()
 
 
 def _reject_other_methods_fields(
@@ -239,3 +265,49 @@ def check_auth_fits_source(auth: AuthConfig, parsed: ParsedSource, field: str) -
         f"(it works with {schemes}); {fix}",
         field=field,
     )
+
+
+def parse_entry_auth(
+    entry: Mapping[object, object], parsed: ParsedSource, where: str
+) -> AuthConfig | None:
+    """The auth of one weights entry: its ``auth:`` block or its older top-level secret name.
+
+    Truss still reads ``auth_secret_name`` written beside ``source`` as a
+    CUSTOM_SECRET with that name, and refuses an entry that names a secret in
+    both places. The older form is folded into the ``auth:`` form here, so both
+    spellings give one :class:`AuthConfig` and one config hash. Unlike Truss,
+    a top-level secret name next to an OIDC ``auth:`` block is refused: the
+    OIDC methods read no secret, so the name would be silently ignored.
+
+    Args:
+        entry: the entry mapping as loaded from YAML.
+        parsed: the entry's validated source, which the method must fit.
+        where: field path of the entry, e.g. ``weights[0]``.
+
+    Raises:
+        ConfigError: the ``auth:`` block is invalid, the top-level name is
+            malformed or clashes with ``auth:``, or the method cannot
+            authenticate this kind of source.
+    """
+    legacy = entry.get(LEGACY_SECRET_KEY)
+    block = entry.get("auth")
+    if legacy in (None, ""):
+        if block is None:
+            return None
+        auth = parse_auth(block, where=f"{where}.auth")
+        check_auth_fits_source(auth, parsed, f"{where}.auth.auth_method")
+        return auth
+    if block is None:
+        rule = _AUTH_RULES["CUSTOM_SECRET"][0]
+        _check_rule(rule, legacy, "CUSTOM_SECRET", where)
+        auth = AuthConfig("CUSTOM_SECRET", auth_secret_name=str(legacy))
+        check_auth_fits_source(auth, parsed, f"{where}.{LEGACY_SECRET_KEY}")
+        return auth
+    auth = parse_auth(block, where=f"{where}.auth")
+    if auth.auth_secret_name is not None:
+        problem = "names a secret, and auth.auth_secret_name names one too"
+        fix = "keep only auth.auth_secret_name"
+    else:
+        problem = f"names a secret, but auth.auth_method {auth.auth_method} reads none"
+        fix = "remove it, or set auth_method: CUSTOM_SECRET with auth.auth_secret_name"
+    raise ConfigError(f"{problem}; {fix}", field=f"{where}.{LEGACY_SECRET_KEY}")

@@ -10,12 +10,15 @@ environment when they start and pass it down; nothing below reads
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from bdn.config.secrets import SecretResolver
 from bdn.config.units import parse_size
+from bdn.errors import ConfigError
 
 DEFAULT_STORE_DIR = "~/.cache/bdn/store"
 DEFAULT_CACHE_DIR = "~/.cache/bdn/node"
@@ -37,8 +40,18 @@ class Settings:
         hf_endpoint: the Hugging Face Hub (``HF_ENDPOINT``; default https://huggingface.co).
         gcs_emulator_host: a GCS emulator (``STORAGE_EMULATOR_HOST``).
         r2_endpoint_url: R2 endpoint override (``BDN_R2_ENDPOINT_URL``).
+        cw_endpoint_url: CoreWeave endpoint override (``BDN_CW_ENDPOINT_URL``).
+        azure_endpoint_url: Azure Blob emulator base URL (``BDN_AZURE_ENDPOINT_URL``).
+        azure_store_secret: the secret holding the account key of an
+            ``azure://`` store (``BDN_AZURE_STORE_SECRET``).
         oidc_token_file: projected token for OIDC auth (``BDN_OIDC_TOKEN_FILE``).
         environ: the environment snapshot, for secrets given as ``BDN_SECRET_*``.
+        trusted_stores: identities (:func:`store_identity`) of the stores whose
+            manifests this node takes at their word for blobs it caches
+            (``BDN_TRUSTED_STORES``, comma-separated URIs; unset: the store
+            ``BDN_STORE`` names). A pull from any other store (``--store``)
+            proves every blob it caches (SHA-256). ``None``: the store of
+            ``store_uri`` (for settings built without :meth:`from_env`).
     """
 
     store_uri: str
@@ -50,8 +63,12 @@ class Settings:
     hf_endpoint: str | None = None
     gcs_emulator_host: str | None = None
     r2_endpoint_url: str | None = None
+    cw_endpoint_url: str | None = None
+    azure_endpoint_url: str | None = None
+    azure_store_secret: str | None = None
     oidc_token_file: Path | None = None
     environ: Mapping[str, str] | None = None
+    trusted_stores: frozenset[str] | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -70,10 +87,44 @@ class Settings:
             hf_endpoint=environ.get("HF_ENDPOINT") or None,
             gcs_emulator_host=environ.get("STORAGE_EMULATOR_HOST") or None,
             r2_endpoint_url=environ.get("BDN_R2_ENDPOINT_URL") or None,
+            cw_endpoint_url=environ.get("BDN_CW_ENDPOINT_URL") or None,
+            azure_endpoint_url=environ.get("BDN_AZURE_ENDPOINT_URL") or None,
+            azure_store_secret=environ.get("BDN_AZURE_STORE_SECRET") or None,
             oidc_token_file=Path(token) if (token := environ.get("BDN_OIDC_TOKEN_FILE")) else None,
             environ=dict(environ),
+            trusted_stores=_trusted_stores(environ.get("BDN_TRUSTED_STORES"), store),
         )
 
     def secrets(self) -> SecretResolver:
         """The resolver for named secrets (directory first, then ``BDN_SECRET_*``)."""
         return SecretResolver(self.secrets_dir, self.environ or {})
+
+
+def store_identity(uri: str) -> str:
+    """The name a store is trusted by: its URI in one spelling.
+
+    A plain path and ``file://`` become ``file://<normalized absolute path>``;
+    other schemes keep host and prefix, lower-case scheme and host, no user
+    info, query or trailing ``/``. So ``BDN_TRUSTED_STORES`` entries match
+    the URI a store reports however either was written.
+    """
+    uri = uri.strip()
+    if "://" not in uri or uri.startswith("file://"):
+        path = uri.removeprefix("file://")
+        return "file://" + os.path.normpath(os.path.abspath(os.path.expanduser(path)))
+    parts = urlsplit(uri)
+    host = parts.netloc.rpartition("@")[2].lower()
+    return f"{parts.scheme.lower()}://{host}{parts.path.rstrip('/')}"
+
+
+def _trusted_stores(listed: str | None, store: str) -> frozenset[str]:
+    """``BDN_TRUSTED_STORES`` parsed, or the store ``BDN_STORE`` names when it is unset."""
+    uris = [u.strip() for u in (listed or "").split(",") if u.strip()]
+    for uri in uris:
+        if "://" not in uri and not os.path.isabs(os.path.expanduser(uri)):
+            raise ConfigError(
+                f"entry {uri!r} is a relative path; write store URIs "
+                "(file:///abs/path, s3://bucket/prefix, ...) separated by commas",
+                field="BDN_TRUSTED_STORES",
+            )
+    return frozenset(store_identity(u) for u in (uris or [store]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from bdn.digest import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from bdn.errors import ConfigError
 
 _UNITS = {
@@ -45,6 +46,32 @@ def parse_size(text: str, *, field: str | None = None) -> int:
             field=field,
         )
     return int(float(m.group(1)) * _UNITS[unit])
+
+
+def parse_chunk_size(text: str, *, field: str | None = None) -> int:
+    """Parse a manifest chunk size a user gave (``64MiB``) and hold it to the user bounds.
+
+    The bounds are :data:`~bdn.digest.MIN_CHUNK_SIZE` (smaller chunks make a
+    mirror crawl) and :data:`~bdn.digest.MAX_CHUNK_SIZE` (bigger ones are
+    held whole in memory by the agent that serves them to peers).
+
+    Raises:
+        ConfigError: not a size, or outside the bounds; the message gives them.
+    """
+    size = parse_size(text, field=field)
+    if not MIN_CHUNK_SIZE <= size <= MAX_CHUNK_SIZE:
+        raise ConfigError(
+            f"{text!r} is {_bytes_phrase(size)}; use a chunk size from "
+            f"{format_bytes(MIN_CHUNK_SIZE)} to {format_bytes(MAX_CHUNK_SIZE)}, "
+            "e.g. 64MiB (the default)",
+            field=field,
+        )
+    return size
+
+
+def _bytes_phrase(size: int) -> str:
+    """``1 byte``, ``512 bytes``: the exact count, for out-of-bounds messages."""
+    return "1 byte" if size == 1 else f"{size} bytes"
 
 
 def format_bytes(n: float) -> str:

@@ -1,4 +1,5 @@
-"""Source URIs of a weights entry: ``hf://``, ``s3://``, ``gs://``, ``r2://`` and ``file://``.
+"""Source URIs of a weights entry: ``hf://``, ``s3://``, ``gs://``, ``r2://``, ``azure://``,
+``cw://``, ``https://`` and ``file://``.
 
 :func:`parse_source` validates a URI and splits it into a :class:`ParsedSource`;
 :func:`source_from_cli` turns a CLI ``SOURCE`` argument (a path or a URI) into
@@ -30,34 +31,17 @@ __all__ = [
     "source_from_cli",
 ]
 
-SourceKind = Literal["hf", "s3", "gcs", "r2", "local"]
+SourceKind = Literal["hf", "s3", "gcs", "r2", "azure", "cw", "https", "local"]
 
-#: URI scheme -> source kind. The scheme is what users write; the kind names
-#: the ``bdn.backends`` module that reads it.
-SCHEME_KINDS: Mapping[str, SourceKind] = {
-    "hf": "hf",
-    "s3": "s3",
-    "gs": "gcs",
-    "r2": "r2",
-    "file": "local",
-}
-SUPPORTED_SCHEMES: tuple[str, ...] = tuple(SCHEME_KINDS)
+# What an "@" after ``scheme://`` means for a scheme (see _Scheme.at_sign).
+AtSign = Literal["revision", "refused", "literal"]
 
-# The form each scheme takes, quoted by error messages.
-_SOURCE_FORMS: Mapping[str, str] = {
-    "hf": "hf://owner/repo[@revision], e.g. hf://Qwen/Qwen3-8B@main "
-    "(pick files or subfolders with allow_patterns)",
-    "s3": "s3://bucket[/prefix], e.g. s3://my-bucket/models/qwen",
-    "gs": "gs://bucket[/prefix], e.g. gs://my-bucket/models/qwen",
-    "r2": "r2://account_id.bucket[/prefix], e.g. r2://0123abcd.my-bucket/models/qwen",
-    "file": "file:///absolute/dir, e.g. file:///data/models/qwen",
-}
-
-# Schemes people reach for by habit, and what they mean here.
+# Schemes people reach for by habit (or that Truss takes and BDN does not read
+# yet), and what to write here instead.
 _SCHEME_HINTS: Mapping[str, str] = {
     "gcs": "for Google Cloud Storage write gs://bucket/prefix",
-    "http": "for Hugging Face write hf://owner/repo",
-    "https": "for Hugging Face write hf://owner/repo",
+    "http": "plain http:// is not accepted (Truss takes https:// only); serve the file over "
+    "https://, or for Hugging Face write hf://owner/repo",
     "s3a": "write s3://bucket/prefix",
     "huggingface": "write hf://owner/repo",
 }
@@ -81,6 +65,13 @@ _S3_BUCKET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 _GCS_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,221}")
 _R2_ACCOUNT_RE = re.compile(r"[A-Za-z0-9]+")
 _R2_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+# Azure storage account names: 3-24 lower-case letters and digits; container
+# names: 3-63 of lower-case letters, digits and single hyphens. The lower
+# bounds are left to the service, as for S3, so short test names still parse.
+_AZURE_ACCOUNT_RE = re.compile(r"[a-z0-9]{1,24}")
+_AZURE_CONTAINER_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+# host[:port], no user info: credentials belong in a secret, never in the config.
+_HTTPS_HOST_RE = re.compile(r"[A-Za-z0-9.-]+(?::[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,15 +80,18 @@ class ParsedSource:
 
     Attributes:
         scheme: the URI scheme as written, lower-cased (``hf``, ``s3``, ``gs``,
-            ``r2``, ``file``).
-        kind: the source kind (``hf``, ``s3``, ``gcs``, ``r2``, ``local``).
+            ``r2``, ``azure``, ``cw``, ``https``, ``file``).
+        kind: the source kind (``hf``, ``s3``, ``gcs``, ``r2``, ``azure``, ``cw``,
+            ``https``, ``local``).
         repo_id: ``owner/repo`` for Hugging Face, else None.
         revision: branch, tag or commit for Hugging Face (default ``main``), else None.
-        bucket: bucket name for s3, gcs and r2, else None.
-        account_id: Cloudflare account id for r2, else None.
+        bucket: bucket name for s3, gcs, r2 and cw, the container for azure, else None.
+        account_id: Cloudflare account id for r2, storage account for azure, else None.
         prefix: key prefix inside the bucket with no leading or trailing ``/``;
-            ``""`` means the whole bucket (empty for hf and local).
+            ``""`` means the whole bucket (empty for hf, https and local).
         path: absolute, normalized directory for local sources, else None.
+        url: the URL of an ``https://`` source (one file, or a folder ending in
+            ``/`` whose files ``allow_patterns`` name), else None.
     """
 
     scheme: str
@@ -108,6 +102,7 @@ class ParsedSource:
     account_id: str | None = None
     prefix: str = ""
     path: str | None = None
+    url: str | None = None
 
     @property
     def uri(self) -> str:
@@ -120,7 +115,13 @@ class ParsedSource:
             return f"hf://{self.repo_id}@{self.revision}"
         if self.kind == "local":
             return f"file://{self.path}"
-        host = f"{self.account_id}.{self.bucket}" if self.kind == "r2" else f"{self.bucket}"
+        if self.kind == "https":
+            return f"{self.url}"
+        host = f"{self.bucket}"
+        if self.kind == "r2":
+            host = f"{self.account_id}.{self.bucket}"
+        elif self.kind == "azure":
+            host = f"{self.account_id}/{self.bucket}"
         return f"{self.scheme}://{host}" + (f"/{self.prefix}" if self.prefix else "")
 
 
@@ -133,7 +134,8 @@ def parse_source(text: str, *, field: str | None = None) -> ParsedSource:
 
     Accepted forms: ``hf://owner/repo[@revision]`` (revision defaults to
     ``main``), ``s3://bucket[/prefix]``, ``gs://bucket[/prefix]``,
-    ``r2://account_id.bucket[/prefix]`` and ``file:///absolute/dir``.
+    ``r2://account_id.bucket[/prefix]``, ``azure://account/container[/prefix]``,
+    ``cw://bucket[/prefix]``, ``https://host/path`` and ``file:///absolute/dir``.
 
     Args:
         text: the URI as written.
@@ -144,8 +146,9 @@ def parse_source(text: str, *, field: str | None = None) -> ParsedSource:
 
     Raises:
         ConfigError: the scheme is missing, unknown or ``bt://`` (Baseten
-            Training, which only exists inside Baseten), or the rest of the URI
-            does not fit the scheme's form.
+            Training, which only exists inside Baseten); a bucket URI carries an
+            ``@`` (``@revision`` is for ``hf://`` only, as in Truss); or the rest
+            of the URI does not fit the scheme's form.
 
     >>> src = parse_source("r2://acct.my-bucket/a/b/")
     >>> src.kind, src.account_id, src.bucket, src.prefix
@@ -157,18 +160,18 @@ def parse_source(text: str, *, field: str | None = None) -> ParsedSource:
             field=field,
         )
     scheme, rest = _split_scheme(text, field)
-    parser = _parser_for(scheme, text, field)
+    row = _scheme_row(scheme, text, field)
+    if row.at_sign == "refused" and "@" in rest:
+        raise ConfigError(_no_revision_message(scheme, text, rest), field=field)
     if scheme == "file" and rest and not rest.startswith("/"):
         raise ConfigError(
             f"{text!r} has a relative path; use an absolute path with three slashes, "
             "e.g. file:///data/models/qwen",
             field=field,
         )
-    parsed = parser(rest)
+    parsed = row.parse(rest)
     if parsed is None:
-        raise ConfigError(
-            f"malformed {scheme}:// source {text!r}; use {_SOURCE_FORMS[scheme]}", field=field
-        )
+        raise ConfigError(f"malformed {scheme}:// source {text!r}; use {row.form}", field=field)
     return parsed
 
 
@@ -185,13 +188,13 @@ def _split_scheme(text: str, field: str | None) -> tuple[str, str]:
     raise ConfigError(f"{text!r} has no scheme{hint}; use one of {_scheme_list()}", field=field)
 
 
-def _parser_for(scheme: str, text: str, field: str | None) -> _SourceParser:
-    """The parser of a supported scheme; a refused or unknown one says what to write instead."""
+def _scheme_row(scheme: str, text: str, field: str | None) -> _Scheme:
+    """The row of a supported scheme; a refused or unknown one says what to write instead."""
     refusal = _REFUSED_SCHEMES.get(scheme)
     if refusal is not None:
         raise ConfigError(f"{text!r}: {refusal}", field=field)
-    parser = _SOURCE_PARSERS.get(scheme)
-    if parser is None:
+    row = _SCHEMES.get(scheme)
+    if row is None:
         advice = _SCHEME_HINTS.get(scheme)
         raise ConfigError(
             f"unknown scheme {scheme + '://'!r} in {text!r}"
@@ -199,7 +202,17 @@ def _parser_for(scheme: str, text: str, field: str | None) -> _SourceParser:
             + f"; supported schemes: {_scheme_list()}",
             field=field,
         )
-    return parser
+    return row
+
+
+def _no_revision_message(scheme: str, text: str, rest: str) -> str:
+    """Why a bucket URI may not carry ``@`` (Truss reads it as a revision, for hf:// only)."""
+    suffix = "@" + rest.partition("@")[2]
+    return (
+        f"{text!r} has an @revision suffix ({suffix!r}), which only hf:// sources take; "
+        f"{scheme}:// objects have no revisions, so remove it (to pin a version, put it in "
+        "the prefix, e.g. .../v1)"
+    )
 
 
 def _scheme_list() -> str:
@@ -244,19 +257,111 @@ def _parse_r2(rest: str) -> ParsedSource | None:
     return ParsedSource(scheme="r2", kind="r2", bucket=bucket, account_id=account_id, prefix=prefix)
 
 
+def _parse_azure(rest: str) -> ParsedSource | None:
+    account, _, path = rest.partition("/")
+    container, prefix = _split_bucket(path)
+    if not _AZURE_ACCOUNT_RE.fullmatch(account) or not _AZURE_CONTAINER_RE.fullmatch(container):
+        return None
+    if "--" in container:
+        return None
+    return ParsedSource(scheme="azure", kind="azure", account_id=account, bucket=container,
+                        prefix=prefix)
+
+
+def _parse_cw(rest: str) -> ParsedSource | None:
+    bucket, prefix = _split_bucket(rest)
+    if not _S3_BUCKET_RE.fullmatch(bucket):
+        return None
+    return ParsedSource(scheme="cw", kind="cw", bucket=bucket, prefix=prefix)
+
+
+def _parse_https(rest: str) -> ParsedSource | None:
+    host, slash, path = rest.partition("/")
+    if not slash or not path or not _HTTPS_HOST_RE.fullmatch(host):
+        return None
+    if any(c in path for c in "?#") or any(c.isspace() for c in path):
+        return None
+    segments = path.split("/")
+    if any(s in ("", ".", "..") for s in segments[:-1]) or segments[-1] in (".", ".."):
+        return None
+    return ParsedSource(scheme="https", kind="https", url=f"https://{host.lower()}/{path}")
+
+
 def _parse_file(rest: str) -> ParsedSource | None:
     if not rest.startswith("/"):
         return None
     return ParsedSource(scheme="file", kind="local", path=normalize_abs(rest))
 
 
-_SOURCE_PARSERS: Mapping[str, _SourceParser] = {
-    "hf": _parse_hf,
-    "s3": _parse_s3,
-    "gs": _parse_gs,
-    "r2": _parse_r2,
-    "file": _parse_file,
+@dataclass(frozen=True, slots=True)
+class _Scheme:
+    """One supported URI scheme: a row of :data:`_SCHEMES`.
+
+    Attributes:
+        kind: the source kind, which names the ``bdn.backends`` module that reads it.
+        parse: splits what follows ``scheme://``; None when it does not fit ``form``.
+        form: the accepted form with an example, quoted by error messages.
+        at_sign: what an ``@`` after ``scheme://`` means: ``revision`` (it starts an
+            ``@revision`` suffix, Hugging Face only), ``refused`` (Truss allows
+            ``@revision`` only for ``hf://``, so a bucket URI with ``@`` is refused
+            rather than read as a key ending in ``@v1``), or ``literal`` (a plain
+            character of a local path; ``file://`` is BDN's own scheme).
+    """
+
+    kind: SourceKind
+    parse: _SourceParser
+    form: str
+    at_sign: AtSign
+
+
+# Every supported scheme, in the order messages list them. A new scheme is one
+# row here (and its parser); nothing else in this module names schemes.
+_SCHEMES: Mapping[str, _Scheme] = {
+    "hf": _Scheme(
+        "hf",
+        _parse_hf,
+        "hf://owner/repo[@revision], e.g. hf://Qwen/Qwen3-8B@main "
+        "(pick files or subfolders with allow_patterns)",
+        "revision",
+    ),
+    "s3": _Scheme(
+        "s3", _parse_s3, "s3://bucket[/prefix], e.g. s3://my-bucket/models/qwen", "refused"
+    ),
+    "gs": _Scheme(
+        "gcs", _parse_gs, "gs://bucket[/prefix], e.g. gs://my-bucket/models/qwen", "refused"
+    ),
+    "r2": _Scheme(
+        "r2",
+        _parse_r2,
+        "r2://account_id.bucket[/prefix], e.g. r2://0123abcd.my-bucket/models/qwen",
+        "refused",
+    ),
+    "azure": _Scheme(
+        "azure",
+        _parse_azure,
+        "azure://account/container[/prefix], e.g. azure://myaccount/weights/models/qwen",
+        "refused",
+    ),
+    "cw": _Scheme(
+        "cw", _parse_cw, "cw://bucket[/prefix], e.g. cw://my-bucket/models/qwen", "refused"
+    ),
+    "https": _Scheme(
+        "https",
+        _parse_https,
+        "https://host[:port]/path/file (one file) or https://host/dir/ with allow_patterns "
+        "naming its files, e.g. https://example.com/models/model.safetensors; no query "
+        "string or user info (put a token in an auth secret)",
+        "literal",
+    ),
+    "file": _Scheme(
+        "local", _parse_file, "file:///absolute/dir, e.g. file:///data/models/qwen", "literal"
+    ),
 }
+
+#: URI scheme -> source kind. The scheme is what users write; the kind names
+#: the ``bdn.backends`` module that reads it.
+SCHEME_KINDS: Mapping[str, SourceKind] = {name: row.kind for name, row in _SCHEMES.items()}
+SUPPORTED_SCHEMES: tuple[str, ...] = tuple(_SCHEMES)
 
 
 def normalize_abs(path: str) -> str:

@@ -12,14 +12,17 @@ A Truss config lists what a model needs under ``weights:``::
 This module turns that into frozen :class:`WeightsEntry` values and rejects
 anything wrong with a one-line :class:`~bdn.errors.ConfigError` that starts
 with the field path (``weights[0].mount_location: ...``) and says how to fix
-it. Other top-level Truss keys are ignored. Nothing here does network I/O;
-:func:`load_config` reads one file.
+it. Accept and refuse follow Truss rule by rule (``docs/truss-parity.md``
+lists them, and where BDN is stricter). Other top-level Truss keys are
+ignored, except ``model_cache:``, which Truss refuses beside ``weights:``.
+Nothing here does network I/O; :func:`load_config` reads one file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,7 +31,14 @@ from typing import Any
 
 import yaml
 
-from bdn.config.auth import AUTH_METHODS, AuthConfig, AuthMethod, check_auth_fits_source, parse_auth
+from bdn.config.auth import (
+    AUTH_METHODS,
+    LEGACY_SECRET_KEY,
+    AuthConfig,
+    AuthMethod,
+    parse_auth,
+    parse_entry_auth,
+)
 from bdn.config.patterns import compile_pattern
 from bdn.config.uri import DEFAULT_HF_REVISION as DEFAULT_HF_REVISION
 from bdn.config.uri import (
@@ -60,7 +70,20 @@ __all__ = [
     "source_from_cli",
 ]
 
-_ENTRY_KEYS = ("source", "mount_location", "auth", "allow_patterns", "ignore_patterns")
+_ENTRY_KEYS = (
+    "source",
+    "mount_location",
+    "auth",
+    "allow_patterns",
+    "ignore_patterns",
+    LEGACY_SECRET_KEY,
+)
+
+# Top-level keys of the older Truss weights API. Truss refuses a config that
+# sets one of them (non-empty) beside a non-empty ``weights:`` and offers
+# ``truss migrate`` to convert; ``hf_cache`` counts only when ``model_cache``
+# is absent, since Truss renames it to that.
+_OLD_CACHE_KEYS = ("model_cache", "hf_cache")
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +166,10 @@ def parse_entry(
     """Validate one weights entry mapping and build a :class:`WeightsEntry`.
 
     Keys whose value is null count as absent. An empty ``ignore_patterns``
-    list is stored as None, so it hashes like an absent one.
+    list is stored as None, so it hashes like an absent one. The older
+    top-level ``auth_secret_name`` (still accepted by Truss) is stored as the
+    ``auth: {auth_method: CUSTOM_SECRET, ...}`` it stands for, so it hashes
+    like that form.
 
     Args:
         data: the mapping as loaded from YAML (or built by the CLI / Python API).
@@ -166,10 +192,7 @@ def parse_entry(
     mount = _parse_mount(
         data.get("mount_location"), f"{where}.mount_location", parsed, require_mount_location
     )
-    auth = None
-    if data.get("auth") is not None:
-        auth = parse_auth(data["auth"], where=f"{where}.auth")
-        check_auth_fits_source(auth, parsed, f"{where}.auth.auth_method")
+    auth = parse_entry_auth(data, parsed, where)
     allow = _parse_patterns(data.get("allow_patterns"), f"{where}.allow_patterns")
     if allow == ():
         raise ConfigError(
@@ -196,8 +219,11 @@ def _parse_entry_source(value: object, field: str) -> tuple[str, ParsedSource]:
 
 
 def _parse_mount(value: object, field: str, parsed: ParsedSource, required: bool) -> str | None:
-    """Validate a mount location; return it normalized (no trailing ``/``)."""
+    """Validate a mount location (a string or a path object, for Python callers);
+    return it normalized (no trailing ``/``)."""
     example = _example_mount(parsed)
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
     if value is None:
         if not required:
             return None
@@ -270,8 +296,11 @@ def _parse_patterns(value: object, field: str) -> tuple[str, ...] | None:
 def parse_weights(data: object, *, where: str = "weights") -> tuple[WeightsEntry, ...]:
     """Validate a Truss ``weights:`` list.
 
-    Every entry needs a ``mount_location``, and no two entries may share one
-    (compared after normalizing trailing slashes).
+    The list must not be empty (an empty one would mirror and pull nothing,
+    silently). Every entry needs a ``mount_location``; no two entries may
+    share one, and none may lie inside another's (compared after normalizing
+    trailing slashes): each tree is swapped in whole at its mount location,
+    so a nested one would be hidden or replaced by its parent's.
 
     Args:
         data: the list as loaded from YAML.
@@ -281,8 +310,8 @@ def parse_weights(data: object, *, where: str = "weights") -> tuple[WeightsEntry
         The entries, in order.
 
     Raises:
-        ConfigError: ``data`` is not a list, an entry is invalid, or two
-            entries share a mount location.
+        ConfigError: ``data`` is not a list or is empty, an entry is invalid,
+            or two entries' mount locations are the same or nested.
     """
     if not isinstance(data, list | tuple):
         raise ConfigError(
@@ -290,19 +319,37 @@ def parse_weights(data: object, *, where: str = "weights") -> tuple[WeightsEntry
             "'- source: ...'",
             field=where,
         )
+    if not data:
+        raise ConfigError(
+            "is an empty list, so there is nothing to mirror or pull; add at least one entry "
+            "with source and mount_location",
+            field=where,
+        )
     entries = tuple(parse_entry(item, where=f"{where}[{index}]") for index, item in enumerate(data))
-    seen: dict[str, int] = {}
-    for index, entry in enumerate(entries):
-        if entry.mount_location is None:  # Cannot happen: parse_entry requires it.
-            continue
-        first = seen.setdefault(entry.mount_location, index)
-        if first != index:
+    _check_mounts_apart(entries, where)
+    return entries
+
+
+def _check_mounts_apart(entries: tuple[WeightsEntry, ...], where: str) -> None:
+    """Raise ConfigError when two entries' mount locations are equal or nested."""
+    mounts = [(entry.mount_location, index) for index, entry in enumerate(entries)
+              if entry.mount_location is not None]  # Always set: parse_entry requires it.
+    # Every pair: quadratic, but in the length of a (short) weights list.
+    for later, (mount, index) in enumerate(mounts):
+        for other, first in mounts[:later]:
+            if other == mount:
+                relation = "is also"
+            elif mount.startswith(other + "/"):
+                relation = f"is inside {other!r},"
+            elif other.startswith(mount + "/"):
+                relation = f"contains {other!r},"
+            else:
+                continue
             raise ConfigError(
-                f"{entry.mount_location!r} is also the mount location of {where}[{first}]; "
-                "give each entry its own directory",
+                f"{mount!r} {relation} the mount location of {where}[{first}]; give each "
+                "entry its own directory, side by side (e.g. /models/a and /models/b)",
                 field=f"{where}[{index}].mount_location",
             )
-    return entries
 
 
 def load_config(path: str | Path | Mapping[str, Any]) -> tuple[WeightsEntry, ...]:
@@ -317,7 +364,8 @@ def load_config(path: str | Path | Mapping[str, Any]) -> tuple[WeightsEntry, ...
 
     Raises:
         ConfigError: the file is missing or unreadable, is not valid YAML, is
-            not a mapping, has no ``weights`` key, or an entry is invalid.
+            not a mapping, has no ``weights`` key, sets the older
+            ``model_cache`` (or ``hf_cache``), or an entry is invalid.
     """
     if isinstance(path, Mapping):
         data: object = path
@@ -330,18 +378,36 @@ def load_config(path: str | Path | Mapping[str, Any]) -> tuple[WeightsEntry, ...
         raise ConfigError(
             f"is {got}, not a mapping; it needs a top-level 'weights:' list", field=where
         )
+    _refuse_old_cache_keys(data, where)
     if "weights" not in data:
-        hint = (
-            " (model_cache: is the older Truss key; move its entries to weights:)"
-            if "model_cache" in data
-            else ""
-        )
         raise ConfigError(
-            f"has no 'weights' key{hint}; add a top-level 'weights:' list of entries with "
+            "has no 'weights' key; add a top-level 'weights:' list of entries with "
             "source and mount_location",
             field=where,
         )
     return parse_weights(data["weights"])
+
+
+def _refuse_old_cache_keys(data: Mapping[Any, Any], where: str) -> None:
+    """Refuse ``model_cache:`` (or ``hf_cache:``), as Truss does beside ``weights:``.
+
+    Truss refuses a config with both a non-empty ``model_cache`` and a
+    non-empty ``weights``. BDN reads only ``weights``, so a ``model_cache``
+    without weights entries (which Truss accepts) is refused too, with the
+    same fix, rather than mirroring nothing.
+    """
+    key = next((k for k in _OLD_CACHE_KEYS if k in data), None)
+    if key is None or not data[key]:
+        return
+    if data.get("weights"):
+        problem = f"sets both {key}: and weights:, which Truss refuses"
+    else:
+        problem = f"has {key}:, the older Truss key, and no weights: entries"
+    raise ConfigError(
+        f"{problem}; run `truss migrate` to move the {key} entries into weights:, "
+        f"then delete {key}:",
+        field=where,
+    )
 
 
 def _read_yaml(path: Path) -> object:

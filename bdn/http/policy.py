@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import TypeVar
 
-from bdn.errors import HTTPStatusError, RetryableHTTPError, TransferError
+from bdn.errors import HTTPStatusError, RetryableHTTPError, StallError, TransferError
 
 __all__ = [
     "DEFAULT_HTTP_CONFIG",
@@ -63,7 +63,11 @@ class HttpConfig:
         connect_timeout: seconds to establish a connection (TCP + TLS).
         stall_timeout: seconds without a single byte arriving before a read is
             abandoned as stalled (there is deliberately no total timeout: a
-            100 GB file may take a while, a silent socket may not).
+            100 GB file may take a while, a silent socket may not). With
+            ``RetryPolicy.max_stalls`` it bounds how long a persistently silent
+            source holds a transfer: about ``max_stalls * stall_timeout`` plus
+            the backoff between attempts (defaults: 5 x 20 s + under 4 s, so
+            under two minutes).
         read_bufsize: bytes aiohttp buffers per response before applying
             backpressure; large values mean fewer, larger reads.
         user_agent: ``User-Agent`` header.
@@ -72,7 +76,7 @@ class HttpConfig:
 
     max_connections: int = 16
     connect_timeout: float = 10.0
-    stall_timeout: float = 30.0
+    stall_timeout: float = 20.0
     read_bufsize: int = 4 * MiB
     user_agent: str = field(default_factory=lambda: f"bdn/{_version()}")
     trust_env: bool = False
@@ -92,6 +96,10 @@ class RetryPolicy:
         retry_statuses: HTTP statuses worth retrying; a :class:`RetryableHTTPError`
             whose status is not listed is raised at once.
         max_retry_after: cap on a server's ``Retry-After``, in seconds.
+        max_stalls: attempts that may end in a :class:`StallError` (no byte for
+            ``HttpConfig.stall_timeout``) before giving up, whatever attempts
+            are left; ``0``: no separate limit. Stalls are the slow failure
+            (each costs a whole stall timeout), so they get a smaller budget.
     """
 
     max_attempts: int = 6
@@ -99,6 +107,7 @@ class RetryPolicy:
     max_delay: float = 10.0
     retry_statuses: frozenset[int] = frozenset({429, 500, 502, 503, 504})
     max_retry_after: float = MAX_RETRY_AFTER
+    max_stalls: int = 0
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based).
@@ -119,8 +128,9 @@ class RetryPolicy:
         return isinstance(err, TransferError)
 
 
-RETRY_DATA = RetryPolicy(max_attempts=8, base_delay=0.25, max_delay=10.0)
-"""Chunk transfers: patient, since a chunk is expensive to give up on."""
+RETRY_DATA = RetryPolicy(max_attempts=8, base_delay=0.25, max_delay=10.0, max_stalls=5)
+"""Chunk transfers: patient, since a chunk is expensive to give up on; but a source
+silent for five stall timeouts in a row is down, not slow (see ``HttpConfig``)."""
 
 RETRY_METADATA = RetryPolicy(max_attempts=5, base_delay=0.2, max_delay=5.0)
 """HEADs, listings, manifests: small calls that should fail reasonably fast."""
@@ -177,7 +187,9 @@ async def retrying(
     :class:`TransferError` (connection reset, truncated body). Everything else
     (``NotFound``, ``AuthError``, other ``HTTPStatusError``, non-BDN errors) is
     raised at once. After the last attempt the last error is raised unchanged,
-    with a note saying how many attempts were made.
+    with a note saying how many attempts were made. After ``policy.max_stalls``
+    stalls the stall is raised at once, its message saying so (a silent source
+    fails within about ``max_stalls`` stall timeouts, not ``max_attempts``).
 
     Args:
         policy: attempts and backoff.
@@ -185,7 +197,7 @@ async def retrying(
         describe: what is being done, for logs (must not hold secrets).
         on_retry: called with ``(attempt, error, delay)`` before each backoff sleep.
     """
-    attempt = 0
+    attempt = stalls = 0
     while True:
         attempt += 1
         try:
@@ -193,6 +205,11 @@ async def retrying(
         except Exception as err:
             if not policy.should_retry(err):
                 raise
+            if isinstance(err, StallError):
+                stalls += 1
+                if policy.max_stalls and stalls >= policy.max_stalls:
+                    _gave_up_stalled(err, stalls)
+                    raise
             if attempt >= policy.max_attempts:
                 if policy.max_attempts > 1:
                     err.add_note(f"{describe}: gave up after {attempt} attempts")
@@ -209,3 +226,13 @@ async def retrying(
             if on_retry is not None:
                 on_retry(attempt, err, delay)
         await asyncio.sleep(delay)
+
+
+def _gave_up_stalled(err: StallError, stalls: int) -> None:
+    """Say in ``err``'s message (what the CLI prints) that stalls exhausted their budget."""
+    why = (f"gave up after {stalls} stalled attempts: the source sends nothing; "
+           "check that it is up and reachable, then pull again (verified bytes are kept)")
+    if err.args and isinstance(err.args[0], str):
+        err.args = (f"{err.args[0]}; {why}", *err.args[1:])
+    else:
+        err.add_note(why)

@@ -15,7 +15,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bdn.backends import SourceEnv, open_source
@@ -50,7 +50,8 @@ class MirrorOptions:
             place (``s3://``); default: the system temp dir.
         hf_endpoint: the Hugging Face Hub (``HF_ENDPOINT``); ``None`` means
             https://huggingface.co.
-        gcs_emulator_host, r2_endpoint_url, oidc_token_file: see
+        gcs_emulator_host, r2_endpoint_url, cw_endpoint_url, azure_endpoint_url,
+        oidc_token_file: see
             :class:`bdn.backends.SourceEnv`.
     """
 
@@ -62,22 +63,18 @@ class MirrorOptions:
     hf_endpoint: str | None = None
     gcs_emulator_host: str | None = None
     r2_endpoint_url: str | None = None
+    cw_endpoint_url: str | None = None
+    azure_endpoint_url: str | None = None
     oidc_token_file: Path | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MirrorOptions:
         """Default options that carry the endpoints of ``settings``."""
-        return cls(endpoint_url=settings.endpoint_url, hf_endpoint=settings.hf_endpoint,
-                   gcs_emulator_host=settings.gcs_emulator_host,
-                   r2_endpoint_url=settings.r2_endpoint_url,
-                   oidc_token_file=settings.oidc_token_file)
+        return cls(**asdict(SourceEnv.of(settings)))
 
     def source_env(self) -> SourceEnv:
         """The upstream endpoints these options carry."""
-        return SourceEnv(endpoint_url=self.endpoint_url, hf_endpoint=self.hf_endpoint,
-                         gcs_emulator_host=self.gcs_emulator_host,
-                         r2_endpoint_url=self.r2_endpoint_url,
-                         oidc_token_file=self.oidc_token_file)
+        return SourceEnv.of(self)
 
 
 DEFAULT_MIRROR_OPTIONS = MirrorOptions()
@@ -215,6 +212,7 @@ async def _mirror(
     )
     result.manifest_id = await layout.put_manifest(manifest)
     await layout.put_ref(result.config_hash, result.manifest_id)
+    await _record_hub_revision(entry, layout, result)
     result.bytes_deduplicated = result.total_bytes - result.bytes_stored
     log.info(
         "mirrored %s -> %s (%d files, %d bytes read, %d bytes stored)",
@@ -225,6 +223,17 @@ async def _mirror(
         result.bytes_stored,
     )
     return result
+
+
+async def _record_hub_revision(entry: WeightsEntry, layout: Store, result: MirrorResult) -> None:
+    """For an hf:// source, map (repo, revision) and (repo, commit) to the new manifest, so
+    the Hub endpoint (:mod:`bdn.hub`) finds it; the auth secret's name marks it private."""
+    parsed = entry.parsed_source
+    if parsed.kind != "hf" or not parsed.repo_id or not parsed.revision or not result.revision:
+        return
+    secret = entry.auth.auth_secret_name if entry.auth is not None else None
+    await layout.put_hub_revision(parsed.repo_id, parsed.revision, result.revision,
+                                  result.config_hash, result.manifest_id, secret or None)
 
 
 def _select(entry: WeightsEntry, source: Source, listed: list[SourceObject]) -> list[SourceObject]:

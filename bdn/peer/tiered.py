@@ -2,12 +2,14 @@
 
 The transfer engine asks for one chunk per range request. For each, the ring
 names its owners (one, or more with replicas): this node's own
-:class:`ChunkService` when it is an owner, else the owner peers in ring order.
-A peer that is down, slow or errs before sending a byte is skipped for the next
-owner, then origin; one that fails part-way, or whose bytes the engine rejects
-(it asks for the same chunk again), is not asked for that chunk a second time.
-So pulls complete while peers die, and a corrupt peer costs one chunk's bytes,
-counted.
+:class:`ChunkService` when it is the first owner, else the owner peers in ring
+order, then origin. Every source's answer is read whole and verified against
+the manifest's xxh3-128 before it is handed over, so a peer that is down,
+slow, errs or sends corrupt bytes is skipped for the next source with nothing
+half-written, and is not asked for that chunk again. A request that runs past
+a learned deadline is hedged to the next source (:mod:`bdn.peer.race`,
+:mod:`bdn.peer.hedge`). So pulls complete while peers die or freeze, and a
+corrupt peer costs one chunk's bytes, counted.
 
 :class:`TierConfig` is the peer tier a pull is given (it implements
 ``bdn.pull.Tier``, structurally: this module does not import the pull);
@@ -17,17 +19,20 @@ counted.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from bdn.agent.protocol import ChunkRef
 from bdn.backends.base import RangeReader
-from bdn.digest import Digest
-from bdn.errors import AuthError, BdnError, TransferError
+from bdn.digest import Digest, xxh3_128_hex
+from bdn.errors import AuthError, BdnError, IntegrityError, TransferError
 from bdn.manifest import FileEntry
 from bdn.peer.chunks import LocalChunks
 from bdn.peer.client import PeerClient
+from bdn.peer.hedge import Hedging, ReadProgress
+from bdn.peer.race import ORIGIN, ChunkRace
 from bdn.ring import Ring
 
 log = logging.getLogger(__name__)
@@ -45,12 +50,15 @@ class TierConfig:
         self_addr: this node's own ring address (its chunks go through ``local``).
         peers: the client that asks other members.
         local: this node's chunk service (``None``: read own chunks from origin).
+        hedging: when and how often slow chunk reads are hedged, shared by
+            every pull of this node (``None``: never; see :mod:`bdn.peer.hedge`).
     """
 
     ring: Ring | Callable[[], Ring]
     self_addr: str | None
     peers: PeerClient
     local: LocalChunks | None = None
+    hedging: Hedging | None = None
 
     def current_ring(self) -> Ring:
         """The ring now: a callable ``ring`` is asked per chunk, so a pull follows
@@ -108,6 +116,10 @@ class TieredReader:
     _peer_served: dict[int, str] = field(default_factory=dict)
     _peer_failed: set[tuple[int, str]] = field(default_factory=set)
 
+    @property
+    def hedging(self) -> Hedging | None:
+        return self.tiers.hedging
+
     def describe(self) -> str:
         return f"{self.digest} via peers, origin {self.origin.describe()}"
 
@@ -133,36 +145,81 @@ class TieredReader:
                 self.digest,
                 served_by,
             )
-        # Owners in ring order (replicas after the first); each is tried once.
-        for owner in owners:
-            if owner == self.tiers.self_addr:
-                if self.tiers.local is None:
-                    break
-                data, source = await self.tiers.local.read_with_origin(ref)
-                if source in ("origin", "coalesced"):
-                    self.stats.bytes_from_origin += len(data)
-                else:  # Kept on this node already (its node or chunk cache).
-                    self.stats.bytes_from_local_cache += len(data)
-                yield data
+        if owners[0] == self.tiers.self_addr:
+            if self.tiers.local is not None:
+                yield await self._from_local(ref)
                 return
-            if (ref.index, owner) in self._peer_failed:
-                continue
-            sent = 0
-            try:
-                async for piece in self.tiers.peers.open_chunk(owner, ref):
-                    sent += len(piece)
-                    self.stats.bytes_from_peers += len(piece)
-                    yield piece
-                self._peer_served[ref.index] = owner
-                return
-            except (TransferError, AuthError) as err:
-                self.stats.peer_failures += 1
-                self._peer_failed.add((ref.index, owner))
-                log.info("peer %s failed chunk %d of %s: %s", owner, ref.index, self.digest, err)
-                if sent:
-                    raise  # Bytes already went to the engine: it retries, elsewhere.
-        async for piece in self._from_origin(start, end):
-            yield piece
+            owners = []  # Without a chunk service, own chunks come from origin.
+        sources = [o for o in owners if (ref.index, o) not in self._peer_failed]
+        data, source = await ChunkRace(self, ref, [*sources, ORIGIN]).run()
+        if source == ORIGIN:
+            self.stats.bytes_from_origin += len(data)
+        elif source != self.tiers.self_addr:
+            self.stats.bytes_from_peers += len(data)
+            self._peer_served[ref.index] = source
+        yield data
+
+    async def _from_local(self, ref: ChunkRef) -> bytes:
+        """Chunk ``ref`` from this node's own chunk service, counted by where it found it."""
+        assert self.tiers.local is not None
+        data, source = await self.tiers.local.read_with_origin(ref)
+        if source in ("origin", "coalesced"):
+            self.stats.bytes_from_origin += len(data)
+        else:  # Kept on this node already (its node or chunk cache).
+            self.stats.bytes_from_local_cache += len(data)
+        return data
+
+    async def read_source(self, ref: ChunkRef, source: str,
+                          progress: ReadProgress | None = None) -> Buffer:
+        """Chunk ``ref``'s verified bytes from one source (a peer, this node, or ORIGIN);
+        a peer's answer is recorded in ``progress`` as it arrives (for hedging).
+
+        Raises:
+            TransferError, AuthError, IntegrityError, NotFound: that source failed;
+                a peer's failure is counted and the peer not asked for the chunk again.
+        """
+        if source == ORIGIN:
+            data = await self._read_origin(ref)
+        elif source == self.tiers.self_addr:
+            return await self._from_local(ref)
+        else:
+            data = await self._read_peer(ref, source, progress or ReadProgress())
+        if await _digest_of(data) != ref.xxh3:
+            if source == ORIGIN:
+                raise IntegrityError(f"chunk {ref.index} of {self.digest} from origin is corrupt",
+                                     expected=ref.xxh3)
+            self.stats.corrupt_from_peers += 1
+            self._peer_failed.add((ref.index, source))
+            log.warning("chunk %d of %s from peer %s failed verification; not asking it again",
+                        ref.index, self.digest, source)
+            raise IntegrityError(f"peer {source} sent a corrupt chunk", expected=ref.xxh3)
+        return data
+
+    async def _read_peer(self, ref: ChunkRef, peer: str, progress: ReadProgress) -> bytearray:
+        hedging = self.tiers.hedging
+        try:
+            data = await self.tiers.peers.read_chunk(peer, ref, progress)
+        except (TransferError, AuthError) as err:
+            self.stats.peer_failures += 1
+            self._peer_failed.add((ref.index, peer))
+            log.info("peer %s failed chunk %d of %s: %s", peer, ref.index, self.digest, err)
+            raise
+        if hedging is not None:
+            hedging.observe(progress, len(data))
+        return data
+
+    async def _read_origin(self, ref: ChunkRef) -> bytearray:
+        data = bytearray(ref.end - ref.start)
+        got = 0
+        async for piece in self.origin.open_range(ref.start, ref.end):
+            n = len(piece)
+            if got + n > len(data):
+                raise TransferError(f"origin sent more than chunk {ref.index}'s {len(data)} bytes")
+            data[got : got + n] = piece
+            got += n
+        if got != len(data):
+            raise TransferError(f"origin sent {got} of chunk {ref.index}'s {len(data)} bytes")
+        return data
 
     async def _from_origin(self, start: int, end: int) -> AsyncIterator[Buffer]:
         async for piece in self.origin.open_range(start, end):
@@ -178,3 +235,14 @@ class TieredReader:
             return ChunkRef(self.digest, index, self.size, self.chunk_size, self.chunks[index])
         except (ValueError, BdnError):
             return None
+
+
+HASH_OFF_LOOP_BYTES = 1024 * 1024
+"""Chunks at least this large are hashed in a worker thread (xxh3 releases the GIL)."""
+
+
+async def _digest_of(data: Buffer) -> str:
+    """xxh3-128 hex of ``data``, off the event loop when it is large."""
+    if len(data) < HASH_OFF_LOOP_BYTES:
+        return xxh3_128_hex(data)
+    return await asyncio.to_thread(xxh3_128_hex, data)

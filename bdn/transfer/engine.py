@@ -17,6 +17,13 @@ an ordered hasher that re-reads each finished chunk from the page cache as soon
 as all chunks before it are done, so it overlaps the download instead of
 following it.
 
+What landed of a chunk is kept: each segment extends the chunk's kept prefix
+as soon as its write returns (reported through ``FileTask.on_chunk_progress``),
+so a retry after a reset, or a later pull after a crash
+(``FileTask.partial_chunks``), fetches only the rest of the chunk. The hash of
+the kept prefix is read back from the destination, and the whole chunk is
+verified; on a mismatch the prefix is dropped and the chunk fetched again.
+
 Servers that ignore ``Range`` are detected on the first chunk of a file; the
 file is then fetched as one sequential stream, still verified chunk by chunk,
 and a retry of that stream skips the chunks already verified.
@@ -38,7 +45,6 @@ import hashlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from bdn.backends.base import LocalCopyReader
@@ -48,6 +54,7 @@ from bdn.http import retrying
 from bdn.transfer.aio import closing, run_all
 from bdn.transfer.context import reraise
 from bdn.transfer.ratelimit import RateLimiter
+from bdn.transfer.state import FileState as _File
 from bdn.transfer.task import (
     DEFAULT_TRANSFER_CONFIG,
     FileResult,
@@ -73,31 +80,6 @@ log = logging.getLogger(__name__)
 
 class _RangesUnsupported(Exception):
     """The probe chunk saw the server ignore Range; switch the file to one stream."""
-
-
-@dataclass(slots=True)
-class _File:
-    """Mutable state of one :meth:`TransferEngine.fetch`."""
-
-    task: FileTask
-    label: str
-    bounds: list[tuple[int, int]]
-    shared: SharedFd
-    digests: list[str | None]
-    done: list[bool]
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    bytes_fetched: int = 0
-    retries: int = 0
-
-    def where(self, index: int) -> str:
-        """Names chunk ``index`` and its bytes, for errors and logs."""
-        start, end = self.bounds[index]
-        return f"{self.label}: chunk {index} (bytes {start}-{end - 1})"
-
-    def expected(self, index: int) -> str | None:
-        """The xxh3-128 chunk ``index`` must match, or ``None`` when unchecked."""
-        exp = self.task.expected_chunks
-        return None if exp is None else exp[index]
 
 
 class TransferEngine:
@@ -143,6 +125,37 @@ class TransferEngine:
         return ChunkWriter(
             self._io, f.shared, self.config.segment_size, self._progress, start, end
         )
+
+    def _kept_writer(self, f: _File, index: int, begin: int) -> ChunkWriter:
+        """A writer of chunk ``index`` from ``begin`` whose written prefix is kept.
+
+        Each landed segment extends ``f.kept[index]`` and is reported to
+        ``task.on_chunk_progress``, so a retry or a later pull resumes there.
+        """
+        start, end = f.bounds[index]
+
+        def progress(delta: int) -> None:
+            f.reported[index] += delta
+            self._progress(delta)
+
+        def written(pos: int) -> None:
+            if pos < end:  # A whole chunk is kept only once verified (f.done).
+                f.kept[index] = pos - start
+                if f.task.on_chunk_progress is not None:
+                    f.task.on_chunk_progress(index, pos - start)
+
+        return ChunkWriter(
+            self._io, f.shared, self.config.segment_size, progress, begin, end, written
+        )
+
+    def _forget(self, f: _File, index: int) -> None:
+        """Drop chunk ``index``'s written prefix (it failed verification) and its progress."""
+        self._progress(-f.reported[index])
+        f.reported[index] = 0
+        if f.kept[index]:
+            f.kept[index] = 0
+            if f.task.on_chunk_progress is not None:
+                f.task.on_chunk_progress(index, 0)
 
     def _progress(self, delta: int) -> None:
         if delta and self._on_progress is not None:
@@ -197,7 +210,7 @@ class TransferEngine:
         label = task.label or task.reader.describe()
         fd = await self._open(task, label)
         n = len(bounds)
-        f = _File(task, label, bounds, SharedFd(fd), [None] * n, [False] * n)
+        f = _File(task, label, bounds, SharedFd(fd), [None] * n, [False] * n, [0] * n, [0] * n)
         want_sha = task.compute_sha256 or task.expected_sha256 is not None
         try:
             await self._resume(f)
@@ -259,6 +272,8 @@ class TransferEngine:
     # ------------------------------------------------------------------ resume
 
     async def _resume(self, f: _File) -> None:
+        for i, written in f.task.partial_chunks.items():
+            f.kept[i] = written  # Verified with the rest of the chunk, once it is in.
         done = sorted(set(f.task.done_chunks))
         if not done:
             return
@@ -275,6 +290,7 @@ class TransferEngine:
             if digest == f.expected(i):
                 f.digests[i] = digest
                 f.done[i] = True
+                f.kept[i] = 0
             else:
                 self.stats.corrupt_chunks += 1
                 log.warning("%s: resumed data does not match; refetching", f.where(i))
@@ -368,9 +384,12 @@ class TransferEngine:
             return
         async with self._slots:
             self.stats.requests += 1
-            writer = self._writer(f, start, end)
+            begin = start + f.kept[index]
+            writer = self._kept_writer(f, index, begin)
             try:
-                async with closing(reader.open_range(start, end)) as stream:
+                if begin > start:  # Resume inside the chunk: its hash starts from disk.
+                    await self._io.submit(hash_range, f.shared, writer.hasher, start, begin)
+                async with closing(reader.open_range(begin, end)) as stream:
                     async for piece in stream:
                         self._fetched(f, len(piece))
                         await self._throttle(len(piece))
@@ -380,8 +399,10 @@ class TransferEngine:
                             probe.set_result(None)
                         await writer.feed(piece)
                 self._accept(f, index, await writer.finish())
-            except BaseException:
-                await writer.abort()  # Also takes back the progress of a corrupt chunk.
+            except BaseException as err:
+                await writer.abort()  # What landed stays kept for the retry...
+                if isinstance(err, IntegrityError):
+                    self._forget(f, index)  # ...unless the chunk failed: from its start.
                 raise
 
     async def _local_chunk_once(self, f: _File, index: int, reader: LocalCopyReader) -> None:

@@ -3,6 +3,14 @@
 >>> limiter = RateLimiter(100.0)
 >>> limiter.rate
 100.0
+
+A cap can be lifted while a transfer runs: give the transfer a
+:class:`LiftableRate` where it takes a rate, and call :meth:`LiftableRate.lift`
+(the node agent does, when a pod starts waiting on a background pull).
+
+>>> rate = LiftableRate(100.0)
+>>> RateLimiter(rate).lifted, rate.lift(), RateLimiter(rate).lifted
+(False, None, True)
 """
 
 from __future__ import annotations
@@ -12,6 +20,48 @@ import time
 from collections.abc import Awaitable, Callable
 
 
+class LiftableRate(float):
+    """A rate in bytes per second that its owner can lift for good, while in use.
+
+    It is a ``float`` so it travels wherever a plain rate does (such as
+    ``TransferConfig.max_bytes_per_second``) without those layers knowing; a
+    :class:`RateLimiter` built from it stops limiting, and wakes every waiter,
+    as soon as :meth:`lift` is called. Use from one event loop.
+    """
+
+    _lifted: bool
+    _waiters: set[asyncio.Future[None]]
+
+    def __new__(cls, rate: float) -> LiftableRate:
+        self = super().__new__(cls, rate)
+        self._lifted = False
+        self._waiters = set()
+        return self
+
+    @property
+    def lifted(self) -> bool:
+        return self._lifted
+
+    def lift(self) -> None:
+        """Stop limiting (idempotent): limiters built from this rate let everything through."""
+        self._lifted = True
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+
+    async def wait_lifted(self) -> None:
+        """Return once :meth:`lift` has been called."""
+        if self._lifted:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.add(waiter)
+        try:
+            await waiter
+        finally:
+            self._waiters.discard(waiter)
+
+
 class RateLimiter:
     """Lets ``rate`` bytes per second through on average, with a burst of one second.
 
@@ -19,7 +69,8 @@ class RateLimiter:
     bytes' worth of tokens, sleeping first when the bucket is short. A request
     larger than the burst waits for its own debt; nothing is ever refused.
     ``clock`` and ``sleep`` are injectable so the arithmetic is testable
-    without waiting.
+    without waiting. Built from a :class:`LiftableRate`, it stops limiting
+    (and cuts any wait short) once that rate is lifted.
     """
 
     def __init__(
@@ -32,20 +83,42 @@ class RateLimiter:
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.rate = float(rate)
+        self._liftable = rate if isinstance(rate, LiftableRate) else None
         self._clock = clock
         self._sleep = sleep
         self._tokens = self.rate  # A full bucket: one second's burst.
         self._stamp = clock()
         self._lock = asyncio.Lock()
 
+    @property
+    def lifted(self) -> bool:
+        """True once this limiter's rate was lifted: it no longer limits."""
+        return self._liftable is not None and self._liftable.lifted
+
     async def consume(self, nbytes: int) -> None:
         """Wait until ``nbytes`` may pass."""
-        if nbytes <= 0:
+        if nbytes <= 0 or self.lifted:
             return
         async with self._lock:  # FIFO: waiters are served in arrival order.
+            if self.lifted:
+                return
             now = self._clock()
             self._tokens = min(self.rate, self._tokens + (now - self._stamp) * self.rate)
             self._stamp = now
             self._tokens -= nbytes
             if self._tokens < 0:
-                await self._sleep(-self._tokens / self.rate)
+                await self._wait(-self._tokens / self.rate)
+
+    async def _wait(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if the rate is lifted meanwhile."""
+        if self._liftable is None:
+            await self._sleep(seconds)
+            return
+        sleeping = asyncio.ensure_future(self._sleep(seconds))
+        lifting = asyncio.ensure_future(self._liftable.wait_lifted())
+        try:
+            await asyncio.wait({sleeping, lifting}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeping, lifting):
+                task.cancel()
+            await asyncio.gather(sleeping, lifting, return_exceptions=True)

@@ -9,7 +9,7 @@ can build and read them without the scheduling code.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,6 +90,14 @@ class FileTask:
             ``TransferConfig.verify_resumed_chunks``).
         on_chunk_done: called on the event loop once chunk ``i`` is written and
             verified (not for resumed chunks accepted from disk).
+        partial_chunks: chunk index -> bytes from that chunk's start already in
+            ``dest`` (resume inside a chunk); requires ``expected_chunks``. Only
+            the rest of such a chunk is fetched; the whole chunk is then verified,
+            and on a mismatch fetched again from its start.
+        on_chunk_progress: called on the event loop as ``(i, n)`` once the first
+            ``n`` bytes of chunk ``i`` are written (after their ``pwrite``
+            returned), one call per segment; ``(i, 0)`` withdraws a prefix that
+            failed verification. A caller records these to resume inside a chunk.
         label: names the file in errors, e.g. its manifest path; defaults to
             ``reader.describe()``.
         durable: ``fdatasync`` the file once every chunk is written. It runs
@@ -106,6 +114,8 @@ class FileTask:
     compute_sha256: bool = False
     done_chunks: Collection[int] = ()
     on_chunk_done: Callable[[int], None] | None = None
+    partial_chunks: Mapping[int, int] = field(default_factory=dict)
+    on_chunk_progress: Callable[[int, int], None] | None = None
     label: str = ""
     durable: bool = False
 
@@ -166,5 +176,14 @@ def validate_task(task: FileTask) -> list[tuple[int, int]]:
         bad = [i for i in task.done_chunks if not 0 <= i < len(bounds)]
         if bad:
             raise ValueError(f"done_chunks out of range: {bad[:5]}")
+    if task.partial_chunks:
+        if task.expected_chunks is None:
+            raise ValueError("partial_chunks needs expected_chunks to verify against")
+        bad = [
+            i for i, n in task.partial_chunks.items()
+            if not (0 <= i < len(bounds) and 0 <= n < bounds[i][1] - bounds[i][0])
+        ]
+        if bad:
+            raise ValueError(f"partial_chunks out of range: {bad[:5]}")
     return bounds
 

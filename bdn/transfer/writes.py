@@ -215,6 +215,15 @@ class ChunkWriter:
     ``pwritev`` plus the hash updates while the loop gathers the next batch
     (double buffering). At most one job per chunk is in flight, which keeps the
     hash updates in order and bounds memory to about two segments per chunk.
+
+    A segment counts as soon as its job returned: a done callback on the loop
+    reports its progress and, with ``on_written``, the file offset up to which
+    the chunk is now written, without waiting for the next segment to fill. So
+    after a crash the written but unrecorded bytes of a chunk are at most the
+    job still in the pool; the bytes being gathered were never written. With
+    ``on_written`` the written prefix is *kept* by the caller: :meth:`abort`
+    does not take its progress back (the caller does, if it later drops the
+    prefix).
     """
 
     def __init__(
@@ -225,6 +234,7 @@ class ChunkWriter:
         progress: Callable[[int], None],
         start: int,
         end: int,
+        on_written: Callable[[int], None] | None = None,
     ) -> None:
         self._io = io
         self._shared = shared
@@ -236,11 +246,15 @@ class ChunkWriter:
         self._end = end
         self._job: Job | None = None
         self._job_bytes = 0
+        self._unsettled: Job | None = None  # The job whose landing is not yet counted.
+        self._callback_error: BaseException | None = None
         self._reported = 0
+        self._on_written = on_written
         self.hasher = new_xxh3()
 
     async def feed(self, data: Buffer) -> None:
         """Take the next received buffer; a full segment goes to the pool."""
+        self._raise_callback_error()
         if not isinstance(data, bytes):
             view = memoryview(data)
             if not view.readonly:
@@ -262,19 +276,46 @@ class ChunkWriter:
         await self._wait_job()
         pieces, size = self._pieces, self._fill
         self._pieces, self._fill = [], 0
-        self._job = self._io.submit_job(
-            write_and_hash, self._shared, pieces, self._pos, self.hasher
-        )
-        self._job_bytes = size
+        job = self._io.submit_job(write_and_hash, self._shared, pieces, self._pos, self.hasher)
         self._pos += size
+        self._job = self._unsettled = job
+        self._job_bytes = size
+        job.future.add_done_callback(lambda fut: self._landed(job, fut))
+
+    def _landed(self, job: Job, fut: asyncio.Future[Any] | concurrent.futures.Future[Any]) -> None:
+        """Count ``job`` once, if its write returned.
+
+        Runs as the loop-side future's done callback, from :meth:`_wait_job`, or
+        from :meth:`abort` with the thread's own future (the loop-side one may be
+        cancelled while the thread still lands the bytes). Only the newest job
+        can be unsettled (one in flight), so it holds ``_job_bytes`` up to ``_pos``.
+        """
+        if job is not self._unsettled or not fut.done() or fut.cancelled():
+            return  # Counted already, or not (yet) written.
+        if fut.exception() is not None:
+            return  # Not written; the error is raised by whoever awaits the job.
+        self._unsettled = None
+        self._reported += self._job_bytes
+        try:
+            self._progress(self._job_bytes)
+            if self._on_written is not None:
+                self._on_written(self._pos)
+        except BaseException as err:  # A callback's error fails the chunk, as if inline.
+            self._callback_error = self._callback_error or err
+
+    def _raise_callback_error(self) -> None:
+        if self._callback_error is not None:
+            err, self._callback_error = self._callback_error, None
+            raise err
 
     async def _wait_job(self) -> None:
         if self._job is not None:
             # Cleared only once done: abort() must see a job that may still be running.
-            await self._job.future
+            job = self._job
+            await job.future
             self._job = None
-            self._reported += self._job_bytes
-            self._progress(self._job_bytes)
+            self._landed(job, job.future)  # Normally counted by its callback already.
+        self._raise_callback_error()
 
     async def finish(self) -> str:
         """Write what is gathered; return the chunk's xxh3-128 hex."""
@@ -289,12 +330,16 @@ class ChunkWriter:
         """After a failure: let the in-flight write land, undo reported progress."""
         self._pieces, self._fill = [], 0
         job, self._job = self._job, None
-        if job is not None and not job.thread.done():
-            # A retry must not race a stale pwrite of the same bytes, so wait for
-            # the thread itself (the loop-side future may already be cancelled).
-            with contextlib.suppress(Exception):
-                await asyncio.wrap_future(job.thread)
-        if self._reported:
+        if job is not None:
+            if not job.thread.done():
+                # A retry must not race a stale pwrite of the same bytes, so wait for
+                # the thread itself (the loop-side future may already be cancelled).
+                with contextlib.suppress(Exception):
+                    await asyncio.wrap_future(job.thread)
+            if self._on_written is not None:
+                self._landed(job, job.thread)  # If it landed, the caller keeps it too.
+        self._unsettled = None  # A late callback must not count anything now.
+        self._callback_error = None
+        if self._reported and self._on_written is None:
             self._progress(-self._reported)
-            self._reported = 0
-
+        self._reported = 0

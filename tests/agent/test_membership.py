@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from bdn.agent.config import MembershipConfig
-from bdn.agent.membership import HealthProber, Membership, resolve_dns
+from bdn.agent.membership import (
+    HealthProber,
+    Membership,
+    MembershipCollector,
+    MembershipStats,
+    resolve_dns,
+)
 from bdn.digest import Digest
 from bdn.http import HttpClient, HttpConfig
 from bdn.ring import RingConfig
@@ -14,13 +20,37 @@ SELF = "10.0.0.1:7070"
 
 
 class FakeProber:
-    def __init__(self, alive: set[str]) -> None:
+    """Healthy: ``alive``; answering but unhealthy: ``draining``; else silent
+    (``silent_is_false``: unhealthy, as a prober that cannot tell)."""
+
+    def __init__(self, alive: set[str], *, draining: set[str] | None = None,
+                 silent_is_false: bool = True) -> None:
         self.alive = alive
+        self.draining = draining or set()
+        self.silent_is_false = silent_is_false
         self.asked: list[str] = []
 
-    async def __call__(self, addr: str) -> bool:
+    async def __call__(self, addr: str) -> bool | None:
         self.asked.append(addr)
-        return addr in self.alive
+        if addr in self.alive:
+            return True
+        if addr in self.draining or self.silent_is_false:
+            return False
+        return None
+
+
+class ComingUp(FakeProber):
+    """Candidates that start answering after they were probed ``rounds`` times
+    each: agents still starting, with no clock involved."""
+
+    def __init__(self, rounds: dict[str, int]) -> None:
+        super().__init__(set(), silent_is_false=False)
+        self.rounds = rounds
+
+    async def __call__(self, addr: str) -> bool | None:
+        if self.asked.count(addr) >= self.rounds.get(addr, 0):
+            self.alive.add(addr)
+        return await super().__call__(addr)
 
 
 async def test_static_peers_that_fail_probes_stay_out_until_they_answer() -> None:
@@ -113,8 +143,82 @@ async def test_resolve_dns_and_the_health_prober_talk_to_real_things(
         fault_server.put("healthz", b'{"status": "ok"}')
         assert await probe(f"127.0.0.1:{fault_server.port}")
         fault_server.remove("healthz")
-        assert not await probe(f"127.0.0.1:{fault_server.port}")
+        # An answer that is not 200 is not healthy, but it is an answer (the
+        # start-up wait is over for it); a closed port is no answer at all.
+        assert await probe(f"127.0.0.1:{fault_server.port}") is False
         (closed,) = free_ports(1)
-        assert not await probe(f"127.0.0.1:{closed}")
+        assert await probe(f"127.0.0.1:{closed}") is None
     finally:
         await http.close()
+
+
+async def test_start_waits_until_every_candidate_answers_so_the_first_ring_is_whole() -> None:
+    peers = (SELF, "10.0.0.2:7070", "10.0.0.3:7070", "10.0.0.4:7070")
+    prober = ComingUp({"10.0.0.2:7070": 0, "10.0.0.3:7070": 3, "10.0.0.4:7070": 5})
+    m = Membership(MembershipConfig(static_peers=peers, settle_timeout=600), self_addr=SELF,
+                   ring_config=RingConfig(), prober=prober)
+    await m.start()
+    try:
+        # The first ring pulls see is every agent: nobody reads origin for another's chunk.
+        assert m.current_ring().members == set(peers)
+        assert m.stats.unanswered_at_start == 0
+        assert m.stats.joined == m.stats.left == 0, "joins while settling are not changes"
+    finally:
+        await m.close()
+
+
+async def test_a_draining_candidate_does_not_hold_up_the_start() -> None:
+    peers = (SELF, "10.0.0.2:7070", "10.0.0.3:7070")
+    prober = FakeProber({"10.0.0.2:7070"}, draining={"10.0.0.3:7070"}, silent_is_false=False)
+    m = Membership(MembershipConfig(static_peers=peers, settle_timeout=600), self_addr=SELF,
+                   ring_config=RingConfig(), prober=prober)
+    await m.settle()
+    assert m.ring.members == {SELF, "10.0.0.2:7070"}
+    assert prober.asked.count("10.0.0.3:7070") == 1, "it answered: one round was enough"
+
+
+async def test_the_start_up_wait_is_bounded_and_says_who_never_answered() -> None:
+    peers = (SELF, "10.0.0.2:7070", "10.0.0.3:7070")
+    prober = FakeProber({"10.0.0.2:7070"}, silent_is_false=False)
+    m = Membership(MembershipConfig(static_peers=peers, settle_timeout=0.3), self_addr=SELF,
+                   ring_config=RingConfig(), prober=prober)
+    await m.settle()
+    assert m.ring.members == {SELF, "10.0.0.2:7070"}
+    assert m.unanswered == {"10.0.0.3:7070"}
+    assert m.stats.unanswered_at_start == 1
+    # It joins later like any peer, and that counts as a ring change.
+    prober.alive.add("10.0.0.3:7070")
+    await m.refresh()
+    assert m.ring.members == set(peers) and m.stats.joined == 1
+
+
+async def test_no_settle_timeout_means_one_round() -> None:
+    prober = FakeProber(set(), silent_is_false=False)
+    m = Membership(MembershipConfig(static_peers=("a:1", "b:1"), settle_timeout=0),
+                   self_addr="a:1", ring_config=RingConfig(), prober=prober)
+    await m.settle()
+    assert prober.asked == ["b:1"] and m.ring.members == {"a:1"}
+
+
+async def test_settling_re_resolves_dns_for_pods_that_appear_meanwhile() -> None:
+    # n3's pod shows up in DNS while n2 is still starting: it is waited for too.
+    answers = [{SELF, "10.0.0.2:7070"}, {SELF, "10.0.0.2:7070", "10.0.0.3:7070"}]
+
+    async def resolver(name: str, port: int) -> set[str]:
+        return answers.pop(0) if len(answers) > 1 else answers[0]
+
+    prober = ComingUp({"10.0.0.2:7070": 2, "10.0.0.3:7070": 2})
+    m = Membership(MembershipConfig(dns_name="agents", dns_interval=0, settle_timeout=600),
+                   self_addr=SELF, ring_config=RingConfig(), prober=prober, resolver=resolver)
+    await m.settle()
+    assert m.ring.members == {SELF, "10.0.0.2:7070", "10.0.0.3:7070"}
+
+
+def test_membership_metrics_say_why_origin_served_more() -> None:
+    stats = MembershipStats(joined=2, left=1, unanswered_at_start=1, settle_seconds=0.5)
+    samples = {(s.name, tuple(s.labels.items())): s.value
+               for family in MembershipCollector(lambda: stats).collect()
+               for s in family.samples}
+    assert samples[("bdn_ring_changes_total", (("reason", "joined"),))] == 2
+    assert samples[("bdn_ring_changes_total", (("reason", "left"),))] == 1
+    assert samples[("bdn_ring_start_unanswered", ())] == 1

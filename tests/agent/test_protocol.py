@@ -29,7 +29,7 @@ from bdn.agent.protocol import (
     parse_chunk_ref,
     status_for,
 )
-from bdn.digest import Digest
+from bdn.digest import MAX_CHUNK_SIZE, Digest
 
 ROOT = Path(__file__).resolve().parents[2]
 XXH3 = "0123456789abcdef" * 2
@@ -63,7 +63,15 @@ MALFORMED = [
     ("ab" * 32, "3", GOOD, "chunk 3 does not exist"),
     ("ab" * 32, "0", {**GOOD, "size": "x"}, "size must be"),
     ("ab" * 32, "0", {"chunk_size": "4", "xxh3": XXH3}, "size must be"),
-    ("ab" * 32, "0", {**GOOD, "chunk_size": "0"}, "does not exist"),
+    ("ab" * 32, "0", {**GOOD, "chunk_size": "0"}, "chunk_size must be from 1 to"),
+    ("ab" * 32, "0", {**GOOD, "chunk_size": "-4"}, "chunk_size must be a whole number"),
+    ("ab" * 32, "0", {**GOOD, "chunk_size": str(MAX_CHUNK_SIZE + 1)},
+     "chunk_size must be from 1 to"),
+    ("ab" * 32, "0", {**GOOD, "chunk_size": "9" * 19}, "chunk_size must be from 1 to"),
+    ("ab" * 32, "x", GOOD, "index must be a whole number"),
+    ("ab" * 32, "1" * 20, GOOD, "index must be a whole number"),
+    ("ab" * 32, "9" * 19, GOOD, r"has 3 \(indices 0 to 2\)"),
+    ("ab" * 32, "0", {**GOOD, "size": "0"}, "has none"),
     ("ab" * 32, "0", {**GOOD, "xxh3": XXH3.upper()}, "xxh3 must be"),
     ("ab" * 32, "0", {"size": "10", "chunk_size": "4"}, "xxh3 must be"),
 ]
@@ -73,8 +81,14 @@ MALFORMED = [
 def test_malformed_chunk_requests_are_named(
     digest: str, index: str, query: dict[str, str], needle: str
 ) -> None:
-    with pytest.raises(ValueError, match=needle):
+    with pytest.raises(ValueError, match=needle) as caught:
         parse_chunk_ref(digest, index, query)
+    assert "\n" not in str(caught.value)
+
+
+def test_the_largest_chunk_a_peer_serves_is_accepted() -> None:
+    query = {"size": str(MAX_CHUNK_SIZE), "chunk_size": str(MAX_CHUNK_SIZE), "xxh3": XXH3}
+    assert parse_chunk_ref("ab" * 32, "0", query).end == MAX_CHUNK_SIZE
 
 
 def test_error_statuses_map_both_ways() -> None:

@@ -12,22 +12,19 @@ import aiohttp
 import pytest
 
 from bdn.agent.client import AgentClient, request_for, to_pull_result
-from bdn.agent.config import AgentConfig, MembershipConfig
 from bdn.agent.main import Agent
-from bdn.config.settings import Settings
 from bdn.digest import xxh3_128_hex
 from bdn.errors import AuthError, ConfigError, MountConflict, RefNotFound, TransferError
 from bdn.manifest import Manifest
+from tests.agent import in_process_agent
 from tests.e2e.agents import (
     TOKEN,
     assert_same_tree,
-    free_ports,
     http_json,
     mirrored_model,
     origin_blob_bytes,
     parse_metrics,
     publish_store,
-    short_dir,
     unique_size,
 )
 from tests.fixtures import pattern_bytes
@@ -78,25 +75,9 @@ async def harness(tmp_path: Path, fault_server: FaultServer) -> AsyncIterator[Ha
     src, store_root, manifest = await mirrored_model(tmp_path, MODEL, CHUNK)
     origin = publish_store(fault_server, store_root)
     fault_server.reset_stats()
-    (port,) = free_ports(1)
-    with short_dir() as sock_dir:
-        config = AgentConfig(
-            settings=Settings(store_uri=origin, cache_dir=tmp_path / "cache"),
-            listen=("127.0.0.1", port),
-            advertise=f"127.0.0.1:{port}",
-            socket_path=sock_dir / "agent.sock",
-            token=TOKEN,
-            membership=MembershipConfig(probe_interval=0.2),
-            drain_timeout=5,
-        )
-        agent = Agent(config)
-        await agent.start()
-        try:
-            yield Harness(agent, manifest, src, tmp_path / "models", fault_server)
-        finally:
-            await agent.drain()
-            await agent.stop()
-        assert not config.socket_path.exists()
+    async with in_process_agent(tmp_path, origin,
+                                trees_roots=(tmp_path / "models",)) as agent:
+        yield Harness(agent, manifest, src, tmp_path / "models", fault_server)
 
 
 async def test_pull_by_manifest_then_by_source_with_progress(harness: Harness) -> None:

@@ -4,10 +4,14 @@ Credentials and GCS JSON APIs)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from google.auth.credentials import Credentials
 
 from bdn.backends.gcs.creds import SCOPE_READ_ONLY, gcp_oidc_credentials
 from bdn.backends.gcs.source import GcsSource
@@ -78,9 +82,12 @@ async def test_aws_oidc_assumes_the_role_at_sts(moto_s3: MotoS3, s3_bucket: str,
                                                 token_file: Path) -> None:
     creds = aws_oidc_credentials(AWS_AUTH, token_file=token_file,
                                  sts_endpoint_url=moto_s3.endpoint_url)
-    assert creds.access_key_id.startswith("ASIA")  # temporary keys, as STS issues them
-    assert creds.session_token and creds.region == "us-east-1"
-    assert TOKEN not in repr(creds)
+    keys = creds.current()
+    assert keys.access_key_id.startswith("ASIA")  # temporary keys, as STS issues them
+    assert keys.session_token and keys.region == creds.region == "us-east-1"
+    for text in (repr(creds), repr(keys)):
+        assert TOKEN not in text and keys.secret_access_key not in text
+        assert keys.session_token not in text
     moto_s3.client().put_object(Bucket=s3_bucket, Key="m/w.bin", Body=b"abc")
     src = S3Source(s3_bucket, "m", credentials=creds, endpoint_url=moto_s3.endpoint_url)
     try:
@@ -99,19 +106,33 @@ def test_aws_oidc_unreachable_sts_is_auth_error(token_file: Path) -> None:
 # -- GCP: google-auth's identity pool + impersonation, end to end on loopback -----
 
 
-async def test_gcp_oidc_exchanges_the_token_and_impersonates(fake_google: FakeGoogle,
-                                                             token_file: Path) -> None:
-    creds = gcp_oidc_credentials(GCP_AUTH, token_file=token_file,
-                                 sts_url=f"{fake_google.url}/v1/token",
-                                 iam_url=f"{fake_google.url}/v1")
+def gcp_credentials(fake_google: FakeGoogle, token_file: Path) -> Credentials:
+    """GCP_OIDC credentials whose STS and IAM Credentials are ``fake_google``'s."""
+    return gcp_oidc_credentials(GCP_AUTH, token_file=token_file,
+                                sts_url=f"{fake_google.url}/v1/token",
+                                iam_url=f"{fake_google.url}/v1")
+
+
+@contextlib.asynccontextmanager
+async def gcp_oidc_source(fake_google: FakeGoogle,
+                          token_file: Path) -> AsyncIterator[tuple[Credentials, GcsSource]]:
+    """:func:`gcp_credentials`, and a source of bucket ``bkt`` on ``fake_google`` that
+    presents them on the SDK's listing and the aiohttp data plane; closed after."""
+    creds = gcp_credentials(fake_google, token_file)
     http = HttpClient()
     src = GcsSource("bkt", "m", credentials=creds, api_endpoint=fake_google.url, http=http)
     try:
-        (obj,) = await src.list()
-        assert await read_source(src, obj) == b"weights!"
+        yield creds, src
     finally:
         await src.close()
         await http.close()
+
+
+async def test_gcp_oidc_exchanges_the_token_and_impersonates(fake_google: FakeGoogle,
+                                                             token_file: Path) -> None:
+    async with gcp_oidc_source(fake_google, token_file) as (_, src):
+        (obj,) = await src.list()
+        assert await read_source(src, obj) == b"weights!"
     # The projected token went to STS, for the workload identity provider
     # (once per thread that found the token missing: the SDK's and ours)...
     assert fake_google.sts_requests
@@ -130,9 +151,7 @@ async def test_gcp_oidc_exchanges_the_token_and_impersonates(fake_google: FakeGo
 
 async def test_gcp_oidc_token_file_that_vanishes_later_fails_plainly(fake_google: FakeGoogle,
                                                                    token_file: Path) -> None:
-    creds = gcp_oidc_credentials(GCP_AUTH, token_file=token_file,
-                                 sts_url=f"{fake_google.url}/v1/token",
-                                 iam_url=f"{fake_google.url}/v1")
+    creds = gcp_credentials(fake_google, token_file)
     token_file.unlink()  # e.g. the projected volume went away after start-up
     src = GcsSource("bkt", "m", credentials=creds, api_endpoint=fake_google.url)
     try:
@@ -141,3 +160,21 @@ async def test_gcp_oidc_token_file_that_vanishes_later_fails_plainly(fake_google
     finally:
         await src.close()
     assert fake_google.sts_requests == []
+
+
+async def test_gcp_oidc_token_is_renewed_when_it_nears_expiry(fake_google: FakeGoogle,
+                                                              token_file: Path) -> None:
+    """google-auth renews the impersonated token by itself once it nears expiry (its
+    ``valid`` turns false), on the SDK's listing and the aiohttp data plane alike."""
+    async with gcp_oidc_source(fake_google, token_file) as (creds, src):
+        (obj,) = await src.list()
+        assert await read_source(src, obj) == b"weights!"
+        renewals = len(fake_google.iam_requests)
+        # An hour on: the token is a minute from expiry (google-auth's clock is naive UTC).
+        creds.expiry = datetime.now(UTC).replace(tzinfo=None) + timedelta(minutes=1)
+        assert not creds.valid
+        assert await read_source(src, obj) == b"weights!"
+        assert len(fake_google.iam_requests) == renewals + 1 and creds.valid
+        creds.expiry = datetime.now(UTC).replace(tzinfo=None) + timedelta(minutes=1)
+        assert [o.path for o in await src.list()] == [obj.path]
+        assert len(fake_google.iam_requests) == renewals + 2

@@ -17,6 +17,7 @@ import pytest
 import bdn.cache.materialize as materialize_module
 from bdn.cache import NodeCache
 from bdn.errors import BlobNotFound, MountConflict
+from bdn.manifest import Manifest
 from tests.cache import fill, make_manifest, put_blob
 
 FILES = {
@@ -35,6 +36,22 @@ def mode(path: Path) -> int:
 
 def leftovers(mount: Path) -> list[str]:
     return [p.name for p in mount.parent.iterdir() if p.name.startswith(f".{mount.name}.bdn-")]
+
+
+def built(cache: NodeCache, tmp_path: Path) -> tuple[Manifest, Path]:
+    """:data:`FILES` cached and materialized at ``tmp_path/m``: its manifest, the mount."""
+    manifest = fill(cache, FILES)
+    mount = tmp_path / "m"
+    cache.materialize(manifest, mount)
+    return manifest, mount
+
+
+def refusal(cache: NodeCache, manifest: Manifest, mount: Path) -> str:
+    """The message of the :class:`MountConflict` materializing ``manifest`` at ``mount``
+    must raise."""
+    with pytest.raises(MountConflict) as info:
+        cache.materialize(manifest, mount)
+    return str(info.value)
 
 
 def make_writable(path: Path) -> None:
@@ -64,9 +81,7 @@ def test_builds_a_read_only_hardlinked_tree(cache: NodeCache, tmp_path: Path) ->
 
 def test_second_materialize_is_unchanged_and_touches_nothing(cache: NodeCache,
                                                              tmp_path: Path) -> None:
-    manifest = fill(cache, FILES)
-    mount = tmp_path / "m"
-    cache.materialize(manifest, mount)
+    manifest, mount = built(cache, tmp_path)
     before = os.stat(mount)
     assert cache.materialize(manifest, mount).mode == "unchanged"
     # Another process (a fresh cache object) agrees, through the index.
@@ -76,20 +91,74 @@ def test_second_materialize_is_unchanged_and_touches_nothing(cache: NodeCache,
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
 
-def test_a_tampered_tree_is_rebuilt(cache: NodeCache, tmp_path: Path) -> None:
-    manifest = fill(cache, FILES)
-    mount = tmp_path / "m"
-    cache.materialize(manifest, mount)
+def test_a_tree_missing_a_file_is_rebuilt(cache: NodeCache, tmp_path: Path) -> None:
+    manifest, mount = built(cache, tmp_path)
     make_writable(mount)
     (mount / "config.json").unlink()
-    (mount / "config.json").write_bytes(FILES["config.json"])  # Same bytes, not the blob.
     assert cache.materialize(manifest, mount).mode == "hardlink"
     blob = cache.blob_path(manifest.file("config.json").sha256)
     assert os.stat(mount / "config.json").st_ino == os.stat(blob).st_ino
+
+
+def records(cache: NodeCache) -> list[tuple[str, str]]:
+    """The cache's tree records as ``(path, manifest id)``."""
+    return [(str(t.path), t.manifest_id) for t in cache._index.trees()]
+
+
+def tree_state(mount: Path) -> dict[str, tuple[int, bytes]]:
+    """Every path under ``mount`` with its inode and content: to prove nothing changed."""
+    return {str(p.relative_to(mount)): (os.lstat(p).st_ino, p.read_bytes() if p.is_file() else b"")
+            for p in sorted(mount.rglob("*"))}
+
+
+@pytest.mark.parametrize("other_manifest", [False, True], ids=["same", "different"])
+def test_a_users_file_in_a_tree_is_never_deleted(cache: NodeCache, tmp_path: Path,
+                                                 other_manifest: bool) -> None:
+    # Before: the re-pull swapped the tree in and deleted the user's notes.txt.
+    manifest, mount = built(cache, tmp_path)
+    next_manifest = fill(cache, {"x.bin": b"next"}) if other_manifest else manifest
+    os.chmod(mount, 0o755)
+    (mount / "notes.txt").write_text("mine")
+    before, record = tree_state(mount), records(cache)
+    assert refusal(cache, next_manifest, mount) == (
+        f"mount location {mount} holds 1 path(s) BDN did not put there: notes.txt; refusing "
+        "to replace the tree, so nothing of yours is lost: move them out (its directories are "
+        "read-only: chmod u+w first), or choose another mount location")
+    assert tree_state(mount) == before and records(cache) == record
+    assert leftovers(mount) == []
+    # Moved out: the pull goes through.
+    (mount / "notes.txt").unlink()
+    assert cache.materialize(next_manifest, mount).mode in ("hardlink", "unchanged")
+
+
+def test_foreign_paths_are_named_a_few_then_a_count(cache: NodeCache, tmp_path: Path) -> None:
+    manifest, mount = built(cache, tmp_path)
     make_writable(mount)
-    (mount / "extra.txt").write_bytes(b"x")
-    assert cache.materialize(manifest, mount).mode == "hardlink"
-    assert not (mount / "extra.txt").exists()
+    (mount / "config.json").unlink()
+    (mount / "config.json").write_bytes(FILES["config.json"])  # Same bytes, the user's file.
+    (mount / "weights" / "empty-dir").mkdir()
+    os.symlink("/etc/passwd", mount / "link")
+    for i in range(5):
+        (mount / f"extra-{i}.txt").write_text("x")
+    with pytest.raises(MountConflict, match=r"holds 8 path\(s\) BDN did not put there: "
+                       r"config.json, extra-0.txt, extra-1.txt, extra-2.txt, extra-3.txt "
+                       r"\(and 3 more\)"):
+        cache.materialize(manifest, mount)
+    assert (mount / "config.json").read_bytes() == FILES["config.json"]
+    assert (mount / "weights" / "empty-dir").is_dir() and (mount / "link").is_symlink()
+
+
+def test_a_tree_whose_blob_the_cache_dropped_is_still_ours(cache: NodeCache,
+                                                           tmp_path: Path) -> None:
+    # A hardlink whose blob `bdn cache verify --fix` removed has no other link left:
+    # it is BDN's file, and the next pull replaces the tree without complaint.
+    m1 = fill(cache, {"a.bin": b"one" * 100, "b.bin": b"two"})
+    mount = tmp_path / "m"
+    cache.materialize(m1, mount)
+    cache.blob_path(m1.file("a.bin").sha256).unlink()
+    m2 = fill(cache, {"c.bin": b"three"})
+    assert cache.materialize(m2, mount).mode == "hardlink"
+    assert sorted(os.listdir(mount)) == ["c.bin"]
 
 
 def test_swap_is_atomic_for_readers(cache: NodeCache, tmp_path: Path) -> None:
@@ -144,12 +213,43 @@ def test_refuses_a_foreign_non_empty_directory(cache: NodeCache, tmp_path: Path)
         cache.materialize(manifest, tmp_path / "a-file")
 
 
-def test_replaces_an_empty_directory(cache: NodeCache, tmp_path: Path) -> None:
+def test_adopts_an_empty_directory_of_its_own_user(cache: NodeCache, tmp_path: Path) -> None:
     manifest = fill(cache, FILES)
     mount = tmp_path / "empty"
     mount.mkdir()
     assert cache.materialize(manifest, mount).mode == "hardlink"
     assert (mount / "config.json").read_bytes() == FILES["config.json"]
+
+
+def test_refuses_another_users_empty_directory(cache: NodeCache, tmp_path: Path) -> None:
+    # Before: the directory was replaced by one of the puller's (root's), 0555.
+    if os.geteuid() != 0:
+        pytest.skip("making a directory another user owns needs root")
+    manifest = fill(cache, FILES)
+    mount = tmp_path / "theirs"
+    mount.mkdir()
+    os.chown(mount, 4242, 4242)
+    inode = os.stat(mount).st_ino
+    assert refusal(cache, manifest, mount) == (
+        f"mount location {mount} is an empty directory owned by uid 4242, not by the user "
+        "pulling (uid 0); BDN only adopts an empty directory of its own user: remove it, or "
+        "choose another mount location")
+    st = os.stat(mount)
+    assert (st.st_ino, st.st_uid, os.listdir(mount)) == (inode, 4242, [])
+    assert records(cache) == [] and leftovers(mount) == []
+
+
+def test_a_mount_point_holding_a_users_file_is_not_emptied(
+        cache: NodeCache, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    m1, m2 = fill(cache, {"x": b"one"}), fill(cache, {"x": b"two"})
+    mount = tmp_path / "m"
+    cache.materialize(m1, mount)
+    os.chmod(mount, 0o755)
+    (mount / "mine").write_text("keep")
+    monkeypatch.setattr(materialize_module.os.path, "ismount", lambda p: p == mount)
+    with pytest.raises(MountConflict, match="mine"):
+        cache.materialize(m2, mount)
+    assert (mount / "mine").read_text() == "keep" and (mount / "x").read_bytes() == b"one"
 
 
 def test_missing_blob_fails_cleanly(cache: NodeCache, tmp_path: Path) -> None:

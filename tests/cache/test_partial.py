@@ -139,3 +139,27 @@ def test_ls_partials_reports_progress(cache: NodeCache) -> None:
     assert info.digest == Digest.of_bytes(DATA)
     assert (info.done_chunks, info.total_chunks, info.size) == ({0, 1}, 48, len(DATA))
     assert info.bytes_on_disk > 0
+
+
+def test_progress_prefixes_resume_in_a_later_open(cache: NodeCache) -> None:
+    p = open_(cache)
+    p.path.write_bytes(DATA)
+    p.mark_progress(3, 8)
+    p.mark_progress(3, 12)  # The last line of a chunk wins.
+    p.mark_progress(5, 4)
+    p.mark_progress(5, 0)  # Withdrawn.
+    p.mark_progress(6, 4)
+    p.mark_done(6)  # Verified since: no prefix.
+    p.mark_progress(9, CHUNK)  # A whole chunk is never a prefix.
+    again = open_(cache)
+    assert dict(again.partial_chunks) == {3: 12}
+    assert again.done_chunks == frozenset({6})
+    assert open_(cache).partial_chunks == {3: 12}  # The rewrite kept it.
+
+
+def test_prefixes_from_an_earlier_boot_are_dropped(cache: NodeCache) -> None:
+    p = open_(cache)
+    p.path.write_bytes(DATA)
+    with open(p.record_path, "a", encoding="ascii") as f:
+        f.write("2:8:a-boot-before-a-power-cut\n4:8")  # and a torn line
+    assert open_(cache).partial_chunks == {}

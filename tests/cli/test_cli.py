@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli import assert_one_line_error
 from tests.conftest import MotoS3
 from tests.fixtures import make_model, pattern_bytes, run_bdn
 
@@ -103,17 +104,6 @@ def test_mirror_s3_source_with_auth_secret_into_s3_store(tmp_path: Path, moto_s3
     assert json.loads(again.stdout)["bytes_transferred"] == 0
 
 
-def _assert_one_line_error(res: object, *needles: str) -> None:
-    code, stderr = res.code, res.stderr  # type: ignore[attr-defined]
-    assert code == 2, stderr
-    lines = stderr.strip().splitlines()
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("bdn: error: ")
-    assert "Traceback" not in stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-
-
 CONFIG_ERRORS = [
     ("- source: file:///x\n  mount_location: models/x\n", ["mount_location", "absolute"]),
     (
@@ -140,12 +130,12 @@ CONFIG_ERRORS = [
 def test_bad_config_gives_one_line_error(tmp_path: Path, weights: str, needles: list[str]) -> None:
     cfg = tmp_path / "config.yaml"
     cfg.write_text("weights:\n" + "\n".join("  " + line for line in weights.splitlines()) + "\n")
-    _assert_one_line_error(run_bdn("mirror", "--config", str(cfg), home=tmp_path), *needles)
+    assert_one_line_error(run_bdn("mirror", "--config", str(cfg), home=tmp_path), *needles)
 
 
 def test_bad_sources_and_secrets_give_one_line_errors(tmp_path: Path, moto_s3: MotoS3) -> None:
     home = tmp_path
-    _assert_one_line_error(
+    assert_one_line_error(
         run_bdn("mirror", "s3://bucket/models", home=home), "secret_id is required"
     )
     secret_value = "SUPER-SECRET-VALUE-123"
@@ -158,24 +148,24 @@ def test_bad_sources_and_secrets_give_one_line_errors(tmp_path: Path, moto_s3: M
     res = run_bdn(
         "mirror", "s3://bucket/models", "--auth-secret", "aws_credentials", home=home, env=env
     )
-    _assert_one_line_error(
+    assert_one_line_error(
         res, "aws_access_key_id and aws_secret_access_key are required in S3 credentials"
     )
     assert secret_value not in res.stderr + res.stdout
-    _assert_one_line_error(
+    assert_one_line_error(
         run_bdn("mirror", "s3://bucket/models", "--auth-secret", "nope", home=home),
         "nope",
         "BDN_SECRET_NOPE",
     )
-    _assert_one_line_error(
+    assert_one_line_error(
         run_bdn("mirror", "bt://project/job", home=home),
         "Baseten Training sources are not available outside Baseten",
     )
-    _assert_one_line_error(
+    assert_one_line_error(
         run_bdn("mirror", "gs://bucket/models", home=home),
         "no credentials configured: need either OIDC config or secret_id",
     )
-    _assert_one_line_error(
+    assert_one_line_error(
         run_bdn("mirror", "r2://acct.bucket/models", home=home), "secret_id is required"
     )
 
@@ -218,11 +208,11 @@ def test_pull_and_cache_commands(tmp_path: Path) -> None:
     assert run_bdn("cache", "gc", home=tmp_path).code == 0
 
     bad = run_bdn("pull", "sha256:abc", "--to", str(tmp_path / "x"), home=tmp_path)
-    _assert_one_line_error(bad, "not a manifest id")
+    assert_one_line_error(bad, "not a manifest id")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     conflict = run_bdn("pull", str(src), "--to", str(tmp_path / "mine"), home=tmp_path)
-    _assert_one_line_error(conflict, "did not materialize")
+    assert_one_line_error(conflict, "did not materialize")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 

@@ -150,10 +150,6 @@ def test_empty_ignore_patterns_is_stored_as_none() -> None:
     assert entry.ignore_patterns is None
 
 
-def test_empty_weights_list_is_allowed() -> None:
-    assert parse_weights([]) == ()
-
-
 def test_parse_entry_accepts_an_auth_config() -> None:
     auth = AuthConfig("CUSTOM_SECRET", auth_secret_name="creds")
     entry = parse_entry({"source": "s3://b/p", "auth": auth}, require_mount_location=False)
@@ -233,9 +229,17 @@ def test_parsed_source_canonical_uri(text: str, uri: str) -> None:
     ("source", "fragments"),
     [
         ("bt://job/checkpoint", ["Baseten Training sources are not available outside Baseten"]),
-        ("ftp://host/x", ["unknown scheme 'ftp://'", "hf://, s3://, gs://, r2://, file://"]),
+        ("ftp://host/x", ["unknown scheme 'ftp://'",
+                          "hf://, s3://, gs://, r2://, azure://, cw://, https://, file://"]),
         ("gcs://bucket/x", ["unknown scheme 'gcs://'", "gs://bucket/prefix"]),
-        ("https://huggingface.co/a/b", ["unknown scheme 'https://'", "hf://owner/repo"]),
+        ("http://huggingface.co/a/b", ["unknown scheme 'http://'", "https://", "hf://owner/repo"]),
+        ("azure://acct", ["malformed azure:// source", "azure://account/container[/prefix]"]),
+        ("azure://Acct/c/x", ["malformed azure:// source"]),
+        ("azure://acct/c@v1", ["@revision suffix"]),
+        ("cw://", ["malformed cw:// source", "cw://bucket[/prefix]"]),
+        ("https://example.com", ["malformed https:// source", "https://host[:port]/path"]),
+        ("https://user:pw@example.com/m.bin", ["malformed https:// source", "auth secret"]),
+        ("https://example.com/a/../m.bin", ["malformed https:// source"]),
         ("Qwen/Qwen3-8B", ["has no scheme", "did you mean hf://Qwen/Qwen3-8B?"]),
         ("/data/m", ["has no scheme", "did you mean file:///data/m?"]),
         ("hf://Qwen", ["malformed hf:// source", "hf://owner/repo[@revision]"]),
@@ -383,7 +387,8 @@ def test_empty_allow_patterns_is_refused() -> None:
 @pytest.mark.parametrize(
     ("source", "auth", "field", "fragments"),
     [
-        ("s3://b/p", "CUSTOM_SECRET", "auth", ["must be a mapping", "auth_method: CUSTOM_SECRET"]),
+        ("s3://b/p", "CUSTOM_SECRET", "auth",
+         ["must be a mapping like", '"auth_method": "CUSTOM_SECRET"', "got the string"]),
         ("s3://b/p", {}, "auth", ["auth_method is missing", "CUSTOM_SECRET, AWS_OIDC, GCP_OIDC"]),
         (
             "s3://b/p",
@@ -393,9 +398,9 @@ def test_empty_allow_patterns_is_refused() -> None:
         ),
         (
             "s3://b/p",
-            {"auth_method": "custom_secret", "auth_secret_name": "x"},
+            {"auth_method": "custom-secret", "auth_secret_name": "x"},
             "auth.auth_method",
-            ["did you mean CUSTOM_SECRET?"],
+            ["unknown auth_method 'custom-secret'", "CUSTOM_SECRET, AWS_OIDC, GCP_OIDC"],
         ),
         ("s3://b/p", {"auth_method": ["x"]}, "auth.auth_method", ["unknown auth_method"]),
         (
@@ -669,7 +674,7 @@ def test_load_config_from_mapping() -> None:
         (None, ["config file not found", "config.yaml"]),
         ("weights: [\n", ["is not valid YAML", "line"]),
         ("model_name: x\n", ["has no 'weights' key", "add a top-level 'weights:' list"]),
-        ("model_cache:\n  - repo_id: a/b\n", ["has no 'weights' key", "model_cache"]),
+        ("model_cache:\n  - repo_id: a/b\n", ["has model_cache:", "truss migrate"]),
         ("", ["is empty"]),
         ("- a\n- b\n", ["is a list, not a mapping"]),
         ("weights: hf://a/b\n", ["weights: must be a list of entries"]),

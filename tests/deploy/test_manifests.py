@@ -33,6 +33,9 @@ BASE = DEPLOY / "base"
 # shipped with kubernetes-validate, so the check needs no network.
 KUBERNETES_VERSIONS = ("1.30.0", "1.33.0")
 
+_CLUSTER_SCOPED = ("Namespace", "CSIDriver")
+"""Kinds kustomize leaves without a namespace."""
+
 AGENT_UID = 10001
 """The image's user (Dockerfile) and the owner of the agent's host directories."""
 
@@ -131,7 +134,8 @@ def container_env(c: dict[str, Any]) -> dict[str, str]:
     """The container's environment as the kubelet would set it, with stand-ins for
     the downward API and without optional Secrets (the base defines none)."""
     config = objects("ConfigMap")
-    fields = {"status.podIP": "10.1.2.3", "spec.nodeName": "gpu-node-1"}
+    fields = {"status.podIP": "10.1.2.3", "status.hostIP": "192.0.2.10",
+              "spec.nodeName": "gpu-node-1"}
     env: dict[str, str] = {}
     for e in c.get("env", []):
         if "value" in e:
@@ -231,7 +235,7 @@ def test_the_base_builds_with_kustomize_when_it_is_installed() -> None:
     assert len(built) == len(documents())
     image = kustomization()["images"][0]
     for d in built:
-        if d["kind"] != "Namespace":
+        if d["kind"] not in _CLUSTER_SCOPED:
             assert d["metadata"].get("namespace") == kustomization()["namespace"], d["kind"]
         if d["kind"] in ("DaemonSet", "Deployment"):
             for c in containers(pod_spec(d)):
@@ -270,6 +274,19 @@ def test_every_server_has_readiness_and_liveness_probes() -> None:
                 assert probe in c, f"{w['metadata']['name']}/{c['name']}: no {probe}"
 
 
+_ROOT_CONTAINERS = {
+    # Creates the agent's host directories and hands them to its user.
+    ("DaemonSet", "host-dirs"),
+    # Writes its registration socket in kubelet's root-owned plugins_registry.
+    ("DaemonSet", "node-driver-registrar"),
+}
+_PRIVILEGED_CONTAINERS = {
+    # `bdn csi` mounts trees into pods: root, CAP_SYS_ADMIN, and Bidirectional
+    # mount propagation, which Kubernetes allows only to a privileged container.
+    ("DaemonSet", "csi"),
+}
+
+
 def test_containers_are_locked_down_and_only_the_host_dirs_step_runs_as_root() -> None:
     for w in workloads():
         spec = pod_spec(w)
@@ -277,15 +294,19 @@ def test_containers_are_locked_down_and_only_the_host_dirs_step_runs_as_root() -
         for c in containers(spec):
             sc = c.get("securityContext", {})
             where = f"{w['metadata']['name']}/{c['name']}"
+            if (w["kind"], c["name"]) in _PRIVILEGED_CONTAINERS:
+                assert sc.get("privileged") is True and sc.get("readOnlyRootFilesystem"), where
+                assert c["args"][0] == "csi", f"{where} runs something else than `bdn csi`"
+                continue
             assert sc.get("allowPrivilegeEscalation") is False, where
             assert sc.get("capabilities", {}).get("drop") == ["ALL"], where
             assert not sc.get("privileged"), where
             if sc.get("runAsUser") == 0:
-                assert (w["kind"], c["name"]) == ("DaemonSet", "host-dirs"), (
-                    f"{where} runs as root; only the agent's host-dirs step may"
+                assert (w["kind"], c["name"]) in _ROOT_CONTAINERS, (
+                    f"{where} runs as root; only {sorted(_ROOT_CONTAINERS)} may"
                 )
-                assert c in spec["initContainers"]
-                assert set(sc["capabilities"]["add"]) <= {"CHOWN", "FOWNER", "DAC_OVERRIDE"}
+                assert set(sc["capabilities"].get("add", [])) <= {
+                    "CHOWN", "FOWNER", "DAC_OVERRIDE"}
 
 
 # -- secrets ------------------------------------------------------------------------------
@@ -363,6 +384,10 @@ def test_agent_args_are_flags_bdn_agent_accepts_and_form_a_valid_config(
     assert config.settings.store_uri == objects("ConfigMap")["bdn-config"]["data"]["BDN_STORE"]
     assert config.membership.dns_name == "bdn-agents"
     assert config.membership.peer_port == 7070
+    # Trees go beside the cache, never in it (issue #11): the init script makes the dir.
+    assert config.allowed_trees_roots == (Path("/var/lib/bdn/trees"),)
+    assert "/var/lib/bdn/trees" in " ".join(container(pod_spec(one("DaemonSet", "bdn-agent")),
+                                                      "host-dirs")["args"])
 
 
 def test_agent_files_live_on_the_volumes_they_need() -> None:
@@ -392,6 +417,14 @@ def test_agent_listens_where_its_probes_port_and_headless_service_point() -> Non
     labels = one("DaemonSet", "bdn-agent")["spec"]["template"]["metadata"]["labels"]
     assert svc["spec"]["selector"].items() <= labels.items()
     assert [p["port"] for p in svc["spec"]["ports"]] == [port]
+
+
+def test_agents_starting_together_find_each_other_before_any_is_ready() -> None:
+    # Each agent waits for the peers DNS lists before it serves pulls; an answer
+    # of ready pods only would hide the agents that start with it (issue #10).
+    _, _, args = _agent()
+    svc = one("Service", flag(args, "--peers-dns"))
+    assert svc["spec"].get("publishNotReadyAddresses") is True
 
 
 def test_agent_runs_on_gpu_nodes() -> None:
@@ -461,44 +494,101 @@ def test_mirror_server_args_are_flags_it_accepts_and_form_a_valid_config(
     assert config.settings.store_uri == objects("ConfigMap")["bdn-config"]["data"]["BDN_STORE"]
     # Running jobs get --drain-timeout, then the server closes within 5 s.
     assert spec["terminationGracePeriodSeconds"] >= config.drain_timeout + 10
+    # An explicit allowlist, never the pod's own files (docs/SECURITY.md); the
+    # README's walkthrough mirrors a Qwen model through it.
+    assert config.sources.rules and not any(
+        r.startswith(("file:", "/")) for r in config.sources.rules)
+    from bdn.config.weights import parse_source
+
+    assert config.sources.allows(parse_source("hf://Qwen/Qwen2.5-0.5B-Instruct@main"))
+    assert 0 < config.job_retention <= 30 * 86400
 
 
 # -- the example model ---------------------------------------------------------------------
 
 
-def test_model_pod_pulls_through_the_agent_and_mounts_the_tree_read_only() -> None:
-    agent_spec, agent, agent_args = _agent()
+def _csi_plugin() -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    spec = pod_spec(one("DaemonSet", "bdn-agent"))
+    plugin = container(spec, "csi")
+    env = container_env(plugin)
+    return spec, plugin, [expand(a, env) for a in plugin["args"]]
+
+
+def test_csi_driver_is_ephemeral_inline_with_pod_info_and_no_attach() -> None:
+    [driver] = objects("CSIDriver").values()
+    spec = driver["spec"]
+    assert spec["volumeLifecycleModes"] == ["Ephemeral"]
+    assert spec["podInfoOnMount"] is True, "holds record the pod (csi.storage.k8s.io/pod.*)"
+    assert spec["attachRequired"] is False, "there is no controller to attach with"
+    assert spec["fsGroupPolicy"] == "None", "kubelet must never chown a read-only shared tree"
+
+
+def test_csi_plugin_args_form_a_valid_config_wired_to_the_agent(tmp_path: Path) -> None:
+    from bdn.cli.csi import csi_config
+
+    spec, plugin, args = _csi_plugin()
+    _, agent, agent_args = _agent()
+    assert args[0] == "csi"
+    config = csi_config(parse_cli(args))  # Raises ConfigError on a value it would refuse.
+    [driver] = objects("CSIDriver")
+    assert config.driver_name == driver
+    assert config.node_id == "gpu-node-1", "--node-id is the node name (downward API)"
+    # The agent it asks: the agent's own socket, on the same host directory.
+    assert config.agent == "unix://" + flag(agent_args, "--socket")
+    sock, _ = mount_for(spec, plugin, flag(agent_args, "--socket"))
+    assert volume(spec, sock["name"])["hostPath"]["path"] == "/var/run/bdn"
+    # Trees: under the agent's --trees-root, seen at the same path by both, in
+    # the volume that holds the cache (hardlinks need one filesystem).
+    assert str(config.trees_root) == flag(agent_args, "--trees-root")
+    trees, _ = mount_for(spec, plugin, str(config.trees_root))
+    assert trees == mount_for(spec, agent, flag(agent_args, "--cache"))[0]
+    # Holds survive restarts: the state dir is on a hostPath.
+    state, _ = mount_for(spec, plugin, str(config.state_dir))
+    assert "hostPath" in volume(spec, state["name"])
+    # Mounts into pods reach the node: kubelet's directory, Bidirectional.
+    kubelet, _ = mount_for(spec, plugin, "/var/lib/kubelet/pods")
+    assert kubelet.get("mountPropagation") == "Bidirectional"
+    assert volume(spec, kubelet["name"])["hostPath"]["path"] == kubelet["mountPath"]
+
+
+def test_registrar_registers_the_socket_the_plugin_serves() -> None:
+    spec, plugin, args = _csi_plugin()
+    endpoint = flag(args, "--endpoint")
+    ep_mount, _ = mount_for(spec, plugin, endpoint)
+    host_dir = volume(spec, ep_mount["name"])["hostPath"]["path"]
+    [driver] = objects("CSIDriver")
+    assert host_dir == f"/var/lib/kubelet/plugins/{driver}"
+    reg = container(spec, "node-driver-registrar")
+    opts = dict(a.lstrip("-").split("=", 1) for a in reg["args"])
+    # Kubelet dials the node path; the registrar reaches the same socket in its mount.
+    assert opts["kubelet-registration-path"] == endpoint
+    reg_mount, rest = mount_for(spec, reg, opts["csi-address"])
+    assert volume(spec, reg_mount["name"])["hostPath"]["path"] == host_dir
+    assert str(PurePosixPath(host_dir) / rest) == endpoint
+    registration, _ = mount_for(spec, reg, "/registration")
+    assert volume(spec, registration["name"])["hostPath"]["path"] == (
+        "/var/lib/kubelet/plugins_registry")
+
+
+def test_model_pod_gets_its_weights_as_a_read_only_csi_volume() -> None:
+    from bdn.csi.attributes import parse_volume
+
     spec = pod_spec(one("Deployment", "example-model"))
-    init = container(spec, "weights")
-    args = init["args"]
-    assert args[0] == "pull"
-    ns = parse_cli(args)
-    # The socket: the agent's --socket, on the same host directory.
-    assert ns.agent.startswith("unix://")
-    sock = ns.agent[len("unix://"):]
-    sock_mount, rest = mount_for(spec, init, sock)
-    host_sock = PurePosixPath(volume(spec, sock_mount["name"])["hostPath"]["path"]) / rest
-    assert str(host_sock) == flag(agent_args, "--socket")
-    # uid/gid that may connect to the socket (0660, group of the agent).
-    assert init["securityContext"]["runAsGroup"] == agent_spec["securityContext"]["runAsGroup"]
-    # --to is a node path inside the agent's node-data volume (same filesystem
-    # as its cache, so the tree is hardlinks), and the server mounts exactly that.
-    to = PurePosixPath(ns.to)
-    node_mount, _ = mount_for(agent_spec, agent, str(to))
-    assert node_mount["mountPath"] == volume(agent_spec, node_mount["name"])["hostPath"]["path"]
-    assert node_mount == mount_for(agent_spec, agent, flag(agent_args, "--cache"))[0]
+    assert not spec.get("initContainers"), "kubelet and the CSI plugin replace the initContainer"
+    assert not [v for v in spec["volumes"] if "hostPath" in v], "model pods need no hostPath"
+    [weights] = [v for v in spec["volumes"] if "csi" in v]
+    [driver] = objects("CSIDriver")
+    assert weights["csi"]["driver"] == driver
+    assert weights["csi"]["readOnly"] is True
+    # The attributes are a weights entry the plugin accepts (raises ConfigError if not).
+    want = parse_volume(weights["csi"]["volumeAttributes"])
+    assert not isinstance(want.target, str)
+    assert want.target.source == "hf://Qwen/Qwen2.5-0.5B-Instruct@main", (
+        "the README's walkthrough mirrors this source; a different one is never found")
     server = container(spec, "server")
-    tree_mounts = [m for m in server["volumeMounts"] if "hostPath" in volume(spec, m["name"])]
-    assert len(tree_mounts) == 1
-    tree = tree_mounts[0]
-    host = PurePosixPath(volume(spec, tree["name"])["hostPath"]["path"]) / tree.get("subPath", "")
-    assert host == to, f"the server mounts {host}, the agent materializes {to}"
-    assert tree.get("readOnly") is True, "model pods must mount the tree read-only"
-    assert tree["mountPath"] in server["args"], "the server loads the mounted tree"
-    for c in containers(spec):
-        for m in c.get("volumeMounts", []):
-            if m["name"] == tree["name"]:
-                assert m.get("readOnly") is True, f"{c['name']} mounts the trees writable"
+    [m] = [m for m in server["volumeMounts"] if m["name"] == weights["name"]]
+    assert m.get("readOnly") is True and "subPath" not in m
+    assert m["mountPath"] in server["args"], "the server loads the mounted tree"
 
 
 # -- the documentation ----------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -162,9 +163,14 @@ def start_agent(
     token: str | None = TOKEN,
     extra: Sequence[str] = (),
     home: Path | None = None,
+    trees: Sequence[Path] | None = None,
 ) -> AgentProcess:
     """Start ``bdn agent`` in ``base/name`` (via :func:`bdn.fleet.start_agent`);
-    it is not ready until :func:`wait_ready`."""
+    it is not ready until :func:`wait_ready`.
+
+    Its pulls may write trees under ``base/name`` and under ``trees`` (default:
+    the system's temporary directory, where pytest's ``tmp_path`` lives).
+    """
     root = base / name
     root.mkdir(parents=True, exist_ok=True)
     token_file = None
@@ -177,9 +183,15 @@ def start_agent(
         spec, peers=peers, token_file=token_file, env=bdn_env(home or root),
         # Short intervals: a dead or new peer is noticed within a fraction of a second.
         extra=["--probe-interval", "0.2", "--peer-timeout", "5", "--drain-timeout", "60",
-               *extra],
+               *trees_flags(trees), *extra],
     )
     return AgentProcess(spec, started.proc, token)
+
+
+def trees_flags(trees: Sequence[Path] | None) -> list[str]:
+    """``--trees-root`` for each of ``trees`` (``None``: the system's temporary directory)."""
+    roots = [Path(tempfile.gettempdir())] if trees is None else trees
+    return [flag for root in roots for flag in ("--trees-root", str(root))]
 
 
 async def wait_ready(

@@ -26,7 +26,7 @@ from bdn.store import Store
 from bench.mirror_server import MirrorServerProcess, start_mirror_server
 from tests.conftest import MotoS3
 from tests.e2e.threaded_app import ThreadedApp
-from tests.fixtures import bdn_env, pattern_bytes
+from tests.fixtures import bdn_env, make_model, pattern_bytes
 
 TOKEN = "e2e-mirror-token-7d2c91"
 KiB = 1024
@@ -163,7 +163,8 @@ async def test_sigkilled_server_resumes_the_job_which_completes_once(
     store = tmp_path / "store"
     env = bdn_env(tmp_path, {"AWS_ENDPOINT_URL": relay.url,
                              "BDN_SECRET_AWS_CREDS": s3_secret(moto_s3)})
-    first = start_mirror_server(tmp_path / "srv", store=f"file://{store}", env=env, token=TOKEN)
+    first = start_mirror_server(tmp_path / "srv", store=f"file://{store}", env=env, token=TOKEN,
+                                 allow=["s3://"])
     servers.append(first)
     await first.wait_ready()
     jid = await first.submit(s3_weights(s3_bucket, "llama", "/models/llama"))
@@ -181,7 +182,8 @@ async def test_sigkilled_server_resumes_the_job_which_completes_once(
 
     relay.rate = None
     before = relay.bytes_under(f"/{s3_bucket}/llama/")
-    second = start_mirror_server(tmp_path / "srv", store=f"file://{store}", env=env, token=TOKEN)
+    second = start_mirror_server(tmp_path / "srv", store=f"file://{store}", env=env, token=TOKEN,
+                                 allow=["s3://"])
     servers.append(second)
     await second.wait_ready()
     done = (await second.wait_jobs([jid], timeout=120))[jid]
@@ -221,7 +223,7 @@ async def test_sigterm_drains_running_jobs_and_exits_0(
     async def sigterm_mid_job(name: str, *extra: str) -> tuple[MirrorServerProcess, str]:
         """Start a server, submit model ``name``, SIGTERM it once bytes move; it exits 0."""
         server = start_mirror_server(tmp_path / name, store=store, env=env, token=TOKEN,
-                                     extra=extra)
+                                     extra=extra, allow=["s3://"])
         servers.append(server)
         await server.wait_ready()
         jid = await server.submit(s3_weights(s3_bucket, name, f"/m/{name}"))
@@ -260,7 +262,7 @@ async def test_no_secret_value_reaches_the_logs_or_the_state_dir(
     })
     # -v: DEBUG logging must not leak either.
     server = start_mirror_server(tmp_path / "srv", store=f"file://{tmp_path / 'store'}",
-                                 env=env, token=TOKEN, verbose=True)
+                                 env=env, token=TOKEN, verbose=True, allow=["s3://"])
     servers.append(server)
     await server.wait_ready()
     good = await server.submit(s3_weights(s3_bucket, "m", "/m/good"))
@@ -282,3 +284,39 @@ async def test_no_secret_value_reaches_the_logs_or_the_state_dir(
         assert value not in state
     assert SECRET_NAME in state  # Names are kept: the next start resolves them again.
 
+
+
+async def test_a_file_source_outside_the_allowlist_is_refused_and_nothing_is_read(
+    tmp_path: Path, servers: list[MirrorServerProcess],
+) -> None:
+    """The attack of issue #11: a client token holder names the server's own secrets dir."""
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir()
+    secret_value = b"STOLEN-SECRET-VALUE-4a7e19"
+    (secrets_dir / "hf_access_token").write_bytes(secret_value)
+    allowed = tmp_path / "models"
+    make_model(allowed / "m", {"w.safetensors": pattern_bytes(9, 8 * KiB)})
+    store = tmp_path / "store"
+    env = bdn_env(tmp_path, {"BDN_SECRETS_DIR": str(secrets_dir)})
+    server = start_mirror_server(tmp_path / "srv", store=f"file://{store}", env=env,
+                                 token=TOKEN, allow=[f"file://{allowed}"])
+    servers.append(server)
+    await server.wait_ready()
+    attack = [{"source": f"file://{secrets_dir}", "mount_location": "/models/loot"}]
+    code, body = await server.request("POST", "/v1/mirrors", {"weights": attack})
+    assert code == 403, body
+    assert body["error"] == (
+        f"weights[0].source: {'file://' + str(secrets_dir)!r} is not allowed on this mirror "
+        "server; its operator allows sources with --allow-source PREFIX (env "
+        "BDN_MIRROR_ALLOW_SOURCES), e.g. --allow-source file:///DIR")
+    # A symlink inside an allowed dir that leads to the secrets is refused the same way.
+    (allowed / "link").symlink_to(secrets_dir)
+    link = [{"source": f"file://{allowed}/link", "mount_location": "/models/loot"}]
+    assert (await server.request("POST", "/v1/mirrors", {"weights": link}))[0] == 403
+    # The allowed dir still mirrors.
+    jid = await server.submit([{"source": f"file://{allowed}/m", "mount_location": "/m"}])
+    assert (await server.wait_jobs([jid], timeout=120))[jid]["state"] == "succeeded"
+    assert server.stop() == 0
+    for path in files_under(store):
+        assert secret_value not in path.read_bytes(), f"{path} holds the secret"
+    assert secret_value.decode() not in server.logs()

@@ -365,7 +365,7 @@ _BY_CODE: Mapping[str, _Builder] = {
     "RevisionNotFound": _revision_not_found,
     "EntryNotFound": _entry_not_found,
 }
-"""``X-Error-Code`` -> the error it becomes (policy as data, STYLE.md §10)."""
+"""``X-Error-Code`` -> the error it becomes (policy as data: docs/DESIGN.md, "Conventions")."""
 
 _BY_STATUS: Mapping[int, _Builder] = {
     401: _unauthorized,

@@ -22,7 +22,7 @@ from boto3.exceptions import Boto3Error
 from botocore.config import Config
 
 from bdn.backends.bucket import bucket_not_found, failure_type, object_not_found
-from bdn.backends.s3.creds import S3Credentials
+from bdn.backends.s3.creds import AwsOidcCredentials, S3Auth
 from bdn.backends.s3.reader import PresignedReader
 from bdn.errors import AuthError, BdnError
 from bdn.http import HttpClient, redact_url
@@ -30,8 +30,9 @@ from bdn.http import HttpClient, redact_url
 _T = TypeVar("_T")
 
 PRESIGN_EXPIRY_S = 12 * 3600
-"""Lifetime of presigned GET URLs. A read of one object never takes this long;
-note that a URL signed with temporary credentials dies with them regardless."""
+"""Lifetime of presigned GET URLs. A URL signed with temporary credentials dies
+with them regardless, which is why readers sign one per range (see
+:meth:`S3Bucket.presigned_get`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,32 +65,49 @@ _AUTH_FAILED = frozenset({
 })
 
 
-def make_s3_client(
-    credentials: S3Credentials | None,
-    endpoint_url: str | None,
-    region: str | None,
-    *,
-    config: S3ClientConfig = DEFAULT_S3_CLIENT_CONFIG,
-) -> Any:
-    """Build an S3 client (blocking: it loads service models; call it in a thread).
-
-    Args:
-        credentials: explicit keys, or ``None`` for boto3's default chain
-            (environment, shared config, web identity / IRSA, instance role).
-        endpoint_url: an S3-compatible server (MinIO, R2, moto); selects
-            path-style addressing, which such servers support universally.
-        region: signing region; ``None`` uses the credentials' region, then
-            boto3's own resolution.
-    """
-    session = boto3.session.Session(
+def make_s3_session(credentials: S3Auth | None) -> boto3.session.Session:
+    """A boto3 session for ``credentials``: fixed keys, self-renewing ``AWS_OIDC``
+    keys (botocore refreshes them as it signs), or ``None`` for boto3's default
+    chain (environment, shared config, web identity / IRSA, instance role)."""
+    if isinstance(credentials, AwsOidcCredentials):
+        return boto3.session.Session(botocore_session=credentials.botocore_session())
+    return boto3.session.Session(
         aws_access_key_id=credentials.access_key_id if credentials else None,
         aws_secret_access_key=credentials.secret_access_key if credentials else None,
         aws_session_token=credentials.session_token if credentials else None,
     )
+
+
+def make_s3_client(
+    credentials: S3Auth | None,
+    endpoint_url: str | None,
+    region: str | None,
+    *,
+    config: S3ClientConfig = DEFAULT_S3_CLIENT_CONFIG,
+    session: boto3.session.Session | None = None,
+    addressing: Literal["path", "virtual"] | None = None,
+) -> Any:
+    """Build an S3 client (blocking: it loads service models; call it in a thread).
+
+    Args:
+        credentials: explicit or ``AWS_OIDC`` keys, or ``None`` for boto3's
+            default chain (see :func:`make_s3_session`).
+        endpoint_url: an S3-compatible server (MinIO, R2, moto); selects
+            path-style addressing, which such servers support universally.
+        region: signing region; ``None`` uses the credentials' region, then
+            boto3's own resolution.
+        session: the session to build it in (``None``: a new one for
+            ``credentials``); clients of one session share its credentials.
+        addressing: force an addressing style on ``endpoint_url`` (CoreWeave
+            requires ``virtual``); ``None``: path-style for any endpoint given.
+    """
+    session = session or make_s3_session(credentials)
     region = region or (credentials.region if credentials else None)
+    custom = endpoint_url is not None
     client = session.client(
         "s3", endpoint_url=endpoint_url, region_name=region,
-        config=_botocore_config(config, path_style=endpoint_url is not None),
+        config=_botocore_config(config, path_style=custom and addressing != "virtual",
+                                custom_endpoint=custom),
     )
     if endpoint_url is None:
         # boto3 also honours AWS_ENDPOINT_URL and endpoint_url in the shared
@@ -99,7 +117,7 @@ def make_s3_client(
         if configured is not None:
             client = session.client(
                 "s3", endpoint_url=configured, region_name=region,
-                config=_botocore_config(config, path_style=True),
+                config=_botocore_config(config, path_style=True, custom_endpoint=True),
             )
     return client
 
@@ -111,16 +129,20 @@ def endpoint_of(client: Any) -> str | None:
     return None if host.endswith(_AWS_HOST_SUFFIXES) or host == "amazonaws.com" else url
 
 
-def _botocore_config(config: S3ClientConfig, *, path_style: bool) -> Config:
+def _botocore_config(config: S3ClientConfig, *, path_style: bool,
+                     custom_endpoint: bool = False) -> Config:
     options: dict[str, Any] = {
         "signature_version": "s3v4",
         "retries": {"mode": config.retry_mode, "max_attempts": config.max_attempts},
         "connect_timeout": config.connect_timeout_s,
         "read_timeout": config.read_timeout_s,
         "max_pool_connections": config.max_pool_connections,
-        "s3": {"addressing_style": "path" if path_style else "auto"},
+        # A custom endpoint not addressed path-style is addressed virtual-hosted
+        # (CoreWeave accepts nothing else); AWS itself picks ("auto").
+        "s3": {"addressing_style": "path" if path_style
+               else "virtual" if custom_endpoint else "auto"},
     }
-    if path_style and "request_checksum_calculation" in Config.OPTION_DEFAULTS:
+    if (path_style or custom_endpoint) and "request_checksum_calculation" in Config.OPTION_DEFAULTS:
         # botocore >= 1.36 adds CRC checksums to every upload by default, which
         # several S3-compatible servers reject; send them only where required.
         options["request_checksum_calculation"] = "when_required"
@@ -203,7 +225,7 @@ class S3Bucket:
         self,
         bucket: str,
         *,
-        credentials: S3Credentials | None,
+        credentials: S3Auth | None,
         endpoint_url: str | None,
         config: S3ClientConfig = DEFAULT_S3_CLIENT_CONFIG,
         for_source: bool = False,
@@ -214,8 +236,12 @@ class S3Bucket:
         self._config = config
         self._for_source = for_source
         self._lock = threading.Lock()
+        self._session: boto3.session.Session | None = None
+        self._live_credentials: Any = None  # what the session's clients sign with
         self._client: Any = None
         self._presign_client: Any = None
+        #: Addressing on a custom endpoint (``None``: path-style); set before first use.
+        self.addressing_style: Literal["path", "virtual"] | None = None
 
     @property
     def endpoint_url(self) -> str | None:
@@ -257,17 +283,43 @@ class S3Bucket:
                 yield entry
 
     async def presigned_get(self, key: str) -> str:
-        """A GET URL for ``key`` valid for :data:`PRESIGN_EXPIRY_S` (never log it whole)."""
-        return await self.run(
-            lambda _c: self._ensure_presign_client().generate_presigned_url(
-                "get_object", Params={"Bucket": self.bucket, "Key": key},
-                ExpiresIn=PRESIGN_EXPIRY_S),
-            action=f"sign a URL for s3://{self.bucket}/{key}", key=key,
-        )
+        """A GET URL for ``key``, signed now with the credentials in force (never log it whole).
 
-    def reader(self, key: str, size: int, http: Callable[[], HttpClient]) -> PresignedReader:
-        """A range reader of ``key`` over aiohttp; the URL is signed on first read."""
-        return PresignedReader(self, key, size, http)
+        Valid for :data:`PRESIGN_EXPIRY_S` or until the signing keys expire,
+        whichever comes first; botocore renews temporary keys at least its
+        mandatory refresh window (10 minutes) before they expire, so a URL
+        from here outlives any single range GET. Signing is local CPU work:
+        it runs on the event loop unless the client is yet to be built or the
+        keys are due for renewal (an STS call), which go to a worker thread.
+        """
+        action = f"sign a URL for s3://{self.bucket}/{key}"
+        client = self._presign_client
+        if client is None or self._renewal_due():
+            return await self.run(lambda _c: self._sign(self._ensure_presign_client(), key),
+                                  action=action, key=key)
+        try:
+            return self._sign(client, key)
+        except Exception as err:
+            if is_aws_error(err):
+                raise self.error(err, action=action, key=key) from err
+            raise
+
+    def _sign(self, client: Any, key: str) -> str:
+        url: str = client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=PRESIGN_EXPIRY_S)
+        return url
+
+    def _renewal_due(self) -> bool:
+        """True when signing could block on a credential refresh (temporary keys
+        within botocore's refresh window)."""
+        refresh_needed = getattr(self._live_credentials, "refresh_needed", None)
+        return bool(refresh_needed()) if refresh_needed is not None else False
+
+    def reader(self, key: str, size: int, http: Callable[[], HttpClient], *,
+               etag: str | None = None) -> PresignedReader:
+        """A range reader of ``key`` over aiohttp; each range gets a freshly signed URL
+        (and, given the listed ``etag``, an ``If-Match``)."""
+        return PresignedReader(self, key, size, http, etag=etag)
 
     def close(self) -> None:
         """Release the clients' connection pools; idempotent (a later call rebuilds them)."""
@@ -280,8 +332,15 @@ class S3Bucket:
     def _ensure_client(self) -> Any:
         with self._lock:
             if self._client is None:
+                # One session for all of this bucket's clients: they share its
+                # credentials object, so temporary keys are renewed once.
+                if self._session is None:
+                    self._session = make_s3_session(self._credentials)
                 self._client = make_s3_client(self._credentials, self._endpoint_url, None,
-                                              config=self._config)
+                                              config=self._config, session=self._session,
+                                              addressing=self.addressing_style)
+                # Resolved (and cached by botocore) while building the client.
+                self._live_credentials = self._session.get_credentials()
             return self._client
 
     def _ensure_presign_client(self) -> Any:
@@ -306,4 +365,5 @@ class S3Bucket:
         region = meta.get("HTTPHeaders", {}).get("x-amz-bucket-region")
         if not region or region == client.meta.region_name:
             return client
-        return make_s3_client(self._credentials, None, region, config=self._config)
+        return make_s3_client(self._credentials, None, region, config=self._config,
+                              session=self._session)

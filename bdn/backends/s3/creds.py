@@ -3,28 +3,41 @@
 :func:`load_s3_credentials` parses the ``aws_credentials`` secret (also the
 ``r2_credentials`` one: R2 speaks S3). :func:`aws_oidc_credentials` trades the
 projected service-account token (:mod:`bdn.backends.oidc`) for temporary keys
-with STS ``AssumeRoleWithWebIdentity``, through boto3. :func:`s3_credentials_for`
-picks between them from a weights entry's ``auth``. No message here contains a
-secret or a token.
+with STS ``AssumeRoleWithWebIdentity``, through boto3, and hands them to
+botocore's refreshable credentials, which repeat the exchange (with the token
+file read afresh) before the keys expire. :func:`s3_credentials_for` picks
+between them from a weights entry's ``auth``. No message or ``repr`` here
+contains a secret, a key or a token.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import boto3
 import botocore.exceptions as bce
+import botocore.session
 from botocore import UNSIGNED
 from botocore.config import Config
+from botocore.credentials import CredentialProvider, CredentialResolver, RefreshableCredentials
 
 from bdn.backends.oidc import read_oidc_token
 from bdn.config.auth import AuthConfig
 from bdn.config.secrets import SecretResolver, json_object_secret, secret_string
 from bdn.errors import AuthError, ConfigError, SecretError
 
-__all__ = ["S3Credentials", "aws_oidc_credentials", "load_s3_credentials", "s3_credentials_for"]
+__all__ = [
+    "AwsOidcCredentials",
+    "S3Auth",
+    "S3Credentials",
+    "aws_oidc_credentials",
+    "load_s3_credentials",
+    "s3_credentials_for",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +110,38 @@ def load_s3_credentials(resolver: SecretResolver, name: str) -> S3Credentials:
     )
 
 
+def custom_secret_keys(auth: AuthConfig | None, resolver: SecretResolver, *, keys_of: str,
+                       secret: str, no_oidc: str) -> S3Credentials:
+    """The S3 keys of a source that only a ``CUSTOM_SECRET`` can authenticate (``r2://``,
+    ``cw://``: no OIDC federation), so both refuse a missing or wrong ``auth`` alike.
+
+    Args:
+        auth: the entry's ``auth`` block.
+        keys_of: what the secret holds, in the hint (e.g. "the R2 API token's S3 keys").
+        secret: the usual secret name, in the hint (e.g. ``r2_credentials``).
+        no_oidc: why another method fails and what to do, after its name.
+
+    Raises:
+        ConfigError: no ``auth`` or no secret name (``secret_id is required``, then
+            the fix), or another method than ``CUSTOM_SECRET``.
+        SecretError: the secret is missing or not in the S3 JSON format.
+    """
+    if auth is None or (auth.auth_method == "CUSTOM_SECRET" and not auth.auth_secret_name):
+        raise ConfigError(
+            f"secret_id is required: name a secret with {keys_of}, e.g. "
+            f"`auth: {{auth_method: CUSTOM_SECRET, auth_secret_name: {secret}}}` with "
+            '{"aws_access_key_id": "...", "aws_secret_access_key": "..."} in that secret',
+            field="auth",
+        )
+    if auth.auth_method != "CUSTOM_SECRET":
+        raise ConfigError(f"{auth.auth_method} {no_oidc}", field="auth.auth_method")
+    assert auth.auth_secret_name is not None
+    return load_s3_credentials(resolver, auth.auth_secret_name)
+
+
 def s3_credentials_for(
     auth: AuthConfig | None, *, secrets: SecretResolver, token_file: Path | None
-) -> S3Credentials:
+) -> S3Auth:
     """The credentials an ``s3://`` source's ``auth`` asks for: ``AWS_OIDC``
     exchanges the token in ``token_file``, anything else names a secret.
 
@@ -123,13 +165,20 @@ def aws_oidc_credentials(
     sts_endpoint_url: str | None = None,
     session_name: str = "bdn",
     duration_s: int | None = None,
-) -> S3Credentials:
+    advisory_refresh_s: int | None = None,
+    mandatory_refresh_s: int | None = None,
+    time_fetcher: Callable[[], datetime] | None = None,
+) -> AwsOidcCredentials:
     """Assume ``auth.aws_oidc_role_arn`` with the token in ``token_file`` (STS
-    ``AssumeRoleWithWebIdentity``, an unsigned call) and return the temporary keys.
+    ``AssumeRoleWithWebIdentity``, an unsigned call), and keep the keys fresh.
 
-    Blocking: one STS round trip; call it from a worker thread on an event loop.
-    The keys expire (after ``duration_s``, default the role's one hour) and are
-    not renewed: a mirror that outlives them fails with an ``AuthError``.
+    The first exchange happens here, so a refused token or role fails at once
+    and plainly. Later ones are botocore's: its refreshable credentials call
+    the exchange again (re-reading ``token_file``, which the kubelet rotates)
+    once the keys are within ``advisory_refresh_s`` of expiry, and block every
+    signer once within ``mandatory_refresh_s``; see :class:`AwsOidcCredentials`.
+
+    Blocking (one STS round trip): call it from a worker thread on an event loop.
 
     Args:
         auth: an ``AWS_OIDC`` auth block (role ARN and region are required).
@@ -138,9 +187,12 @@ def aws_oidc_credentials(
             for ``aws_oidc_region`` (tests point it at moto).
         session_name: ``RoleSessionName``, shown in CloudTrail.
         duration_s: requested lifetime; ``None`` takes the role's default.
-
-    Returns:
-        Credentials with a session token, region ``aws_oidc_region``.
+        advisory_refresh_s: renew this long before expiry without blocking
+            (``None``: botocore's 15 minutes).
+        mandatory_refresh_s: renew this long before expiry, blocking every
+            request meanwhile (``None``: botocore's 10 minutes).
+        time_fetcher: botocore's clock for judging expiry (aware datetimes;
+            ``None``: the real one); tests move it instead of sleeping.
 
     Raises:
         ConfigError: ``auth`` is not a complete ``AWS_OIDC`` block.
@@ -153,18 +205,111 @@ def aws_oidc_credentials(
             "AWS OIDC needs auth_method: AWS_OIDC with aws_oidc_role_arn and aws_oidc_region",
             field="auth",
         )
-    params: dict[str, Any] = {"RoleArn": role, "RoleSessionName": session_name,
-                              "WebIdentityToken": read_oidc_token(token_file, "AWS_OIDC")}
-    if duration_s is not None:
-        params["DurationSeconds"] = duration_s
-    keys = _assume_role_with_web_identity(params, region=region, token_file=token_file,
-                                          sts_endpoint_url=sts_endpoint_url)
-    return S3Credentials(
-        access_key_id=str(keys["AccessKeyId"]),
-        secret_access_key=str(keys["SecretAccessKey"]),
-        region=region,
-        session_token=str(keys["SessionToken"]),
+    exchange = _WebIdentityExchange(role=role, region=region, token_file=token_file,
+                                    sts_endpoint_url=sts_endpoint_url,
+                                    session_name=session_name, duration_s=duration_s)
+    first = exchange.keys()
+    timing: dict[str, Any] = {"advisory_timeout": advisory_refresh_s,
+                              "mandatory_timeout": mandatory_refresh_s}
+    if time_fetcher is not None:
+        timing["time_fetcher"] = time_fetcher
+    live = RefreshableCredentials(
+        access_key=first["access_key"], secret_key=first["secret_key"], token=first["token"],
+        expiry_time=first["expiry"], refresh_using=exchange.metadata,
+        method=_OIDC_METHOD, **timing,
     )
+    return AwsOidcCredentials(role_arn=role, region=region, live=live)
+
+
+_OIDC_METHOD = "bdn-aws-oidc"
+
+
+class AwsOidcCredentials:
+    """``AWS_OIDC`` keys that renew themselves: botocore's :class:`RefreshableCredentials`
+    over an STS ``AssumeRoleWithWebIdentity`` exchange (:func:`aws_oidc_credentials`).
+
+    Every boto3 client built from this (:meth:`botocore_session`) shares the one
+    credentials object, and botocore asks it for the current keys each time it
+    signs, whether a request or a presigned URL; so the control plane and the
+    presigned data plane both move to new keys once the old ones near expiry,
+    with one STS call however many clients there are. ``repr`` shows the role
+    and region only.
+    """
+
+    def __init__(self, *, role_arn: str, region: str, live: RefreshableCredentials) -> None:
+        self.role_arn = role_arn
+        self.region = region
+        self.live = live
+
+    def __repr__(self) -> str:
+        return f"AwsOidcCredentials(role_arn={self.role_arn!r}, region={self.region!r})"
+
+    def current(self) -> S3Credentials:
+        """The keys in force now, renewed first if due (blocking: maybe one STS call)."""
+        keys = self.live.get_frozen_credentials()
+        return S3Credentials(access_key_id=str(keys.access_key),
+                             secret_access_key=str(keys.secret_key),
+                             region=self.region, session_token=keys.token)
+
+    def botocore_session(self) -> botocore.session.Session:
+        """A botocore session whose only credential source is this object (no
+        ambient AWS credentials are looked for)."""
+        session = botocore.session.get_session()
+        session.register_component("credential_provider",
+                                   CredentialResolver([_FixedProvider(self.live)]))
+        return session
+
+
+S3Auth: TypeAlias = S3Credentials | AwsOidcCredentials
+"""What an S3 client can be given: fixed keys, or self-renewing ``AWS_OIDC`` keys."""
+
+
+class _FixedProvider(CredentialProvider):
+    """A botocore credential provider that hands out one existing credentials object."""
+
+    METHOD = _OIDC_METHOD
+    CANONICAL_NAME = "BdnAwsOidc"
+
+    def __init__(self, live: RefreshableCredentials) -> None:
+        super().__init__()
+        self._live = live
+
+    def load(self) -> RefreshableCredentials:
+        return self._live
+
+
+@dataclass(frozen=True, slots=True)
+class _WebIdentityExchange:
+    """One ``AssumeRoleWithWebIdentity`` call, repeatable: the token file is read
+    afresh each time, since the kubelet rotates it (a rotated token is the only
+    one STS still accepts once the first has expired)."""
+
+    role: str
+    region: str
+    token_file: Path | None
+    sts_endpoint_url: str | None
+    session_name: str
+    duration_s: int | None
+
+    def keys(self) -> dict[str, Any]:
+        """Fresh keys: ``access_key``, ``secret_key``, ``token`` and ``expiry`` (a datetime)."""
+        params: dict[str, Any] = {"RoleArn": self.role, "RoleSessionName": self.session_name,
+                                  "WebIdentityToken": read_oidc_token(self.token_file, "AWS_OIDC")}
+        if self.duration_s is not None:
+            params["DurationSeconds"] = self.duration_s
+        answer = _assume_role_with_web_identity(params, region=self.region,
+                                                token_file=self.token_file,
+                                                sts_endpoint_url=self.sts_endpoint_url)
+        return {"access_key": str(answer["AccessKeyId"]),
+                "secret_key": str(answer["SecretAccessKey"]),
+                "token": str(answer["SessionToken"]), "expiry": answer["Expiration"]}
+
+    def metadata(self) -> dict[str, Any]:
+        """:meth:`keys` in the shape botocore's refresh callback returns (expiry as ISO text)."""
+        keys = self.keys()
+        expiry = keys.pop("expiry")
+        keys["expiry_time"] = expiry.isoformat() if isinstance(expiry, datetime) else str(expiry)
+        return keys
 
 
 def _assume_role_with_web_identity(params: dict[str, Any], *, region: str,
@@ -196,7 +341,7 @@ def _assume_role_with_web_identity(params: dict[str, Any], *, region: str,
             f"AWS_OIDC: cannot exchange the token for {role} at {where} "
             f"({type(err).__name__}); check the network and aws_oidc_region",
             url=sts_endpoint_url,
-        ) from err
+        ) from None  # A local botocore error may quote request parameters: the token.
     finally:
         client.close()
     keys: dict[str, Any] = answer["Credentials"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from bdn.backends.base import Source
 from bdn.backends.s3.client import DEFAULT_S3_CLIENT_CONFIG, S3ClientConfig
-from bdn.backends.s3.creds import S3Credentials, load_s3_credentials
+from bdn.backends.s3.creds import S3Credentials, custom_secret_keys
 from bdn.backends.s3.source import S3Source
 from bdn.config.secrets import SecretResolver
 from bdn.config.weights import WeightsEntry
@@ -94,21 +94,9 @@ def r2_source_from_entry(
     parsed = entry.parsed_source
     if parsed.kind != "r2" or parsed.bucket is None or parsed.account_id is None:
         raise ConfigError(f"{entry.source!r} is not an r2:// source", field="source")
-    auth = entry.auth
-    if auth is None or (auth.auth_method == "CUSTOM_SECRET" and not auth.auth_secret_name):
-        raise ConfigError(
-            "secret_id is required: name a secret with the R2 API token's S3 keys, e.g. "
-            "`auth: {auth_method: CUSTOM_SECRET, auth_secret_name: r2_credentials}` with "
-            '{"aws_access_key_id": "...", "aws_secret_access_key": "..."} in that secret',
-            field="auth",
-        )
-    if auth.auth_method != "CUSTOM_SECRET":
-        raise ConfigError(
-            f"{auth.auth_method} cannot authenticate an r2:// source (R2 has no OIDC "
-            "federation); use auth_method: CUSTOM_SECRET with an r2_credentials secret",
-            field="auth.auth_method",
-        )
-    assert auth.auth_secret_name is not None
-    credentials = load_s3_credentials(secrets, auth.auth_secret_name)
+    credentials = custom_secret_keys(
+        entry.auth, secrets, keys_of="the R2 API token's S3 keys", secret="r2_credentials",
+        no_oidc="cannot authenticate an r2:// source (R2 has no OIDC federation); use "
+        "auth_method: CUSTOM_SECRET with an r2_credentials secret")
     return R2Source(parsed.account_id, parsed.bucket, parsed.prefix, credentials=credentials,
                     endpoint_url=endpoint_override, http=http)

@@ -9,7 +9,7 @@ from typing import Any
 from bdn.backends.base import RangeReader, SourceObject
 from bdn.backends.bucket import BucketSource
 from bdn.backends.s3.client import DEFAULT_S3_CLIENT_CONFIG, S3Bucket, S3ClientConfig
-from bdn.backends.s3.creds import S3Credentials, s3_credentials_for
+from bdn.backends.s3.creds import S3Auth, s3_credentials_for
 from bdn.config.secrets import SecretResolver
 from bdn.config.weights import WeightsEntry
 from bdn.http import HttpClient, redact_url
@@ -28,8 +28,9 @@ class S3Source(BucketSource):
     Args:
         bucket: bucket name.
         prefix: folder inside the bucket ("" for the whole bucket).
-        credentials: keys from the auth secret, or ``None`` for boto3's
-            default chain (environment, IRSA/web identity, instance role).
+        credentials: keys from the auth secret, self-renewing ``AWS_OIDC``
+            keys, or ``None`` for boto3's default chain (environment,
+            IRSA/web identity, instance role).
         endpoint_url: S3-compatible server; ``None`` for AWS.
         http: shared HTTP client; one is created (and closed by :meth:`close`)
             when not given.
@@ -44,7 +45,7 @@ class S3Source(BucketSource):
         bucket: str,
         prefix: str = "",
         *,
-        credentials: S3Credentials | None,
+        credentials: S3Auth | None,
         endpoint_url: str | None = None,
         http: HttpClient | None = None,
         client_config: S3ClientConfig = DEFAULT_S3_CLIENT_CONFIG,
@@ -76,8 +77,9 @@ class S3Source(BucketSource):
         )
 
     def reader(self, obj: SourceObject) -> RangeReader:
-        """Ranged GETs of ``obj`` on a presigned URL (signed on first read, valid 12 h)."""
-        return self._bucket.reader(self._base + obj.path, obj.size, self._http_client)
+        """Ranged GETs of ``obj`` on presigned URLs (one signed per range)."""
+        return self._bucket.reader(self._base + obj.path, obj.size, self._http_client,
+                                   etag=obj.etag)
 
 
 def s3_source_from_entry(

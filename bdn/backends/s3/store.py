@@ -17,7 +17,7 @@ from boto3.s3.transfer import TransferConfig
 from bdn.backends.base import RangeReader
 from bdn.backends.bucket import BucketStore, bucket_and_prefix
 from bdn.backends.s3.client import DEFAULT_S3_CLIENT_CONFIG, S3Bucket, S3ClientConfig
-from bdn.backends.s3.creds import S3Credentials
+from bdn.backends.s3.creds import S3Auth
 from bdn.http import HttpClient
 
 __all__ = ["S3Store", "open_s3_store", "part_size_for"]
@@ -53,7 +53,8 @@ class S3Store(BucketStore):
             keys live at ``<prefix>/<key>``.
         endpoint_url: S3-compatible server (path-style addressing); ``None``
             for AWS.
-        credentials: explicit keys, or ``None`` for boto3's default chain.
+        credentials: explicit or self-renewing ``AWS_OIDC`` keys, or ``None``
+            for boto3's default chain.
         http: shared aiohttp client for reads; one is created (and closed by
             :meth:`close`) when not given.
         part_size: smallest multipart part in bytes (S3 itself requires
@@ -69,7 +70,7 @@ class S3Store(BucketStore):
         prefix: str = "",
         *,
         endpoint_url: str | None = None,
-        credentials: S3Credentials | None = None,
+        credentials: S3Auth | None = None,
         http: HttpClient | None = None,
         part_size: int = DEFAULT_PART_SIZE,
         client_config: S3ClientConfig = DEFAULT_S3_CLIENT_CONFIG,
@@ -106,7 +107,7 @@ class S3Store(BucketStore):
             yield str(entry["Key"])
 
     def reader(self, key: str, size: int) -> RangeReader:
-        """Range reader over aiohttp on a presigned GET URL (valid 12 h)."""
+        """Range reader over aiohttp on presigned GET URLs (one signed per range)."""
         return self._bucket.reader(self._full(key), size, self._http_client)
 
     # -- writes --------------------------------------------------------------
@@ -140,7 +141,7 @@ class S3Store(BucketStore):
         )
 
 
-def open_s3_store(uri: str, *, endpoint_url: str | None, credentials: S3Credentials | None,
+def open_s3_store(uri: str, *, endpoint_url: str | None, credentials: S3Auth | None,
                   http: HttpClient | None) -> S3Store:
     """The store ``s3://bucket[/prefix]`` names (see :func:`bdn.backends.open_store`).
 

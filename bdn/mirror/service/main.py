@@ -38,12 +38,20 @@ from bdn.config.settings import Settings
 from bdn.config.weights import WeightsEntry
 from bdn.daemon.address import format_hostport
 from bdn.daemon.lifecycle import Closer, close_all, serve_until_signalled, start_or_stop
+from bdn.daemon.sites import listen_tcp
 from bdn.errors import ConfigError
 from bdn.http import HttpClient
 from bdn.mirror.run import MirrorOptions, MirrorPlan, MirrorResult, run_mirror
 from bdn.mirror.service.metrics import MirrorMetrics
-from bdn.mirror.service.scheduler import DEFAULT_JOB_LIMITS, JobLimits, JobManager, MirrorFn
+from bdn.mirror.service.scheduler import (
+    DEFAULT_JOB_LIMITS,
+    DEFAULT_JOB_RETENTION,
+    JobLimits,
+    JobManager,
+    MirrorFn,
+)
 from bdn.mirror.service.server import ServerContext, make_app
+from bdn.mirror.service.sources import ALLOW_FLAG, SourcePolicy
 from bdn.mirror.service.state import JobStore
 
 __all__ = ["DEFAULT_MIRROR_LISTEN", "MirrorService", "MirrorServiceConfig", "run", "serve"]
@@ -69,6 +77,8 @@ class MirrorServiceConfig:
         limits: jobs and bytes in flight.
         drain_timeout: seconds a SIGTERM waits for running jobs.
         mirror_options: how each entry is mirrored (default: from ``settings``).
+        sources: the ``--allow-source`` allowlist; the default allows nothing.
+        job_retention: seconds a finished job's record is kept (``--job-retention``).
     """
 
     settings: Settings
@@ -78,6 +88,8 @@ class MirrorServiceConfig:
     limits: JobLimits = DEFAULT_JOB_LIMITS
     drain_timeout: float = 30.0
     mirror_options: MirrorOptions | None = field(default=None)
+    sources: SourcePolicy = field(default_factory=SourcePolicy)
+    job_retention: float = DEFAULT_JOB_RETENTION
 
     def __post_init__(self) -> None:
         if self.token is not None and not self.token:
@@ -85,6 +97,8 @@ class MirrorServiceConfig:
                               field="--token-file")
         if self.drain_timeout <= 0:
             raise ConfigError("must be a positive number of seconds", field="--drain-timeout")
+        if self.job_retention <= 0:
+            raise ConfigError("must be a positive duration, e.g. 7d", field="--job-retention")
 
 
 class MirrorService:
@@ -125,27 +139,25 @@ class MirrorService:
         cfg = self.config
         mirror = self._mirror or self._real_mirror()
         self.jobs = jobs = JobManager(JobStore(cfg.state_dir), mirror, limits=cfg.limits,
-                                      metrics=self.metrics)
+                                      metrics=self.metrics, retention=cfg.job_retention,
+                                      refuse=cfg.sources.check)
         resumed = jobs.load()
-        app = make_app(ServerContext(jobs, cfg.token, self.health))
+        app = make_app(ServerContext(jobs, cfg.token, self.health, cfg.sources))
         # No access log: the middleware writes one JSON line per request itself.
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
         await self._runner.setup()
-        host, port = cfg.listen
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as err:
-            raise ConfigError(f"cannot listen on {host}:{port}: {err.strerror or err}; pass "
-                              "another --listen", field="--listen") from err
-        self.port = _bound_port(self._runner, port)
+        self.port = await listen_tcp(self._runner, cfg.listen)
         jobs.start()
         log.info("mirror service started", extra={
             "listen": self.url, "state_dir": str(cfg.state_dir), "resumed_jobs": resumed,
             "store": cfg.settings.store_uri, "max_jobs": cfg.limits.max_jobs,
             "max_bytes_in_flight": cfg.limits.max_bytes_in_flight,
             "auth": "bearer" if cfg.token else "none (loopback, --insecure-no-token)",
+            "allowed_sources": list(cfg.sources.rules), "job_retention_s": cfg.job_retention,
         })
+        if not cfg.sources.rules:
+            log.warning(f"no source is allowed, so every submission is refused; pass "
+                        f"{ALLOW_FLAG}, e.g. --allow-source hf://Qwen/")
 
     def _real_mirror(self) -> MirrorFn:
         s = self.config.settings
@@ -193,13 +205,6 @@ class MirrorService:
             await self._runner.cleanup()
             self._runner = None
         await close_all(self._closers, log)
-
-
-def _bound_port(runner: web.AppRunner, asked: int) -> int:
-    for addr in runner.addresses:
-        if isinstance(addr, tuple) and len(addr) >= 2:
-            return int(addr[1])
-    return asked
 
 
 async def serve(config: MirrorServiceConfig) -> int:

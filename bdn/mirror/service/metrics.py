@@ -62,6 +62,10 @@ class MirrorMetrics(DaemonMetrics):
             "outcome",
             buckets=JOB_BUCKETS,
         )
+        self.pruned = self._counter(
+            "bdn_mirror_jobs_pruned",
+            "Finished jobs forgotten (record deleted) after --job-retention.",
+        )
         self.draining = self._gauge(
             "bdn_mirror_draining", "1 while the service drains for shutdown."
         )

@@ -27,7 +27,16 @@ is rewritten at each state change and after each finished entry. At start,
 queued and running jobs are queued again (:meth:`JobManager.load`); running
 ones first. The mirror is idempotent and
 resumable, so re-running an interrupted entry transfers only the blobs the
-store does not hold yet.
+store does not hold yet. A loaded job whose source the current allowlist
+refuses (``refuse``, the service's :class:`~bdn.mirror.service.sources.SourcePolicy`)
+is failed, not run: tightening ``--allow-source`` also stops what was queued.
+
+Retention: a succeeded or failed job is forgotten (record deleted) once it
+finished more than ``retention`` seconds ago, at :meth:`JobManager.load` and
+every ``prune_interval`` seconds after :meth:`JobManager.start`. Queued and
+running jobs are never pruned; within the retention, identical submissions
+still coalesce with the finished job, after it they queue a new one (which
+moves no bytes: the store holds them).
 """
 
 from __future__ import annotations
@@ -51,8 +60,8 @@ from bdn.mirror.service.jobs import STATES, EntryResult, Job, JobState, job_id
 from bdn.mirror.service.metrics import MirrorMetrics
 from bdn.mirror.service.state import JobStore
 
-__all__ = ["DEFAULT_JOB_LIMITS", "Draining", "JobLimits", "JobManager", "MirrorFn", "Outcome",
-           "Submission"]
+__all__ = ["DEFAULT_JOB_LIMITS", "DEFAULT_JOB_RETENTION", "Draining", "JobLimits", "JobManager",
+           "MirrorFn", "Outcome", "Refuse", "Submission"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +111,12 @@ class JobLimits:
 
 DEFAULT_JOB_LIMITS = JobLimits()
 
+DEFAULT_JOB_RETENTION = 7 * 24 * 3600.0
+"""Seconds a finished job's record is kept (``--job-retention``): a week."""
+
+Refuse = Callable[[Sequence[WeightsEntry]], None]
+"""Raises (a :class:`BdnError`) when entries may not be mirrored; the allowlist's check."""
+
 
 @dataclass(frozen=True, slots=True)
 class Submission:
@@ -134,15 +149,31 @@ class JobManager:
         mirror: mirrors one entry (see :data:`MirrorFn`).
         limits: jobs and bytes at once.
         metrics: where events are counted.
+        retention: seconds a finished job is kept (module docstring).
+        prune_interval: seconds between prunes (default: a tenth of ``retention``,
+            at most an hour).
+        refuse: checks a loaded unfinished job's entries before it is queued again.
+        clock: the wall clock of ``finished_at`` (tests move it).
     """
 
     def __init__(self, store: JobStore, mirror: MirrorFn, *,
                  limits: JobLimits = DEFAULT_JOB_LIMITS,
-                 metrics: MirrorMetrics | None = None) -> None:
+                 metrics: MirrorMetrics | None = None,
+                 retention: float = DEFAULT_JOB_RETENTION,
+                 prune_interval: float | None = None,
+                 refuse: Refuse | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        if retention <= 0:
+            raise ConfigError("must be a positive duration, e.g. 7d", field="--job-retention")
         self._store = store
         self._mirror = mirror
         self.limits = limits
         self.metrics = metrics or MirrorMetrics()
+        self.retention = retention
+        self.prune_interval = prune_interval or min(retention / 10, 3600.0)
+        self._refuse = refuse
+        self._clock = clock
+        self._pruner: asyncio.Task[None] | None = None
         self._jobs: dict[str, Job] = {}
         self._queue: list[tuple[int, int, str]] = []  # (0 resumed | 1, seq, id)
         self._running: dict[str, Job] = {}
@@ -185,20 +216,70 @@ class JobManager:
         Returns how many jobs will resume."""
         self._store.open()
         jobs = self._store.load()
+        self._seq = itertools.count(max((j.seq for j in jobs), default=-1) + 1)
         resumed = 0
         for job in jobs:
+            if self._expired(job):
+                self._store.delete_now(job.id)
+                self.metrics.pruned.inc()
+                continue
             self._jobs[job.id] = job
+            if job.state in ("queued", "running") and self._refused(job):
+                continue
             if job.state in ("queued", "running"):
                 job.resumed = job.state == "running"
                 job.state = "queued"
                 self._enqueue(job)
                 resumed += 1
-        self._seq = itertools.count(max((j.seq for j in jobs), default=-1) + 1)
         return resumed
+
+    def _refused(self, job: Job) -> bool:
+        """Fail a loaded unfinished job the allowlist refuses now (its record says why)."""
+        try:
+            if self._refuse is not None:
+                self._refuse(job.entries)
+        except BdnError as err:
+            job.state, job.error, job.finished_at = "failed", str(err), self._clock()
+            log.warning("not resuming job: %s", err, extra={"job_id": job.id})
+            self._store.save_now(job)
+            return True
+        return False
+
+    def _expired(self, job: Job) -> bool:
+        """Finished more than ``retention`` seconds ago (running and queued never are)."""
+        if job.state not in ("succeeded", "failed") or job.id in self._running:
+            return False
+        ended = job.finished_at if job.finished_at is not None else job.submitted_at
+        return ended < self._clock() - self.retention
+
+    async def prune(self) -> int:
+        """Forget finished jobs past the retention, records included; returns how many."""
+        old = [job for job in self._jobs.values() if self._expired(job)]
+        for job in old:
+            del self._jobs[job.id]
+        for job in old:
+            # An identical submission since then made a new job; its own save wins.
+            if job.id not in self._jobs:
+                await self._store.delete(job.id)
+        if old:
+            self.metrics.pruned.inc(len(old))
+            log.info("pruned finished jobs", extra={"jobs": len(old),
+                                                    "retention_s": self.retention})
+        return len(old)
+
+    async def _prune_forever(self) -> None:
+        """Prune every ``prune_interval`` seconds until cancelled; a failed prune is logged."""
+        while True:
+            await asyncio.sleep(self.prune_interval)
+            try:
+                await self.prune()
+            except StoreError as err:
+                log.error("could not prune job records: %s", err)
 
     def start(self) -> None:
         """Start running queued jobs."""
         self._started = True
+        self._pruner = asyncio.create_task(self._prune_forever(), name="prune-jobs")
         self._pump()
 
     async def drain(self, timeout: float, force: asyncio.Event | None = None) -> bool:
@@ -219,7 +300,8 @@ class JobManager:
         """Cancel running jobs (their records stay ``running``, so the next start
         resumes them) and release the state dir (idempotent)."""
         self.draining = True
-        await cancel_and_wait([j.task for j in self._running.values() if j.task is not None])
+        await cancel_and_wait([j.task for j in self._running.values() if j.task is not None]
+                              + ([self._pruner] if self._pruner else []))
         self._store.close()
 
     # -- submission ------------------------------------------------------------------
@@ -241,7 +323,8 @@ class JobManager:
         job = self._jobs.get(jid)
         outcome: Outcome = "new" if job is None else _OUTCOMES[job.state, force]
         if job is None:
-            job = self._jobs[jid] = Job(id=jid, entries=tuple(entries), seq=next(self._seq))
+            job = self._jobs[jid] = Job(id=jid, entries=tuple(entries), seq=next(self._seq),
+                                        submitted_at=self._clock())
         elif outcome in _QUEUES:
             self._requeue(job, forget_results=outcome == "forced")
         self.metrics.submissions.labels(outcome).inc()
@@ -286,7 +369,7 @@ class JobManager:
     def _start(self, job: Job) -> None:
         job.state = "running"
         job.attempts += 1
-        job.started_at = time.time()
+        job.started_at = self._clock()
         if job.started_mono is None:
             job.started_mono = time.monotonic()
         self._running[job.id] = job
@@ -375,7 +458,7 @@ class JobManager:
         job.in_flight = job.current_done = 0
         self._running.pop(job.id, None)
         if state in ("succeeded", "failed"):
-            job.finished_at = time.time()
+            job.finished_at = self._clock()
 
     def _fail(self, job: Job, message: str) -> None:
         self._end_attempt(job, "failed")

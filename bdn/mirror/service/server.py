@@ -5,10 +5,14 @@ JSON throughout::
     POST /v1/mirrors[?force=1]  {"weights": [<entries exactly as Truss writes them>]}
         -> 202 {"id", "state", "outcome"}  queued, or joined an identical queued/running job
         -> 200 {"id", "state": "succeeded", "outcome"}  identical to a finished job
-        -> 400 {"error"}  one line naming the field and the fix; 503 draining
+        -> 400 {"error"}  one line naming the field and the fix (unknown keys too: a
+                          body cannot set an upstream endpoint, the server's settings do)
+        -> 403 {"error"}  a source no --allow-source rule allows; nothing is read
+        -> 503 {"error"}  draining
     GET  /v1/mirrors/{id}  -> 200 {"id", "state", "manifests": [{"mount_location",
                               "manifest_id"}], "bytes_total", "bytes_done", "error", ...}
-                           -> 404 unknown id
+                           -> 404 unknown id (finished jobs are forgotten after
+                              --job-retention)
     GET  /healthz          -> 200 {"status": "ok", "jobs"}; 503 {"status": "draining"}
     GET  /metrics          -> Prometheus text
 
@@ -39,6 +43,7 @@ from bdn.errors import ConfigError
 from bdn.mirror.service.jobs import parse_submission
 from bdn.mirror.service.metrics import CONTENT_TYPE
 from bdn.mirror.service.scheduler import Draining, JobManager
+from bdn.mirror.service.sources import SourceNotAllowed, SourcePolicy
 
 __all__ = ["CONTEXT", "ServerContext", "make_app"]
 
@@ -61,11 +66,13 @@ class ServerContext:
         token: the bearer token; ``None`` only for a loopback server started
             with ``--insecure-no-token``.
         health: the ``/healthz`` body; its ``status`` is ``ok`` or ``draining``.
+        sources: the operator's allowlist; a submission outside it is refused (403).
     """
 
     jobs: JobManager
     token: str | None
     health: Callable[[], dict[str, Any]]
+    sources: SourcePolicy
 
 
 CONTEXT = web.AppKey("bdn_mirror_context", ServerContext)
@@ -86,14 +93,19 @@ def make_app(ctx: ServerContext) -> web.Application:
 
 
 async def post_mirror(request: web.Request) -> web.Response:
-    jobs = request.app[CONTEXT].jobs
+    ctx = request.app[CONTEXT]
     try:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
         return json_error(400, 'request: the body is not valid JSON; send {"weights": [...]}')
     try:
         entries = parse_submission(body)
-        submission = await jobs.submit(entries, force=request.query.get("force") in _TRUE)
+        # Before the job exists: a refused source is never read, listed or queued.
+        ctx.sources.check(entries)
+        submission = await ctx.jobs.submit(entries, force=request.query.get("force") in _TRUE)
+    except SourceNotAllowed as err:
+        log.warning("submission refused: source not allowed", extra={"source": err.source})
+        return json_error(403, str(err))
     except ConfigError as err:
         return json_error(400, str(err))
     except Draining as err:
@@ -110,7 +122,8 @@ async def get_mirror(request: web.Request) -> web.Response:
     jid = request.match_info["id"]
     job = request.app[CONTEXT].jobs.get(jid)
     if job is None:
-        return json_error(404, f"no mirror job {jid!r}; submit the weights with "
+        return json_error(404, f"no mirror job {jid!r} (finished jobs are forgotten after "
+                          "the server's --job-retention); submit the weights with "
                           "POST /v1/mirrors to get an id")
     return web.json_response(job.to_public())
 

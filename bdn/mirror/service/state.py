@@ -90,7 +90,7 @@ class JobStore:
         Raises:
             StoreError: the state directory cannot be written.
         """
-        data = json.dumps(job.to_record(), indent=1, sort_keys=True).encode()
+        data = _encode(job)
         lock = self._locks.setdefault(job.id, asyncio.Lock())
         async with lock:
             try:
@@ -98,6 +98,41 @@ class JobStore:
             except OSError as err:
                 raise StoreError(f"cannot write job state to {self.dir}: "
                                  f"{err.strerror or err}; check the --state-dir volume") from err
+
+    def save_now(self, job: Job) -> None:
+        """Persist ``job`` from a caller that is not on the event loop yet (start-up).
+
+        Raises:
+            StoreError: the state directory cannot be written.
+        """
+        data = _encode(job)
+        try:
+            self._write(job.id, data)
+        except OSError as err:
+            raise StoreError(f"cannot write job state to {self.dir}: "
+                             f"{err.strerror or err}; check the --state-dir volume") from err
+
+    async def delete(self, name: str) -> None:
+        """Remove job ``name``'s record, after any write of it already asked for.
+
+        Raises:
+            StoreError: the record exists but cannot be removed.
+        """
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            await asyncio.to_thread(self.delete_now, name)
+
+    def delete_now(self, name: str) -> None:
+        """Remove job ``name``'s record (start-up; the loop is not running jobs yet).
+
+        Raises:
+            StoreError: the record exists but cannot be removed.
+        """
+        try:
+            (self.dir / f"{name}.json").unlink(missing_ok=True)
+        except OSError as err:
+            raise StoreError(f"cannot remove job record {name} from {self.dir}: "
+                             f"{err.strerror or err}; check the --state-dir volume") from err
 
     def _write(self, name: str, data: bytes) -> None:
         tmp = self.dir / f".{name}.{os.getpid()}.{next(self._names)}.tmp"
@@ -117,3 +152,7 @@ class JobStore:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _encode(job: Job) -> bytes:
+    return json.dumps(job.to_record(), indent=1, sort_keys=True).encode()

@@ -15,6 +15,7 @@ from bdn.config.secrets import SecretResolver
 from bdn.config.weights import AuthConfig, WeightsEntry
 from bdn.errors import ConfigError, SecretError
 from bdn.http import HttpClient
+from tests.backends.helpers import assert_lists_and_reads_model, put_model
 from tests.conftest import MotoS3
 
 FAKE_SECRET = "zzFAKE-r2-s3cr3t-VALUE-77aa"  # Distinctive: must never appear in an error.
@@ -33,10 +34,7 @@ def entry(source: str, auth: AuthConfig | None = R2_AUTH) -> WeightsEntry:
 
 async def test_lists_and_reads_through_the_s3_api(moto_s3: MotoS3, s3_bucket: str,
                                                   http: HttpClient) -> None:
-    data = bytes(range(256)) * 512
-    client = moto_s3.client()
-    client.put_object(Bucket=s3_bucket, Key="models/m/w.bin", Body=data)
-    client.put_object(Bucket=s3_bucket, Key="models/m/config.json", Body=b"{}")
+    put_model(moto_s3.client(), s3_bucket)
     src = r2_source_from_entry(entry(f"r2://0123abcd.{s3_bucket}/models/m/"),
                                secrets=r2_secrets(moto_s3), http=http,
                                endpoint_override=moto_s3.endpoint_url)
@@ -44,12 +42,8 @@ async def test_lists_and_reads_through_the_s3_api(moto_s3: MotoS3, s3_bucket: st
         assert isinstance(src, Source) and isinstance(src, R2Source)
         assert src.kind == "r2"
         assert src.uri == f"r2://0123abcd.{s3_bucket}/models/m"
-        objs = await src.list()
-        assert [o.path for o in objs] == ["config.json", "w.bin"]
+        objs = await assert_lists_and_reads_model(src)
         assert all(o.etag and moto_s3.endpoint_url in o.identity for o in objs)
-        reader = src.reader(objs[1])
-        assert b"".join([bytes(p) async for p in reader.open_range(10, 5000)]) == data[10:5000]
-        await reader.close()
     finally:
         await src.close()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from bdn.config.weights import WeightsEntry, parse_weights
 from bdn.errors import ConfigError, SourceError
 from bdn.mirror.run import MirrorPlan, MirrorResult
 from bdn.mirror.service.jobs import EntryResult, Job, job_id, parse_submission
-from bdn.mirror.service.scheduler import DEFAULT_JOB_LIMITS, JobLimits, JobManager
+from bdn.mirror.service.scheduler import JobLimits, JobManager
 from bdn.mirror.service.state import JobStore
 from tests.e2e.agents import parse_metrics
 
@@ -85,22 +85,28 @@ async def finished(job: Job) -> Job:
     return job
 
 
-@pytest.fixture
-async def manager_factory(tmp_path: Path) -> AsyncIterator[Callable[..., JobManager]]:
-    made: list[JobManager] = []
+async def submitted(m: JobManager, *names: str) -> Job:
+    """The job of one submission of ``names``' weights."""
+    return (await m.submit(weights(*names))).job
 
-    def make(fake: FakeMirror, limits: JobLimits = DEFAULT_JOB_LIMITS,
-             start: bool = True) -> JobManager:
-        m = JobManager(JobStore(tmp_path / "state"), fake, limits=limits)
-        m.load()
-        if start:
-            m.start()
-        made.append(m)
-        return m
 
-    yield make
-    for m in made:
-        await m.close()
+async def admitted(m: JobManager, name: str) -> Job:
+    """The job of one submission of ``name``'s weights, once its planned bytes are in
+    flight (set all at once, on admission)."""
+    job = await submitted(m, name)
+    await until(lambda: job.in_flight > 0, f"{name} admitted")
+    return job
+
+
+async def holding(manager_factory: Callable[..., JobManager], limits: JobLimits, gated: str,
+                  **plan_bytes: int) -> tuple[JobManager, FakeMirror, asyncio.Event, Job]:
+    """A manager under ``limits`` whose mirror plans ``plan_bytes`` per source, with
+    ``gated``'s job admitted and held at the gate (returned with the job)."""
+    fake, gate = FakeMirror(), asyncio.Event()
+    for n, size in plan_bytes.items():
+        fake.script(n, plan_bytes=size, gate=gate if n == gated else None)
+    m = manager_factory(fake, limits)
+    return m, fake, gate, await admitted(m, gated)
 
 
 # -- identity and validation ------------------------------------------------------------
@@ -167,7 +173,7 @@ async def test_succeeded_job_is_returned_without_a_rerun_unless_forced(
 ) -> None:
     fake = FakeMirror()
     m = manager_factory(fake)
-    first = await finished((await m.submit(weights("a", "b"))).job)
+    first = await finished(await submitted(m, "a", "b"))
     again = await m.submit(weights("b", "a"))
     assert again.outcome == "succeeded" and again.job is first and len(fake.calls) == 2
     forced = await m.submit(weights("a", "b"), force=True)
@@ -183,7 +189,7 @@ async def test_failed_job_is_retried_keeping_finished_entries(
     fake = FakeMirror()
     fake.script("b", error=SourceError("bucket unreachable; check the endpoint"))
     m = manager_factory(fake)
-    job = await finished((await m.submit(weights("a", "b"))).job)
+    job = await finished(await submitted(m, "a", "b"))
     assert job.state == "failed" and job.error == "bucket unreachable; check the endpoint"
     assert [r is not None for r in job.results] == [True, False]
     fake.script("b")
@@ -205,7 +211,7 @@ async def test_at_most_max_jobs_run_and_queued_jobs_start_in_order(
     for n, g in gates.items():
         fake.script(n, gate=g)
     m = manager_factory(fake, JobLimits(max_jobs=2))
-    jobs = [(await m.submit(weights(n))).job for n in "abcde"]
+    jobs = [await submitted(m, n) for n in "abcde"]
     await until(lambda: len(fake.admitted) == 2)
     assert [j.state for j in jobs] == ["running", "running", "queued", "queued", "queued"]
     assert [j.id for j in m.queued] == [j.id for j in jobs[2:]]
@@ -225,18 +231,13 @@ async def test_at_most_max_jobs_run_and_queued_jobs_start_in_order(
 async def test_a_job_waits_while_its_bytes_would_exceed_the_limit_and_keeps_its_place(
     manager_factory: Callable[..., JobManager],
 ) -> None:
-    fake = FakeMirror()
-    gate_a = asyncio.Event()
-    fake.script("a", plan_bytes=80, gate=gate_a)
-    fake.script("b", plan_bytes=50)
-    fake.script("c", plan_bytes=10)
-    m = manager_factory(fake, JobLimits(max_jobs=3, max_bytes_in_flight=100))
-    a = (await m.submit(weights("a"))).job
-    await until(lambda: m.bytes_in_flight() == 80)
-    b = (await m.submit(weights("b"))).job
+    m, fake, gate_a, a = await holding(
+        manager_factory, JobLimits(max_jobs=3, max_bytes_in_flight=100), "a", a=80, b=50, c=10)
+    assert m.bytes_in_flight() == 80
+    b = await submitted(m, "b")
     # b lists its source, finds 50 bytes to move, and goes back to the queue.
     await until(lambda: b.state == "queued" and b.estimate == 50, "b deferred")
-    c = (await m.submit(weights("c"))).job
+    c = await submitted(m, "c")
     await asyncio.sleep(0.01)
     # c would fit (80 + 10), but it never overtakes b, the head of the queue.
     assert c.state == "queued" and "file:///src/c" not in fake.calls
@@ -254,17 +255,12 @@ async def test_a_job_waits_while_its_bytes_would_exceed_the_limit_and_keeps_its_
 async def test_a_job_larger_than_the_limit_runs_alone(
     manager_factory: Callable[..., JobManager],
 ) -> None:
-    fake = FakeMirror()
-    gate_big = asyncio.Event()
-    fake.script("big", plan_bytes=500, gate=gate_big)
-    fake.script("small", plan_bytes=10)
-    fake.script("noop", plan_bytes=0)
-    m = manager_factory(fake, JobLimits(max_jobs=4, max_bytes_in_flight=100))
-    big = (await m.submit(weights("big"))).job
-    await until(lambda: big.in_flight == 500, "big admitted")
-    noop = (await m.submit(weights("noop"))).job
+    m, _, gate_big, big = await holding(manager_factory, JobLimits(
+        max_jobs=4, max_bytes_in_flight=100), "big", big=500, small=10, noop=0)
+    assert big.in_flight == 500
+    noop = await submitted(m, "noop")
     await finished(noop)  # Nothing to move: it never waits for bytes.
-    small = (await m.submit(weights("small"))).job
+    small = await submitted(m, "small")
     await until(lambda: small.estimate == 10, "small deferred")
     assert small.state == "queued"
     gate_big.set()
@@ -349,8 +345,8 @@ async def test_drain_leaves_an_unfinished_job_running_on_disk(
     fake.script("slow", gate=asyncio.Event())
     fake.script("later")
     m = manager_factory(fake, JobLimits(max_jobs=1))
-    slow = (await m.submit(weights("slow"))).job
-    later = (await m.submit(weights("later"))).job
+    slow = await submitted(m, "slow")
+    later = await submitted(m, "later")
     await until(lambda: fake.admitted == ["file:///src/slow"])
     assert await m.drain(timeout=0.05) is False
     await m.close()
@@ -365,7 +361,7 @@ async def test_drain_waits_for_running_jobs(manager_factory: Callable[..., JobMa
     gate = asyncio.Event()
     fake.script("a", gate=gate)
     m = manager_factory(fake)
-    job = (await m.submit(weights("a"))).job
+    job = await submitted(m, "a")
     await until(lambda: bool(fake.admitted))
     drained = asyncio.create_task(m.drain(timeout=60))
     await asyncio.sleep(0.01)

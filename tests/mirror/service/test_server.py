@@ -23,6 +23,7 @@ from bdn.daemon.jsonlog import JsonFormatter
 from bdn.errors import ConfigError
 from bdn.mirror.run import MirrorOptions, MirrorPlan, MirrorResult, run_mirror
 from bdn.mirror.service import JobLimits, MirrorService, MirrorServiceConfig
+from bdn.mirror.service.sources import SourcePolicy
 from bdn.store import Store
 from tests.e2e.agents import parse_metrics
 from tests.fixtures import make_model, pattern_bytes
@@ -86,7 +87,7 @@ async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     config = MirrorServiceConfig(
         settings=Settings(store_uri=f"file://{store_root}", cache_dir=tmp_path / "cache"),
         listen=("127.0.0.1", 0), state_dir=tmp_path / "state", token=TOKEN,
-        limits=JobLimits(max_jobs=2),
+        limits=JobLimits(max_jobs=2), sources=SourcePolicy.parse([f"file://{tmp_path}"]),
     )
     service = MirrorService(config, mirror=gated_mirror)
     await service.start()
@@ -163,6 +164,43 @@ async def test_bad_bodies_answer_400(harness: Harness) -> None:
     assert code == 400 and "did you mean 'weights'" in body["error"]
 
 
+async def test_a_source_outside_the_allowlist_is_403_and_never_reaches_a_job(
+    harness: Harness, tmp_path: Path
+) -> None:
+    harness.gate.set()
+    outside = tmp_path.parent / "elsewhere"
+    for source in (f"file://{outside}", "hf://org/model", "s3://bucket/models"):
+        code, body, _ = await harness.call("POST", "/v1/mirrors", {"weights": [
+            {"source": f"file://{tmp_path}/ok", "mount_location": "/m/ok"},
+            {"source": source, "mount_location": "/m/x"}]})
+        assert code == 403, body
+        assert body["error"].startswith(f"weights[1].source: {source!r} is not allowed")
+        assert "--allow-source" in body["error"] and "\n" not in body["error"]
+    assert harness.service.jobs is not None and harness.service.jobs.counts()["queued"] == 0
+    assert not list((tmp_path / "state" / "jobs").glob("mj-*.json"))
+
+
+@pytest.mark.parametrize("body", [
+    # Endpoint overrides are the server's settings only; a body naming one is refused
+    # (400, unknown key), not ignored, so the client learns it had no effect.
+    {"weights": [], "endpoint_url": "http://169.254.169.254"},
+    {"weights": [{"source": "s3://b/p", "mount_location": "/m",
+                  "endpoint_url": "http://attacker.example"}]},
+    {"weights": [{"source": "hf://org/m", "mount_location": "/m",
+                  "hf_endpoint": "http://attacker.example"}]},
+    {"weights": [{"source": "gs://b/p", "mount_location": "/m",
+                  "auth": {"auth_method": "CUSTOM_SECRET", "auth_secret_name": "g",
+                           "gcs_emulator_host": "attacker.example:80"}}]},
+    {"weights": [{"source": "r2://a.b/p", "mount_location": "/m",
+                  "auth": {"auth_method": "CUSTOM_SECRET", "auth_secret_name": "r",
+                           "r2_endpoint_url": "http://attacker.example"}}]},
+], ids=["top-level", "entry-s3", "entry-hf", "auth-gcs", "auth-r2"])
+async def test_a_body_cannot_set_an_upstream_endpoint(harness: Harness, body: object) -> None:
+    code, answer, _ = await harness.call("POST", "/v1/mirrors", body)
+    assert code == 400 and "unknown key" in answer["error"], answer
+    assert harness.service.jobs is not None and not any(harness.service.jobs.counts().values())
+
+
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-token"},
                                      {"Authorization": f"Basic {TOKEN}"},
                                      {"Authorization": TOKEN}])
@@ -188,7 +226,7 @@ async def test_requests_without_the_token_get_401_and_nothing_else(
 
 async def test_unknown_job_is_404_and_unknown_path_is_json(harness: Harness) -> None:
     code, body, _ = await harness.call("GET", "/v1/mirrors/mj-0000")
-    assert code == 404 and "mj-0000" in body["error"]
+    assert code == 404 and "mj-0000" in body["error"] and "--job-retention" in body["error"]
     code, body, _ = await harness.call("GET", "/v1/other")
     assert code == 404 and set(body) == {"error"}
 

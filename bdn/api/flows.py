@@ -1,45 +1,31 @@
-"""The Python API, and the one orchestrator of mirror and pull that the CLI calls too.
+"""The flows behind the Python API and the CLI: build a weights entry, mirror, pull
+(through the node agent or in-process), read manifests, check the store, plan.
 
->>> import bdn                                                     # doctest: +SKIP
->>> path = bdn.ensure_weights("s3://bucket/qwen", "/models/qwen",
-...                           auth={"auth_method": "CUSTOM_SECRET",
-...                                 "auth_secret_name": "aws_credentials"})  # doctest: +SKIP
-
-Everything works in-process (no agent, no mirror service): the manifest is
-looked up in the store by config hash (mirrored first when there is none),
-blobs come through the node cache, and the tree is materialized read-only.
-When ``BDN_AGENT`` names a node agent, the work is handed to it instead
-(the seam is :func:`pull_weights`). The environment is read once per call.
-
-``bdn mirror`` and ``bdn pull`` parse their flags and call
-:func:`weights_entry`, :func:`mirror_weights` and :func:`pull_weights`, so the
-command line and a model's ``load()`` run the same flow. Only this module
+Async and explicit about their settings; :mod:`bdn.api` wraps them into the
+blocking calls a model makes from ``__init__``/``load()``. Only this module
 decides to mirror a never-mirrored source first; :mod:`bdn.pull` never mirrors.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import os
-import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from concurrent.futures import Future
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from bdn.backends import store_for
 from bdn.cache import NodeCache
 from bdn.config.settings import Settings
-from bdn.config.weights import WeightsEntry, load_config, parse_entry, source_from_cli
+from bdn.config.weights import WeightsEntry, parse_entry, source_from_cli
 from bdn.errors import ConfigError, RefNotFound
+from bdn.plan import PlanRequest
 from bdn.pull import (
     DEFAULT_PULL_OPTIONS,
     PullOptions,
     PullResult,
-    looks_like_manifest_id,
     pull_manifest,
     resolve_manifest,
 )
@@ -51,24 +37,6 @@ if TYPE_CHECKING:
     from bdn.manifest import Manifest
     from bdn.mirror import MirrorOptions, MirrorResult
 
-__all__ = [
-    "PullOptions",
-    "PullResult",
-    "WeightsHandle",
-    "check_store",
-    "ensure_weights",
-    "ensure_weights_from_config",
-    "get_manifest",
-    "looks_like_manifest_id",
-    "mirror_weights",
-    "prefetch_weights",
-    "pull_in_process",
-    "pull_through_agent",
-    "pull_weights",
-    "weights_entry",
-    "with_node_cache",
-]
-
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -79,118 +47,6 @@ ProgressCallback = Callable[[int, int], None]
 BeginCallback = Callable[[str], None]
 """``on_begin(label)``: a new piece of work starts moving bytes, e.g.
 ``"mirror s3://bucket/m"`` or ``"pull sha256:0123456789ab…"`` (for progress bars)."""
-
-
-def ensure_weights(
-    source: str,
-    mount_location: str | os.PathLike[str] | None = None,
-    *,
-    allow_patterns: Sequence[str] | None = None,
-    ignore_patterns: Sequence[str] | None = None,
-    auth: Mapping[str, str] | None = None,
-    on_progress: ProgressCallback | None = None,
-) -> Path:
-    """Block until ``mount_location`` holds the verified, read-only tree of ``source``.
-
-    Args:
-        source: ``s3://bucket/prefix``, ``file:///abs/dir`` or a local path (and
-            the other schemes of a Truss ``weights:`` entry as they arrive).
-        mount_location: absolute directory for the tree; default: a directory
-            under the node cache named after the config.
-        allow_patterns / ignore_patterns: Truss filters (``*.x`` top level,
-            ``**/*.x`` recursive).
-        auth: the entry's ``auth`` block, e.g. ``{"auth_method": "CUSTOM_SECRET",
-            "auth_secret_name": "aws_credentials"}``.
-        on_progress: called with ``(bytes_done, bytes_total)`` while fetching.
-
-    Returns:
-        The path of the complete tree.
-
-    Raises:
-        ConfigError / SecretError: bad arguments or credentials (the message says the fix).
-        InsufficientSpace: the node cache cannot hold the model.
-        TransferError / AuthError / NotFound: origin could not deliver.
-    """
-    entry = weights_entry(source, mount_location, allow_patterns=allow_patterns,
-                          ignore_patterns=ignore_patterns, auth=auth)
-    return _run_sync(_tree_of(entry, on_progress))
-
-
-def ensure_weights_from_config(
-    config: str | os.PathLike[str] | Mapping[str, Any],
-    *,
-    on_progress: ProgressCallback | None = None,
-) -> list[Path]:
-    """Do every entry of a Truss ``weights:`` list (a config.yaml path or its dict).
-
-    Returns the trees' paths in entry order. Raises as :func:`ensure_weights`.
-    """
-    cfg = Path(config) if isinstance(config, str | os.PathLike) else config
-    entries = load_config(cfg)
-    settings = Settings.from_env(os.environ)
-
-    async def all_entries() -> list[Path]:
-        return [(await pull_weights(e, settings, on_progress=on_progress)).path for e in entries]
-
-    return _run_sync(all_entries)
-
-
-class WeightsHandle:
-    """A transfer started by :func:`prefetch_weights`; :meth:`wait` for its tree."""
-
-    def __init__(self, future: Future[Path]) -> None:
-        self._future = future
-
-    def done(self) -> bool:
-        """True once the transfer has finished, successfully or not."""
-        return self._future.done()
-
-    def wait(self, timeout: float | None = None) -> Path:
-        """Block until the tree is complete and return its path.
-
-        Raises:
-            TimeoutError: not complete within ``timeout`` seconds (the transfer
-                goes on; call ``wait`` again).
-            Whatever :func:`ensure_weights` raised.
-        """
-        try:
-            return self._future.result(timeout)
-        except TimeoutError:
-            raise TimeoutError(
-                f"weights not ready after {timeout}s; the transfer continues, call wait() again"
-            ) from None
-
-
-def prefetch_weights(
-    source: str,
-    mount_location: str | os.PathLike[str] | None = None,
-    *,
-    allow_patterns: Sequence[str] | None = None,
-    ignore_patterns: Sequence[str] | None = None,
-    auth: Mapping[str, str] | None = None,
-    on_progress: ProgressCallback | None = None,
-) -> WeightsHandle:
-    """Start :func:`ensure_weights` in the background (call in ``__init__``), and
-    ``.wait()`` for it in ``load()``. Arguments are validated now, so a bad
-    config fails at once rather than at ``wait()``."""
-    entry = weights_entry(source, mount_location, allow_patterns=allow_patterns,
-                          ignore_patterns=ignore_patterns, auth=auth)
-    future, _ = _run_in_thread(_tree_of(entry, on_progress), name="bdn-prefetch", daemon=True)
-    return WeightsHandle(future)
-
-
-def _tree_of(
-    entry: WeightsEntry, on_progress: ProgressCallback | None
-) -> Callable[[], Coroutine[Any, Any, Path]]:
-    """The work of :func:`ensure_weights` and :func:`prefetch_weights`: the environment
-    is read now, in the caller; the returned coroutine function pulls the tree and
-    gives its path."""
-    settings = Settings.from_env(os.environ)
-
-    async def tree() -> Path:
-        return (await pull_weights(entry, settings, on_progress=on_progress)).path
-
-    return tree
 
 
 def weights_entry(
@@ -217,19 +73,20 @@ def weights_entry(
         )
     data: dict[str, Any] = {"source": source_from_cli(source, Path.cwd())}
     if mount_location is not None:
-        data["mount_location"] = os.fspath(mount_location)
+        data["mount_location"] = mount_location  # parse_entry takes a path, refuses the rest
     if allow_patterns is not None:
         data["allow_patterns"] = _pattern_list(allow_patterns)
     if ignore_patterns is not None:
         data["ignore_patterns"] = _pattern_list(ignore_patterns)
     if auth is not None:
-        data["auth"] = dict(auth)
+        data["auth"] = auth  # Not copied: parse_auth shows a non-mapping the mapping to write.
     return parse_entry(data, where=where, require_mount_location=False)
 
 
 def _pattern_list(patterns: Sequence[str]) -> Any:
-    # A bare string is passed through so parse_entry rejects it with its own message.
-    return patterns if isinstance(patterns, str) else list(patterns)
+    # A bare string or a non-iterable is passed through so parse_entry rejects it.
+    plain = isinstance(patterns, str) or not isinstance(patterns, Iterable)
+    return patterns if plain else list(patterns)
 
 
 async def mirror_weights(
@@ -340,6 +197,8 @@ async def pull_in_process(
         if on_begin is not None:
             on_begin(f"pull {manifest.id[:19]}…")
         counter = _ByteCounter(on_progress)
+        if options.trusted_stores is None:  # Whose word the node takes: BDN_TRUSTED_STORES.
+            options = dataclasses.replace(options, trusted_stores=settings.trusted_stores)
         result = await pull_manifest(
             manifest,
             tree,
@@ -368,6 +227,15 @@ async def get_manifest(manifest_id: str, settings: Settings) -> Manifest:
 async def check_store(settings: Settings, *, deep: bool = False) -> CheckReport:
     """Verify every manifest of the store and the blobs it names (``deep``: re-hash them)."""
     return await _with_store(settings, lambda store: Store(store).check(deep=deep))
+
+
+async def plan_model(
+    target: str | WeightsEntry, settings: Settings, request: PlanRequest
+) -> dict[str, Any]:
+    """``bdn plan``: the instance ``target`` (manifest id or entry) needs, from its headers."""
+    from bdn.plan.run import plan_target
+
+    return await _with_store(settings, lambda store: plan_target(target, store, request))
 
 
 def with_node_cache(settings: Settings, use: Callable[[NodeCache], T]) -> T:
@@ -466,33 +334,3 @@ def _default_mount(target: str | WeightsEntry, settings: Settings) -> Path:
     return settings.cache_dir / "trees" / target.config_hash()[:32]
 
 
-def _run_sync(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run a coroutine to completion from sync code, even inside a running event loop
-    (a model's async ``load()``): then it runs on a private thread and loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(make())
-    box, thread = _run_in_thread(make, name="bdn-ensure-weights", daemon=False)
-    thread.join()
-    return box.result()
-
-
-def _run_in_thread(
-    make: Callable[[], Coroutine[Any, Any, T]], *, name: str, daemon: bool
-) -> tuple[Future[T], threading.Thread]:
-    """Start ``make()`` on a new thread with its own event loop; the future gets its
-    result or its exception (unless it was cancelled before the thread began)."""
-    box: Future[T] = Future()
-
-    def work() -> None:
-        if not box.set_running_or_notify_cancel():
-            return
-        try:
-            box.set_result(asyncio.run(make()))
-        except BaseException as err:
-            box.set_exception(err)
-
-    thread = threading.Thread(target=work, name=name, daemon=daemon)
-    thread.start()
-    return box, thread

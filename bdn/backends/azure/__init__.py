@@ -1,0 +1,1 @@
+"""Azure Blob Storage: ``azure://account/container[/prefix]`` as a weights source and a store."""
