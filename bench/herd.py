@@ -256,7 +256,7 @@ def _notes(options: HerdBenchOptions, facts: MachineFacts) -> list[str]:
         if o.start == "together" else
         "start settled: pulls sent once every agent sees its whole ring; wall time from "
         "the first pull request")
-    notes.append("hedging: the agents' default (--hedge-after = --peer-timeout)"
+    notes.append("hedging: the agents' default (--hedge-after = 5 x --peer-timeout)"
                  if o.hedge_after is None else f"hedging: --hedge-after {o.hedge_after}")
     if o.netns:
         notes.append(

@@ -98,7 +98,7 @@ _FLAGS_AFTER_PEERS: tuple[Flag, ...] = (
     ("--hedge-after", {"metavar": "SECONDS|off",
                        "help": "hedge a chunk read from a slow owner (to a replica or origin) "
                        "after at least this long; the deadline is learned from recent reads; "
-                       "off: never (default: --peer-timeout)"}),
+                       "off: never (default: 5 x --peer-timeout)"}),
     ("--probe-interval", {"metavar": "SECONDS", "type": float, "default": 2.0,
                           "help": "seconds between health probes of peers (default 2)"}),
     ("--dns-interval", {"metavar": "SECONDS", "type": float, "default": 10.0,

@@ -300,9 +300,11 @@ async def explained_extra(agents: Sequence[AgentProcess]) -> int:
     return int(reads) * CHUNK
 
 
-DEFAULT_HEDGING = (*SETTLE_FLAGS, "--peer-timeout", f"{DEFAULT_PEER_TIMEOUT:g}")
-"""The agent's default peer timeout, so hedging runs as deployed (``--hedge-after``
-defaults to it); the fixture's longer timeout would all but switch hedging off."""
+DEFAULT_HEDGING = (*SETTLE_FLAGS, "--peer-timeout", f"{DEFAULT_PEER_TIMEOUT:g}",
+                   "--hedge-after", f"{DEFAULT_PEER_TIMEOUT:g}")
+"""The agent's default peer timeout, and hedging at its most eager floor (one peer
+timeout; the deployed default is five): the fixture's longer timeout would all but
+switch hedging off, and an eager floor is where hedges could herd origin."""
 
 
 @pytest.mark.parametrize("n", [4, 8])

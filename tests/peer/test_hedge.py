@@ -94,8 +94,9 @@ def test_bad_configs_are_refused(kwargs: dict[str, float]) -> None:
 
 
 def test_defaults_follow_the_peer_timeout() -> None:
+    # The floor defaults to five peer timeouts (DEFAULT_FLOOR_TIMEOUTS: see its reason).
     cfg = HedgeConfig.for_peer_timeout(2.0)
-    assert (cfg.floor, cfg.cap) == (2.0, 10.0)
+    assert (cfg.floor, cfg.cap) == (10.0, 10.0)
     cfg = HedgeConfig.for_peer_timeout(2.0, floor=0.2)
     assert (cfg.floor, cfg.cap) == (0.2, 10.0)
 
