@@ -121,6 +121,7 @@ class FakeGoogle:
     sts_requests: list[dict[str, str]] = field(default_factory=list)
     iam_requests: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     storage_auth: list[str] = field(default_factory=list)
+    storage_paths: list[str] = field(default_factory=list)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path
@@ -138,6 +139,7 @@ class FakeGoogle:
                                       await request.json()))
             return web.json_response({"accessToken": self.ACCESS_TOKEN,
                                       "expireTime": "2099-01-01T00:00:00Z"})
+        self.storage_paths.append(path)
         self.storage_auth.append(request.headers.get("Authorization", ""))
         if request.headers.get("Authorization") != f"Bearer {self.ACCESS_TOKEN}":
             return web.json_response({"error": {"code": 401}}, status=401)

@@ -4,6 +4,7 @@ Credentials and GCS JSON APIs)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -169,6 +170,13 @@ async def test_gcp_oidc_token_is_renewed_when_it_nears_expiry(fake_google: FakeG
     async with gcp_oidc_source(fake_google, token_file) as (creds, src):
         (obj,) = await src.list()
         assert await read_source(src, obj) == b"weights!"
+        # The SDK looks the bucket up in a background thread, refreshing the token
+        # first if it must; let that finish, or its refresh could land after the
+        # expiry set below and hide the renewal this test is about.
+        for _ in range(500):
+            if "/storage/v1/b/bkt" in fake_google.storage_paths:
+                break
+            await asyncio.sleep(0.01)
         renewals = len(fake_google.iam_requests)
         # An hour on: the token is a minute from expiry (google-auth's clock is naive UTC).
         creds.expiry = datetime.now(UTC).replace(tzinfo=None) + timedelta(minutes=1)
