@@ -177,8 +177,11 @@ def _ring(work: Path, store: str, count: int) -> Iterator[list[FleetAgent]]:
     """``count`` agents on loopback as one ring, each in ``work/agent-N``, ready."""
     token = work / "token"
     token.write_text(secrets.token_hex(16))
-    with loopback_fleet(count, store=store, roots=work, token_file=token,
-                        extra=("--probe-interval", "0.5")) as agents:
+    # The agents' own probe interval (2 s): a shorter one let a CPU-starved
+    # machine drop live peers mid-pull and read their chunks from origin again
+    # (1 GiB demo with two busy loops beside it: 1.50x the distinct content
+    # at 0.5 s, 1.25x at 2 s; 1.00x either way on an idle machine).
+    with loopback_fleet(count, store=store, roots=work, token_file=token) as agents:
         asyncio.run(wait_ready(agents, members=count, timeout=60, interval=0.1))
         yield agents
 
