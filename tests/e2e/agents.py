@@ -38,7 +38,7 @@ from bdn.manifest import Manifest
 from bdn.mirror import MirrorOptions, run_mirror
 from bdn.store import Store
 from bench.mirror_server_process import parse_metrics as parse_metrics  # the tests use it too
-from tests.e2e.threaded_app import ThreadedApp
+from tests.e2e.threaded_app import UPSTREAM_DOWN, ThreadedApp, answer, forward
 from tests.fixtures import bdn_env, make_model
 from tests.httpserver import FaultServer
 
@@ -256,19 +256,12 @@ class CorruptingProxy(ThreadedApp):
         return app
 
     async def _relay(self, request: web.Request) -> web.Response:
-        url = f"http://127.0.0.1:{self.upstream_port}{request.path_qs}"
-        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
-        try:
-            async with aiohttp.ClientSession() as s, s.request(
-                request.method, url, headers=headers, data=await request.read()
-            ) as up:
-                body = await up.read()
-                status, ctype = up.status, up.headers.get("Content-Type")
-        except aiohttp.ClientError:
-            return web.Response(status=502, text="upstream down\n")
+        got = await forward(request, self.upstream_port)
+        if got is None:
+            return web.Response(status=502, text=UPSTREAM_DOWN)
+        status, body, ctype = got
         if request.path.startswith("/v1/chunks/") and status == 200 and body:
             body = bytes([body[0] ^ 0xFF]) + body[1:]
             self.flipped += 1
-        return web.Response(status=status, body=body,
-                            headers={"Content-Type": ctype} if ctype else None)
+        return answer(status, body, ctype)
 

@@ -12,7 +12,6 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
 import pytest
 from aiohttp import web
 
@@ -36,7 +35,7 @@ from tests.e2e.test_herd import (
     published_model,
     pull_all,
 )
-from tests.e2e.threaded_app import ThreadedApp
+from tests.e2e.threaded_app import UPSTREAM_DOWN, ThreadedApp, answer, forward
 from tests.httpserver import FaultServer
 
 pytestmark = pytest.mark.stress
@@ -111,18 +110,11 @@ class HoldingRelay(ThreadedApp):
         if request.path.startswith("/v1/chunks/"):
             self.held += 1
             await self._gate.wait()
-        url = f"http://127.0.0.1:{self.upstream_port}{request.path_qs}"
-        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
-        try:
-            async with aiohttp.ClientSession() as s, s.request(
-                request.method, url, headers=headers, data=await request.read()
-            ) as up:
-                body = await up.read()
-                status, ctype = up.status, up.headers.get("Content-Type")
-        except aiohttp.ClientError:
-            return web.Response(status=502, text="upstream down\n")
-        return web.Response(status=status, body=body,
-                            headers={"Content-Type": ctype} if ctype else None)
+        got = await forward(request, self.upstream_port)
+        if got is None:
+            return web.Response(status=502, text=UPSTREAM_DOWN)
+        status, body, ctype = got
+        return answer(status, body, ctype)
 
 
 async def test_a_slow_owner_is_hedged_and_the_pulls_finish(
