@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from bdn import __version__
 from bdn.cli import agent, bench, csi, demo, mirror, mirror_server, plan, pull, serve
+from bdn.cli import simulate as simulate_cli
 from bdn.errors import BdnError, ConfigError, MountConflict, SecretError
 
 if TYPE_CHECKING:
@@ -41,6 +42,7 @@ _COMMAND_GROUPS: tuple[Callable[[Subparsers], None], ...] = (
     mirror_server.register,
     demo.register,
     bench.register,
+    simulate_cli.register,
 )
 
 

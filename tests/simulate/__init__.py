@@ -1,0 +1,1 @@
+"""Tests of ``bdn.simulate``: the flow network, the policies and whole bursts."""
