@@ -9,6 +9,7 @@ Same on every backend (``file://``, ``s3://``, ``gs://``, ``http(s)://``)::
     index/<2 hex>/<sha256 of identity>.json     source object identity -> blob digest
     hub/<repo>/repo.json                        hf:// repo: the revisions mirrored, -> commit
     hub/<repo>/revisions/<revision>.json        hf:// (repo, branch/tag/commit) -> manifests
+    hub/<repo>/pulls/<revision>/<holder>.json   a Hub endpoint's pull-through claim (bdn.hub)
 
 Write order is what makes a crash harmless: a blob first, then its chunk list
 and index entry, then the manifest, then the ref. So every manifest a reader
@@ -91,6 +92,12 @@ def hub_repo_key(repo: str) -> str:
 def hub_revision_key(repo: str, revision: str) -> str:
     """Key of the manifests mirrored for an hf:// repo at a branch, tag or commit."""
     return f"{HUB}{_hub_name(repo)}/revisions/{_hub_name(revision)}.json"
+
+
+def hub_pull_prefix(repo: str, revision: str) -> str:
+    """Folder of the claims of Hub endpoints that want to pull ``repo@revision`` through
+    (``bdn.hub.upstream``): one key per claimant, so only one of them mirrors it."""
+    return f"{HUB}{_hub_name(repo)}/pulls/{_hub_name(revision)}/"
 
 
 def _dumps(obj: object) -> bytes:
@@ -244,6 +251,10 @@ class Store:
         doc = {"identity": identity, "sha256": str(digest), "size": size}
         await self.backend.put_bytes(index_key(identity), _dumps(doc))
 
+    async def drop_index(self, identity: str) -> None:
+        """Forget what the index knows about ``identity`` (missing: not an error)."""
+        await self.backend.delete(index_key(identity))
+
     # -- manifests and refs ----------------------------------------------------
     async def put_manifest(self, manifest: Manifest) -> str:
         """Store a manifest; returns its id. Call only after all its blobs are stored."""
@@ -328,6 +339,28 @@ class Store:
         except (ValueError, KeyError, TypeError, AttributeError):
             return {}
         return revisions if doc.get("repo") == repo else {}
+
+    async def put_hub_pull(self, repo: str, revision: str, holder: str,
+                           doc: dict[str, object]) -> None:
+        """Write (or refresh) ``holder``'s pull-through claim on ``repo@revision``."""
+        key = hub_pull_prefix(repo, revision) + _hub_name(holder) + ".json"
+        await self.backend.put_bytes(key, _dumps({**doc, "holder": holder}))
+
+    async def hub_pulls(self, repo: str, revision: str) -> dict[str, dict[str, object]]:
+        """Every pull-through claim on ``repo@revision``: holder -> its document (claims
+        that cannot be read, e.g. deleted while listed, are left out)."""
+        out: dict[str, dict[str, object]] = {}
+        async for key in self.backend.list(hub_pull_prefix(repo, revision)):
+            try:
+                doc = json.loads(await self.backend.get_bytes(key))
+                out[str(doc["holder"])] = doc
+            except (NotFound, ValueError, KeyError, TypeError):
+                continue
+        return out
+
+    async def drop_hub_pull(self, repo: str, revision: str, holder: str) -> None:
+        """Remove ``holder``'s claim (missing: not an error)."""
+        await self.backend.delete(hub_pull_prefix(repo, revision) + _hub_name(holder) + ".json")
 
     # -- fsck ----------------------------------------------------------------
     async def check(self, *, deep: bool = False) -> CheckReport:

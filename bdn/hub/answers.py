@@ -26,12 +26,15 @@ class HubError(Exception):
     """An answer the Hub would give instead of the resource: status, error code, message."""
 
     def __init__(self, status: int, code: str | None, message: str,
-                 headers: Mapping[str, str] | None = None) -> None:
+                 headers: Mapping[str, str] | None = None, *, unmirrored: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.headers = dict(headers or {})
+        self.unmirrored = unmirrored
+        """True when the repo or revision was never mirrored into the store (as opposed
+        to mirrored but private to another token): what pull-through may fetch."""
 
     def response(self) -> web.Response:
         """The answer: headers the client maps to its exceptions, and a JSON body."""

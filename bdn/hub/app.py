@@ -16,13 +16,16 @@ is all unmodified model code needs (``from_pretrained``, ``snapshot_download``,
     :class:`~bdn.hub.blobs.BlobReader`, never from a redirect.
 
 Revisions, access and error answers: :mod:`bdn.hub.revisions`,
-:mod:`bdn.hub.answers`. The endpoint only reads: it never mirrors.
+:mod:`bdn.hub.answers`. The endpoint only reads, except with pull-through on
+(:mod:`bdn.hub.upstream`): then an unmirrored public revision is mirrored once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -36,6 +39,7 @@ from bdn.errors import BdnError, ManifestInvalid
 from bdn.hub.answers import HubError, bad_request, blob_id, is_lfs, lfs_pointer_size, parse_range
 from bdn.hub.blobs import BlobReader
 from bdn.hub.revisions import Revisions, Snapshot
+from bdn.hub.upstream import PullThrough, UpstreamConfig
 from bdn.manifest import validate_path
 from bdn.pull import DEFAULT_PULL_OPTIONS, PullOptions, Tier
 
@@ -43,6 +47,9 @@ log = logging.getLogger(__name__)
 
 PREFIX = "/hf"
 """Path prefix of every route: clients set ``HF_ENDPOINT=http://HOST:PORT/hf``."""
+
+_REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,199}")
+"""A branch, tag or commit pull-through may ask upstream for (no '..' segments: checked too)."""
 
 DEFAULT_REVISION = "main"
 """What ``/api/models/{repo}`` (no revision) answers, as the Hub's default branch."""
@@ -61,6 +68,8 @@ class HubContext:
     secrets: SecretResolver
     options: PullOptions = DEFAULT_PULL_OPTIONS
     tiers: Tier | None = None
+    upstream: UpstreamConfig | None = None
+    """Pull-through (``--hf-upstream``, :mod:`bdn.hub.upstream`); ``None``: off."""
 
 
 def hub_app(ctx: HubContext) -> web.Application:
@@ -78,9 +87,24 @@ class _Hub:
     def __init__(self, ctx: HubContext) -> None:
         self.revisions = Revisions(ctx.store, ctx.secrets)
         self.blobs = BlobReader(ctx.store, ctx.cache, options=ctx.options, tiers=ctx.tiers)
+        self.upstream = (None if ctx.upstream is None else
+                         PullThrough(ctx.upstream, ctx.store, ctx.secrets))
 
     async def close(self, _app: web.Application | None = None) -> None:
+        if self.upstream is not None:
+            await self.upstream.close()
         await self.blobs.close()
+
+    async def _snapshot(self, repo: str, revision: str, token: str | None) -> Snapshot:
+        """The mirrored revision; with pull-through on, an unmirrored one is mirrored first."""
+        try:
+            return await self.revisions.snapshot(repo, revision, token)
+        except HubError as err:
+            if (self.upstream is None or not err.unmirrored or not _REVISION.fullmatch(revision)
+                    or ".." in revision):
+                raise
+        await self.upstream.pull(repo, revision, token)
+        return await self.revisions.snapshot(repo, revision, token)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -110,7 +134,7 @@ class _Hub:
 
     async def _info(self, request: web.Request, repo: str, revision: str,
                     token: str | None) -> web.Response:
-        snap = await self.revisions.snapshot(repo, revision, token)
+        snap = await self._snapshot(repo, revision, token)
         blobs = request.query.get("blobs", "").lower() == "true"
         siblings = [_sibling(path, snap, blobs) for path in sorted(snap.files)]
         body = {
@@ -124,7 +148,7 @@ class _Hub:
 
     async def _tree(self, request: web.Request, repo: str, revision: str, path: str,
                     token: str | None) -> web.Response:
-        snap = await self.revisions.snapshot(repo, revision, token)
+        snap = await self._snapshot(repo, revision, token)
         recursive = request.query.get("recursive", "").lower() == "true"
         listing = _tree(snap, path.strip("/"), recursive)
         if listing is None:
@@ -140,7 +164,7 @@ class _Hub:
         except ManifestInvalid as err:
             raise bad_request(f"{path!r} is not a file path in a repo ({err}); name a file "
                               "relative to the repo root, without '..'") from None
-        snap = await self.revisions.snapshot(repo, revision, token)
+        snap = await self._snapshot(repo, revision, token)
         entry, manifest = snap.entry(path)
         headers = {"X-Repo-Commit": snap.commit, "ETag": f'"{blob_id(entry)}"',
                    "Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
@@ -159,21 +183,33 @@ class _Hub:
 
     async def _send(self, request: web.Request, status: int, headers: dict[str, str],
                     snap: Snapshot, found: Any, start: int, end: int) -> web.StreamResponse:
-        """Stream the bytes; an error before the first byte is an answer, after it a cut
-        connection (the client resumes with a Range)."""
+        """Send the bytes with ``sendfile``, span by span as they are verified; an error
+        before the first byte is an answer, after it a cut connection (the client resumes
+        with a Range)."""
         entry, manifest = found
-        pieces = self.blobs.read(manifest, entry, start, end)
+        spans = self.blobs.spans(manifest, entry, start, end)
         resp = web.StreamResponse(status=status, headers=headers)
         try:
-            first = await anext(pieces, b"")
-        except BdnError as err:
-            log.warning("%s@%s/%s: %s", snap.repo, snap.revision, entry.path, err)
-            raise HubError(502, None, f"{entry.path} could not be fetched from the store: "
-                                      f"{err}") from err
-        await resp.prepare(request)
-        await resp.write(first)
-        async for piece in pieces:
-            await resp.write(piece)
+            try:
+                span = await anext(spans, None)
+            except BdnError as err:
+                log.warning("%s@%s/%s: %s", snap.repo, snap.revision, entry.path, err)
+                raise HubError(502, None, f"{entry.path} could not be fetched from the store: "
+                                          f"{err}") from err
+            await resp.prepare(request)
+            loop = asyncio.get_running_loop()
+            while span is not None:
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    return resp  # The client went away; the fill runs on.
+                try:
+                    if span.length:  # sendfile refuses a count of 0 (an empty file).
+                        await loop.sendfile(transport, span.file, span.offset, span.length)
+                except ConnectionError:
+                    return resp  # As above: it resumes with a Range if it wants the rest.
+                span = await anext(spans, None)
+        finally:
+            await spans.aclose()
         await resp.write_eof()
         return resp
 

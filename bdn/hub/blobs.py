@@ -1,16 +1,24 @@
 """Bytes of one blob for a Hub download: from the node cache, or streamed while it fills.
 
-A blob the node cache holds (and the store's trust accepts) is read from its
+A blob the node cache holds (and the store's trust accepts) is sent from its
 file. Any other is filled by :func:`bdn.pull.fill_blobs`, the pull's own path
 (node cache, then the agent's peers, then origin; every chunk verified; one
 fill per blob however many downloads ask), in a background task, and each
 download streams **chunk by chunk as the fill verifies them**: the fill tells
 the :class:`_Feed` of every verified chunk and where its partial file is, and
-the download reads that chunk from the partial file (re-checking its xxh3-128
-first, since chunks resumed from an earlier attempt are reported before the
-engine has looked at them again). So the first bytes wait for the first chunk,
-not the whole file. Chunks a download needs out of order are waited for; once
-the blob is committed, the rest is read from the cached file.
+the download sends that chunk from the partial file. So the first bytes wait
+for the first chunk, not the whole file. Chunks a download needs out of order
+are waited for; once the blob is committed, the rest comes from the cached file.
+
+A download gets :class:`Span` s (an open file, an offset, a length) that the
+endpoint hands to ``sendfile``, so no byte is copied through Python (reading a
+64 MiB chunk into memory and writing it to the socket cost more than the fill
+itself). Before a span of a partial file is handed out, its chunk's xxh3-128
+is checked again through the same open file (about 3 ms per 64 MiB from the
+page cache): chunks resumed from an earlier attempt are reported before the
+engine has looked at them again, and a partial file may have been replaced
+since the fill reported it. What was checked is what is sent: a verified chunk
+of a partial file is never rewritten, and a replaced file is a new inode.
 
 A download that disconnects leaves the fill running: the blob lands in the
 node cache for the next caller. :meth:`BlobReader.close` cancels what is left.
@@ -22,21 +30,39 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from bdn.backends.base import BlobStore
 from bdn.cache import NodeCache
-from bdn.digest import Digest, xxh3_128_hex
-from bdn.errors import CacheError
+from bdn.digest import Digest, new_xxh3
+from bdn.errors import CacheError, IntegrityError
 from bdn.manifest import FileEntry, Manifest
 from bdn.pull import DEFAULT_PULL_OPTIONS, PullOptions, Tier, fill_blobs
+from bdn.transfer.verify import hash_fd
 
 log = logging.getLogger(__name__)
 
 PIECE = 4 * 1024 * 1024
-"""Bytes read from a cached file per write to the client."""
+"""Bytes per piece when a span is read into memory (:meth:`BlobReader.read`)."""
+
+TOUCH_EVERY = 60.0
+"""Seconds between LRU touches of one blob by downloads (each touch is an index commit)."""
+TOUCHES_KEPT = 4096
+"""Blobs whose last touch is remembered (the memo is cleared when it is full)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """``length`` verified bytes of ``file`` from ``offset``. The file stays open until the
+    download asks for the next span (or stops), so an eviction meanwhile cannot cut it short."""
+
+    file: BinaryIO
+    offset: int
+    length: int
 
 
 @dataclass(slots=True)
@@ -72,32 +98,54 @@ class BlobReader:
         self._tiers = tiers
         self._trust = options.trust_for(store.uri)
         self._feeds: dict[tuple[Digest, int], _Feed] = {}
+        self._touched: dict[Digest, float] = {}
 
-    async def read(self, manifest: Manifest, entry: FileEntry, start: int,
-                   end: int) -> AsyncIterator[bytes]:
-        """Bytes ``[start, end)`` of ``entry``'s blob, verified, as they become available.
+    async def spans(self, manifest: Manifest, entry: FileEntry, start: int,
+                    end: int) -> AsyncGenerator[Span, None]:
+        """Bytes ``[start, end)`` of ``entry``'s blob, verified, as open-file spans in order,
+        each as soon as its chunk is verified. Close the iterator to close the last file.
 
         Raises:
             Whatever the fill raises (TransferError, InsufficientSpace, ...),
-            before the first byte or between pieces.
+            before the first span or between spans.
         """
-        if self._usable(entry):
-            self._cache.touch([entry.sha256])
-            async for piece in _file_range(self._cache.blob_path(entry.sha256), start, end):
-                yield piece
+        if start >= end:
+            return  # An empty file (its blob has no chunks): nothing to fetch or send.
+        if await asyncio.to_thread(self._usable, entry, True):
+            async for span in self._cached(entry, start, end):
+                yield span
             return
         chunk_size = manifest.chunk_size
         first, last = start // chunk_size, (max(end, 1) - 1) // chunk_size
         for index in range(first, last + 1):
             lo = max(start, index * chunk_size)
             hi = min(end, (index + 1) * chunk_size)
-            if self._usable(entry):  # Committed meanwhile: read the rest from the cache.
-                async for piece in _file_range(self._cache.blob_path(entry.sha256), lo, end):
-                    yield piece
+            if index > first and self._cache.has_blob(entry.sha256, entry.size) and \
+                    await asyncio.to_thread(self._usable, entry, False):
+                # Committed meanwhile: the rest in one span of the cached file.
+                async for span in self._cached(entry, lo, end):
+                    yield span
                 return
-            data = await self._chunk(manifest, entry, index)
-            offset = lo - index * chunk_size
-            yield data[offset:offset + hi - lo]
+            f = await self._chunk(manifest, entry, index)
+            try:
+                yield Span(f, lo, hi - lo)
+            finally:
+                f.close()
+
+    async def read(self, manifest: Manifest, entry: FileEntry, start: int,
+                   end: int) -> AsyncIterator[bytes]:
+        """Bytes ``[start, end)`` as :meth:`spans`, read into memory in pieces of at most
+        :data:`PIECE` (for callers that cannot ``sendfile``)."""
+        async for span in self.spans(manifest, entry, start, end):
+            offset, stop = span.offset, span.offset + span.length
+            while offset < stop:
+                piece = await asyncio.to_thread(os.pread, span.file.fileno(),
+                                                min(PIECE, stop - offset), offset)
+                if not piece:
+                    raise CacheError(f"{entry.path}: the cached file ended at byte {offset}, "
+                                     f"expected {stop}; run `bdn cache check --fix`")
+                offset += len(piece)
+                yield piece
 
     async def settle(self) -> None:
         """Wait until the fills running now have ended (committed or failed)."""
@@ -115,30 +163,48 @@ class BlobReader:
                 await task
         self._feeds.clear()
 
-    def _usable(self, entry: FileEntry) -> bool:
-        return (self._cache.has_blob(entry.sha256, entry.size)
-                and bool(self._cache.usable([entry.sha256], self._trust)))
+    def _usable(self, entry: FileEntry, touch: bool) -> bool:
+        """True when the cache holds the blob admitted as this store's trust accepts; with
+        ``touch``, marks it used (an index write: call in a thread)."""
+        if not (self._cache.has_blob(entry.sha256, entry.size)
+                and self._cache.usable([entry.sha256], self._trust)):
+            return False
+        now = time.monotonic()
+        if touch and now - self._touched.get(entry.sha256, -TOUCH_EVERY) >= TOUCH_EVERY:
+            # A touch is an index commit (fsynced): once a minute per blob is LRU enough.
+            if len(self._touched) >= TOUCHES_KEPT:
+                self._touched.clear()
+            self._touched[entry.sha256] = now
+            self._cache.touch([entry.sha256])
+        return True
 
-    async def _chunk(self, manifest: Manifest, entry: FileEntry, index: int) -> bytes:
-        """Chunk ``index``, verified: from the fill's partial file or the committed blob."""
+    async def _cached(self, entry: FileEntry, start: int, end: int) -> AsyncIterator[Span]:
+        f = await asyncio.to_thread(open, self._cache.blob_path(entry.sha256), "rb")
+        try:
+            yield Span(f, start, end - start)
+        finally:
+            f.close()
+
+    async def _chunk(self, manifest: Manifest, entry: FileEntry, index: int) -> BinaryIO:
+        """An open file holding chunk ``index`` verified: the fill's partial file or the
+        committed blob."""
         feed = self._feed(manifest, entry)
         refills = 0
         while True:
             if index in feed.done and feed.part is not None:
-                data = await asyncio.to_thread(_read_chunk, feed.part, manifest.chunk_size,
-                                               index, entry.chunks[index])
-                if data is not None:
-                    return data
+                f = await asyncio.to_thread(_open_chunk, feed.part, manifest.chunk_size,
+                                            entry, index)
+                if f is not None:
+                    return f
                 feed.done.discard(index)  # Not (yet) what the manifest says: wait.
             task = feed.task
             if task is not None and task.done():
                 task.result()  # Raises the fill's error.
-                if self._usable(entry):
-                    path = self._cache.blob_path(entry.sha256)
-                    data = await asyncio.to_thread(_read_chunk, path, manifest.chunk_size,
-                                                   index, entry.chunks[index])
-                    if data is not None:
-                        return data
+                if self._usable(entry, False):
+                    f = await asyncio.to_thread(_open_chunk, self._cache.blob_path(entry.sha256),
+                                                manifest.chunk_size, entry, index)
+                    if f is not None:
+                        return f
                 refills += 1
                 if refills > 2:
                     raise CacheError(
@@ -178,27 +244,19 @@ class BlobReader:
             feed.wake()
 
 
-def _read_chunk(path: Path, chunk_size: int, index: int, expected: str) -> bytes | None:
-    """Chunk ``index`` of the file at ``path`` if it hashes to ``expected``; else None."""
+def _open_chunk(path: Path, chunk_size: int, entry: FileEntry, index: int) -> BinaryIO | None:
+    """``path`` opened, if chunk ``index`` in it hashes to the manifest's digest; else None
+    (missing, short or not those bytes)."""
     try:
-        with open(path, "rb") as f:
-            data = os.pread(f.fileno(), chunk_size, index * chunk_size)
+        f = open(path, "rb")  # noqa: SIM115 - handed to the caller, who closes it.
     except FileNotFoundError:
         return None
-    return data if xxh3_128_hex(data) == expected else None
-
-
-async def _file_range(path: Path, start: int, end: int) -> AsyncIterator[bytes]:
-    """Bytes ``[start, end)`` of a cached blob, in pieces; the file is held open throughout,
-    so an eviction meanwhile does not cut the answer short."""
-    fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
+    start = index * chunk_size
     try:
-        offset = start
-        while offset < end:
-            piece = await asyncio.to_thread(os.pread, fd, min(PIECE, end - offset), offset)
-            if not piece:
-                raise OSError(f"{path} ended at byte {offset}, expected {end}")
-            offset += len(piece)
-            yield piece
-    finally:
-        os.close(fd)
+        digest = hash_fd(f.fileno(), new_xxh3(), start, min(start + chunk_size, entry.size))
+    except IntegrityError:  # Shorter than the chunk: not written yet.
+        digest = None
+    if digest is None or digest.hexdigest() != entry.chunks[index]:
+        f.close()
+        return None
+    return f

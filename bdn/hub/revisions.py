@@ -20,6 +20,7 @@ from __future__ import annotations
 import hmac
 import logging
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -34,7 +35,10 @@ log = logging.getLogger(__name__)
 
 _REPO = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 MANIFESTS_KEPT = 256
-"""Manifests kept in memory (they are immutable, named by their hash)."""
+"""Manifests kept in memory (they are immutable, named by their hash), and revision records."""
+RECORD_TTL = 2.0
+"""Seconds a revision record read from the store answers requests (a branch re-mirrored
+meanwhile is served at its new commit at most this much later)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,7 @@ class Revisions:
         self._layout = Store(store)
         self._secrets = secrets
         self._manifests: dict[str, Manifest] = {}
+        self._records: dict[tuple[str, str], tuple[float, HubRevision]] = {}
 
     async def snapshot(self, repo: str, revision: str, token: str | None) -> Snapshot:
         """The files of ``repo`` at ``revision`` that a caller with ``token`` may read.
@@ -83,16 +88,16 @@ class Revisions:
         """
         if not _REPO.fullmatch(repo) or ".." in repo:
             raise _repo_not_found(repo, revision, token)
-        found = await self._layout.get_hub_revision(repo, revision)
+        found = await self._record(repo, revision)
         if found is None or not found.manifests:
             if not await self._layout.hub_revisions(repo):
-                raise _repo_not_found(repo, revision, token)
+                raise _repo_not_found(repo, revision, token, unmirrored=True)
             raise HubError(404, "RevisionNotFound",
                            f"revision {revision!r} of {repo} is not mirrored in this store; "
-                           + MIRROR_HINT.format(repo=repo, revision=revision))
+                           + MIRROR_HINT.format(repo=repo, revision=revision), unmirrored=True)
         if found.commit != revision:
             # A branch or tag: the files are everything mirrored at its commit.
-            found = await self._layout.get_hub_revision(repo, found.commit) or found
+            found = await self._record(repo, found.commit) or found
         secrets = {a for _, a in found.manifests.values() if a}
         if secrets and not self._may_read(secrets, token):
             raise _repo_not_found(repo, revision, token)
@@ -104,6 +109,20 @@ class Revisions:
             for entry in manifest.files:
                 files.setdefault(entry.path, (entry, manifest))
         return Snapshot(repo, revision, found.commit, bool(secrets), files)
+
+    async def _record(self, repo: str, revision: str) -> HubRevision | None:
+        """The store's record of ``repo@revision``, kept :data:`RECORD_TTL` seconds when
+        found (a miss is never kept, so a new mirror is seen at once)."""
+        now = time.monotonic()
+        kept = self._records.get((repo, revision))
+        if kept is not None and now - kept[0] < RECORD_TTL:
+            return kept[1]
+        found = await self._layout.get_hub_revision(repo, revision)
+        if found is not None:
+            if len(self._records) >= MANIFESTS_KEPT:
+                self._records.clear()
+            self._records[(repo, revision)] = (now, found)
+        return found
 
     def _may_read(self, secrets: set[str], token: str | None) -> bool:
         """True when ``token`` is the value of one of ``secrets`` (compared in constant time)."""
@@ -138,10 +157,11 @@ class Revisions:
         return manifest
 
 
-def _repo_not_found(repo: str, revision: str, token: str | None) -> HubError:
+def _repo_not_found(repo: str, revision: str, token: str | None, *,
+                    unmirrored: bool = False) -> HubError:
     """The Hub's answer for a missing or private repo: 401 anonymous, 404 with a token."""
     return HubError(
         401 if token is None else 404, "RepoNotFound",
         f"repository {repo} is not mirrored in this store, or it is private and needs the "
         "token its mirror used (send it as HF_TOKEN); "
-        + MIRROR_HINT.format(repo=repo, revision=revision))
+        + MIRROR_HINT.format(repo=repo, revision=revision), unmirrored=unmirrored)

@@ -21,6 +21,9 @@ from bdn.daemon.address import format_hostport
 from bdn.daemon.lifecycle import Closer, close_all, serve_until_signalled, start_or_stop
 from bdn.daemon.sites import listen_tcp
 from bdn.hub.app import PREFIX, HubContext, hub_app
+from bdn.hub.upstream import UpstreamConfig
+
+__all__ = ["DEFAULT_SERVE_LISTEN", "HubServer", "ServeConfig", "UpstreamConfig", "run"]
 from bdn.pull import DEFAULT_PULL_OPTIONS, PullOptions
 
 log = logging.getLogger("serve")
@@ -32,12 +35,13 @@ DEFAULT_SERVE_LISTEN = "127.0.0.1:8080"
 @dataclass(frozen=True, slots=True)
 class ServeConfig:
     """Everything ``bdn serve`` needs: settings (store, cache, secrets), the listen
-    address and the pull options of its fills."""
+    address, the pull options of its fills and pull-through (``None``: off)."""
 
     settings: Settings
     listen: tuple[str, int]
     pull: PullOptions = DEFAULT_PULL_OPTIONS
     drain_timeout: float = 10.0
+    upstream: UpstreamConfig | None = None
 
 
 class HubServer:
@@ -63,7 +67,7 @@ class HubServer:
 
         self._closers.append(close_cache)
         options = cfg.pull.trusting(s.trusted_stores, store.uri)
-        app = hub_app(HubContext(store, cache, s.secrets(), options))
+        app = hub_app(HubContext(store, cache, s.secrets(), options, upstream=cfg.upstream))
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=cfg.drain_timeout)
         await self._runner.setup()
         self.port = await listen_tcp(self._runner, cfg.listen)

@@ -24,6 +24,7 @@ from bdn.config.secrets import SecretResolver
 from bdn.config.settings import Settings
 from bdn.config.weights import AuthConfig, WeightsEntry
 from bdn.hub.serve import HubServer, ServeConfig
+from bdn.hub.upstream import UpstreamConfig
 from bdn.mirror import MirrorOptions, run_mirror
 from tests.hfserver import HfServer
 
@@ -87,8 +88,9 @@ def mirrored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mirrored]:
 class HubThread:
     """``bdn serve`` (:class:`HubServer`) on 127.0.0.1 with an event loop in a thread."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.server = HubServer(ServeConfig(settings=settings, listen=("127.0.0.1", 0)))
+    def __init__(self, settings: Settings, upstream: UpstreamConfig | None = None) -> None:
+        self.server = HubServer(ServeConfig(settings=settings, listen=("127.0.0.1", 0),
+                                            upstream=upstream))
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 

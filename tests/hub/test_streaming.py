@@ -17,7 +17,9 @@ from typing import Any
 from bdn.backends import open_store
 from bdn.backends.base import BlobStore, RangeReader
 from bdn.cache import NodeCache
+from bdn.digest import Digest
 from bdn.hub.blobs import BlobReader
+from bdn.manifest import FileEntry
 from bdn.store import Store
 from tests.hub.conftest import CHUNK, REPO, Mirrored
 
@@ -82,6 +84,24 @@ async def test_first_chunk_is_served_before_the_blob_is_fetched(
         tail = b"".join([p async for p in reader.read(manifest, entry, entry.size - 10,
                                                        entry.size)])
         assert tail == want[-10:]
+    finally:
+        await reader.close()
+        cache.close()
+        await backend.close()
+
+
+async def test_an_empty_file_sends_nothing_and_fetches_nothing(
+        mirrored: Mirrored, tmp_path: Path) -> None:
+    backend = open_store(f"file://{mirrored.store}")
+    revision = await Store(backend).get_hub_revision(REPO, "main")
+    assert revision is not None
+    manifest = await Store(backend).get_manifest(next(iter(revision.manifests.values()))[0])
+    empty = FileEntry("empty.txt", 0, Digest.of_bytes(b""), (), None)
+    cache = NodeCache(tmp_path / "node")
+    reader = BlobReader(backend, cache)
+    try:
+        assert [s async for s in reader.spans(manifest, empty, 0, 0)] == []
+        assert [p async for p in reader.read(manifest, empty, 0, 0)] == []
     finally:
         await reader.close()
         cache.close()
