@@ -35,6 +35,7 @@ from bdn.digest import Digest
 from bdn.errors import BlobNotFound, ManifestInvalid, RefNotFound
 from bdn.manifest import FileEntry, Manifest
 from bdn.store import Store, blob_key
+from bdn.transfer.cores import resolve_workers
 from bdn.transfer.engine import DEFAULT_TRANSFER_CONFIG, FileTask, TransferConfig, TransferEngine
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,15 @@ class PullOptions:
         store counts as trusted for the agent's pulls)."""
         more = frozenset([store_identity(own_store)])
         return dataclasses.replace(self, trusted_stores=(trusted or frozenset()) | more)
+
+    def with_workers(self, requested: int | None) -> PullOptions:
+        """These options with ``requested`` data-plane workers (``None``: one per CPU
+        this process may use, :func:`bdn.transfer.cores.available_cpus`), unless the
+        caller already chose a count other than 1 in ``transfer.workers``."""
+        if self.transfer.workers != 1 or requested == 1:
+            return self
+        transfer = dataclasses.replace(self.transfer, workers=resolve_workers(requested))
+        return dataclasses.replace(self, transfer=transfer)
 
     def trust_for(self, store_uri: str) -> Trust:
         """Whose word a pull from ``store_uri`` takes (see :class:`bdn.cache.Trust`)."""

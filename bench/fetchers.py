@@ -1,18 +1,25 @@
 """The references the transfer and pull benches run, and how a run's output is checked.
 
 - :func:`run_curl`: one ``curl`` stream per file, in turn;
+- :func:`run_curl_parallel`: one ``curl`` per file, all at once (what
+  ``xargs -P`` gives a user: the reference for CPU per byte and wall);
 - :func:`run_aria2c`: ``aria2c -x16 -s16 -k1M``, every file at once;
 - :func:`run_ceiling`: the page-cache write ceiling (optionally with an fsync);
 - :func:`check_outputs`: what a run wrote against the generated files
   (contents, or only sizes for the write ceilings, which write a repeated
   buffer by design);
 - :func:`run_checked`: one timed run into a fresh directory, its output
-  checked outside the timing and then removed.
+  checked outside the timing and then removed;
+- :func:`tree_cpu_seconds` / :func:`with_cpu`: user+sys CPU of this process
+  and every child it has reaped (curl, aria2c, BDN's worker processes).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import resource
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -52,6 +59,56 @@ def run_curl(downloads: Sequence[Download], out: Path) -> Timed:
             timeout=timeout_for(f.size),
         )
     return Timed(time.perf_counter() - start)
+
+
+def run_curl_parallel(downloads: Sequence[Download], out: Path) -> Timed:
+    """One ``curl`` per URL into ``out``, all started at once; timed until the last ends."""
+    timeout = timeout_for(sum(f.size for _, f in downloads))
+    start = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            ["curl", "-sS", "--fail", "-o", str(out / f.path.name), url],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        for url, f in downloads
+    ]
+    failures = []
+    try:
+        for proc in procs:
+            _, err = proc.communicate(timeout=max(1.0, timeout - (time.perf_counter() - start)))
+            if proc.returncode != 0:
+                tail = err.decode(errors="replace").strip().splitlines()
+                failures.append(f"curl exited {proc.returncode}: {tail[-1] if tail else ''}")
+    except subprocess.TimeoutExpired:
+        failures.append(f"curl timed out after {timeout:.0f}s")
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    if failures:
+        raise ToolFailed(failures[0])
+    return Timed(time.perf_counter() - start, f"{len(procs)} at once")
+
+
+def tree_cpu_seconds() -> float:
+    """User+sys CPU-seconds of this process (all threads) and of its reaped children."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def with_cpu(run: Callable[[], Timed]) -> Timed:
+    """``run()`` with its process tree's CPU-seconds, unless it measured them itself.
+
+    Children count once reaped: every reference tool is waited for, and BDN's
+    worker processes are waited for when its engine closes, inside ``run``.
+    """
+    before = tree_cpu_seconds()
+    timed = run()
+    if timed.cpu is not None:
+        return timed
+    return dataclasses.replace(timed, cpu=tree_cpu_seconds() - before)
 
 
 def run_aria2c(downloads: Sequence[Download], out: Path, *, listing: Path | None) -> Timed:
@@ -119,7 +176,7 @@ def run_checked(
     outputs removed, so the next run starts cold on the destination side."""
     out.mkdir(parents=True)
     try:
-        timed = run()
+        timed = with_cpu(run)
         check_outputs(out, files, content=content, sha256=sha256)
         return timed
     finally:

@@ -25,7 +25,7 @@ from bdn.config.units import format_bytes
 from bdn.config.weights import WeightsEntry
 from bdn.digest import Digest
 from bdn.errors import BdnError, ConfigError
-from bdn.mirror import DEFAULT_MIRROR_OPTIONS, MirrorResult, run_mirror
+from bdn.mirror import DEFAULT_MIRROR_OPTIONS, MirrorOptions, MirrorResult, run_mirror
 from bdn.store import blob_key
 from bench.command import bench_run, common_options, run_command
 from bench.harness import (
@@ -239,15 +239,41 @@ def options_from_args(args: argparse.Namespace) -> MirrorBenchOptions:
 
 
 def mirror_command(args: argparse.Namespace) -> int:
-    """``bdn bench mirror``: run, print; the exit status (``--source hf``: see mirror_hf)."""
-    if getattr(args, "source", "file") == "hf":
+    """``bdn bench mirror``: run, print; the exit status (``--source hf``: see mirror_hf;
+    ``https``/``azure``: see mirror_sources)."""
+    source = getattr(args, "source", "file")
+    if source == "hf":
         from bench.mirror_hf import mirror_hf_command
 
         return mirror_hf_command(args)
     options = options_from_args(args)
+    if source in ("https", "azure"):
+        from bench.mirror_sources import run_mirror_source_bench
+
+        return run_command(
+            f"mirror --source {source}",
+            args,
+            lambda console, _: run_mirror_source_bench(source, options, console=console),
+        )
     return run_command(
         "mirror",
         args,
         lambda console, _: run_mirror_bench(options, console=console),
         tools=REFERENCE_TOOLS,
     )
+
+
+async def mirror_twice(
+    entry: WeightsEntry, store_dir: Path, secrets: SecretResolver, options: MirrorOptions
+) -> tuple[float, MirrorResult, float, MirrorResult]:
+    """A cold mirror into a fresh ``file://`` store, then the same mirror again (unchanged)."""
+    store = open_store(f"file://{store_dir}")
+    try:
+        start = time.perf_counter()
+        cold = await run_mirror(entry, store=store, secrets=secrets, options=options)
+        middle = time.perf_counter()
+        again = await run_mirror(entry, store=store, secrets=secrets, options=options)
+        end = time.perf_counter()
+    finally:
+        await store.close()
+    return middle - start, cold, end - middle, again

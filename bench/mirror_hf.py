@@ -32,13 +32,12 @@ from typing import Any
 
 from rich.console import Console
 
-from bdn.backends import open_store
 from bdn.config.secrets import SecretResolver
 from bdn.config.units import format_bytes
 from bdn.config.weights import WeightsEntry
 from bdn.digest import DEFAULT_CHUNK_SIZE, Digest, new_xxh3
 from bdn.errors import BdnError
-from bdn.mirror import MirrorOptions, MirrorResult, run_mirror
+from bdn.mirror import MirrorOptions, MirrorResult
 from bdn.store import blob_key
 from bench.command import bench_run, run_command
 from bench.harness import (
@@ -51,7 +50,7 @@ from bench.harness import (
     verify_file,
     warm_up_writes,
 )
-from bench.mirror import MirrorBenchOptions, options_from_args
+from bench.mirror import MirrorBenchOptions, mirror_twice, options_from_args
 from bench.report import BenchReport, Result, Section, Timed, measure_rounds, progress_console
 
 REMIRROR_AIM_SECONDS = 1.0
@@ -116,19 +115,9 @@ async def _mirror_twice(
     endpoint: str, repo: str, store_dir: Path
 ) -> tuple[float, MirrorResult, float, MirrorResult]:
     """A cold mirror into a fresh store, then the same mirror again (unchanged repo)."""
-    store = open_store(f"file://{store_dir}")
     entry = WeightsEntry(source=f"hf://{repo}@main")
     secrets = SecretResolver(secrets_dir=None, environ={})
-    options = MirrorOptions(hf_endpoint=endpoint)
-    try:
-        start = time.perf_counter()
-        cold = await run_mirror(entry, store=store, secrets=secrets, options=options)
-        middle = time.perf_counter()
-        again = await run_mirror(entry, store=store, secrets=secrets, options=options)
-        end = time.perf_counter()
-    finally:
-        await store.close()
-    return middle - start, cold, end - middle, again
+    return await mirror_twice(entry, store_dir, secrets, MirrorOptions(hf_endpoint=endpoint))
 
 
 def _run_bdn(

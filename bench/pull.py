@@ -4,9 +4,11 @@ A generated model is mirrored (untimed) into a fresh ``file://`` store, which
 a throwaway nginx serves on loopback as the origin. Three workloads follow:
 
 1. **cold pull**: an empty node cache and a fresh mount every run; BDN's
-   :func:`~bdn.pull.pull_manifest` against curl (one stream per file, in turn)
-   and aria2c (``-x16 -s16 -k1M``, all files at once) fetching the same blob
-   URLs, and against the page-cache write ceiling;
+   :func:`~bdn.pull.pull_manifest` (the automatic worker count, as ``bdn pull``)
+   against curl (one stream per file, in turn; and every file at once, one
+   stream each) and aria2c (``-x16 -s16 -k1M``, all files at once) fetching the
+   same blob URLs, against the page-cache write ceiling, and the same pull with
+   1 and 2 workers (the scaling rows); every row with its CPU-seconds per GB;
 2. **warm pull**: every blob already cached; a pull into a new mount
    (hardlinks) and a re-pull into the same mount (nothing to do) against
    ``cp -r`` of the pulled tree, the cheapest other way to get a second copy;
@@ -29,9 +31,18 @@ from rich.console import Console
 
 from bdn.config.units import format_bytes
 from bdn.errors import ConfigError
+from bdn.pull import PullOptions
+from bdn.transfer.cores import available_cpus
 from bench import model as generated
 from bench.command import bench_run, common_options, run_command
-from bench.fetchers import run_aria2c, run_ceiling, run_checked, run_curl
+from bench.fetchers import (
+    run_aria2c,
+    run_ceiling,
+    run_checked,
+    run_curl,
+    run_curl_parallel,
+    tree_cpu_seconds,
+)
 from bench.harness import MiB, ToolFailed, warm_up_writes
 from bench.model import remove_tree
 from bench.nginx import Nginx
@@ -46,6 +57,7 @@ REFERENCE_TOOLS = ("nginx", "curl", "aria2c", "cp")
 COLD_AIMS = (
     Aim("aria2c", 3.0),
     Aim("curl", 1.3),
+    Aim("curl_par", 0.9, "curl, all files in parallel"),
     Aim("ceiling", 0.85, "page-cache write ceiling"),
 )
 """The issue's targets for a cold pull over loopback."""
@@ -100,22 +112,30 @@ DEFAULT_PULL_BENCH_OPTIONS = PullBenchOptions()
 # Cold pull: BDN, curl, aria2c, write ceilings
 
 
-def _run_cold_bdn(r: Result, *, model: Model, area: Path) -> Timed:
-    """Pull into a fresh mount through a fresh, empty cache; verify; remove both."""
+def _run_cold_bdn(r: Result, *, model: Model, area: Path, workers: int) -> Timed:
+    """Pull into a fresh mount through a fresh, empty cache with ``workers`` data-plane
+    processes; verify; remove both. CPU: the pull's whole process tree."""
     area.mkdir(parents=True, exist_ok=True)
     try:
-        p = pull(model, area / "mount", area / "cache")
+        options = PullOptions().with_workers(workers)
+        cpu = tree_cpu_seconds()
+        p = pull(model, area / "mount", area / "cache", options)
+        cpu = tree_cpu_seconds() - cpu
         if p.from_cache != 0 or p.from_origin < model.nbytes:
             raise ToolFailed(f"a cold pull should fetch everything from origin; {tiers(p)}")
         # SHA-256 of BDN's output once: the identity check a pull skips.
-        model.verify_tree(area / "mount", sha256=not r.seconds)
-        return Timed(p.seconds, tiers(p))
+        model.verify_tree(area / "mount", sha256=not r.seconds and r.role == "bdn")
+        return Timed(p.seconds, tiers(p), cpu)
     finally:
         remove_tree(area)
 
 
 def _run_curl(model: Model, out: Path) -> Timed:
     return run_curl(model.downloads(), out)
+
+
+def _run_curl_parallel(model: Model, out: Path) -> Timed:
+    return run_curl_parallel(model.downloads(), out)
 
 
 def _run_aria2c(model: Model, out: Path) -> Timed:
@@ -140,12 +160,15 @@ def measure_cold(
     """The cold-pull section: ``repeat`` rounds of BDN and every reference."""
     n = model.nbytes
     threads = options.ceiling_threads
+    auto = available_cpus()
+    scaling = [w for w in (1, 2) if w != auto]
     section = Section(
         f"(a) cold pull, {options.shards} files of {format_bytes(options.shard_size)} "
         "from nginx on loopback",
         "bdn",
         [
-            Result("bdn", "bdn pull_manifest (empty cache, new mount)", "bdn", n),
+            Result("bdn", f"bdn pull_manifest (empty cache, new mount), workers auto = {auto}",
+                   "bdn", n),
             Result(
                 "curl",
                 "curl (1 stream per file, in turn)",
@@ -153,19 +176,29 @@ def measure_cold(
                 n,
                 error=missing.get("curl"),
             ),
+            Result("curl_par", "curl, all files in parallel, one stream each", "reference", n,
+                   error=missing.get("curl")),
             Result("aria2c", "aria2c -x16 -s16 -k1M", "reference", n, error=missing.get("aria2c")),
             Result(
                 "ceiling", f"page-cache write ceiling (pwrite, {threads} threads)", "ceiling", n
             ),
             Result("ceiling_fsync", "write ceiling + fsync (what pull --fsync adds)", "ceiling", n),
+            *(Result(f"bdn_w{w}", f"bdn pull_manifest, workers = {w}", "scaling", n)
+              for w in scaling),
         ],
         COLD_AIMS,
     )
     out = wd / "out"
     reference = functools.partial(_run_reference, model=model, out=out)
     runners: dict[str, Callable[[Result], Timed]] = {
-        "bdn": functools.partial(_run_cold_bdn, model=model, area=wd / "cold"),
+        "bdn": functools.partial(_run_cold_bdn, model=model, area=wd / "cold", workers=auto),
+        **{
+            f"bdn_w{w}": functools.partial(_run_cold_bdn, model=model, area=wd / "cold",
+                                           workers=w)
+            for w in scaling
+        },
         "curl": functools.partial(reference, run=_run_curl, content=True),
+        "curl_par": functools.partial(reference, run=_run_curl_parallel, content=True),
         "aria2c": functools.partial(reference, run=_run_aria2c, content=True),
         **{
             key: functools.partial(
@@ -178,6 +211,7 @@ def measure_cold(
     }
     warm_up_writes(out, n)
     measure_rounds(section, runners, repeat=options.repeat, console=console)
+    section.note_ceiling()
     return section
 
 

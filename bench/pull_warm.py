@@ -27,7 +27,7 @@ from bdn.config.units import format_bytes
 from bdn.digest import Digest
 from bdn.errors import BdnError
 from bdn.manifest import Manifest
-from bdn.pull import pull_manifest
+from bdn.pull import DEFAULT_PULL_OPTIONS, PullOptions, pull_manifest
 from bdn.store import blob_key
 from bench import model as generated
 from bench.harness import DataFile, ToolFailed, run_timed, timeout_for
@@ -71,7 +71,10 @@ class Pulled:
     materialized: str
 
 
-async def _pull(manifest: Manifest, mount: Path, *, origin: str, cache_dir: Path) -> Pulled:
+async def _pull(
+    manifest: Manifest, mount: Path, *, origin: str, cache_dir: Path,
+    options: PullOptions = DEFAULT_PULL_OPTIONS,
+) -> Pulled:
     """``pull_manifest`` from ``origin`` through the node cache at ``cache_dir``.
 
     Only the ``pull_manifest`` call is timed: the store object contacts nothing
@@ -83,7 +86,8 @@ async def _pull(manifest: Manifest, mount: Path, *, origin: str, cache_dir: Path
         cache = NodeCache(cache_dir)
         try:
             start = time.perf_counter()
-            result = await pull_manifest(manifest, mount, store=store, cache=cache)
+            result = await pull_manifest(manifest, mount, store=store, cache=cache,
+                                         options=options)
             seconds = time.perf_counter() - start
         finally:
             cache.close()
@@ -94,10 +98,13 @@ async def _pull(manifest: Manifest, mount: Path, *, origin: str, cache_dir: Path
     )
 
 
-def pull(model: Model, mount: Path, cache_dir: Path) -> Pulled:
+def pull(
+    model: Model, mount: Path, cache_dir: Path, options: PullOptions = DEFAULT_PULL_OPTIONS
+) -> Pulled:
     """Run one pull of ``model`` into ``mount``; BDN's errors become ``ToolFailed``."""
     try:
-        return asyncio.run(_pull(model.manifest, mount, origin=model.origin, cache_dir=cache_dir))
+        return asyncio.run(_pull(model.manifest, mount, origin=model.origin,
+                                 cache_dir=cache_dir, options=options))
     except (BdnError, OSError) as err:  # BdnError subclasses inherit builtins, too.
         raise ToolFailed(f"pull_manifest: {err}") from err
 

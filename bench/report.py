@@ -20,7 +20,8 @@ from bdn.config.units import format_bytes
 from bench.harness import ToolFailed
 from bench.tools import MachineFacts
 
-Role = Literal["bdn", "reference", "ceiling", "info"]
+Role = Literal["bdn", "reference", "ceiling", "info", "scaling"]
+"""``scaling``: BDN itself with another worker count, set beside the ceiling."""
 
 
 @dataclass(slots=True)
@@ -40,6 +41,14 @@ class Result:
     error: str | None = None
     failed: bool = False
     note: str = ""
+    cpu: list[float] = field(default_factory=list)
+
+    @property
+    def cpu_per_gb(self) -> float | None:
+        """Median user+sys CPU-seconds of the row's whole process tree per GB (10^9 B)."""
+        if not self.cpu or self.error is not None or not self.nbytes or self.role == "info":
+            return None
+        return statistics.median(self.cpu) / (self.nbytes / 1e9)
 
     @property
     def best(self) -> float | None:
@@ -66,6 +75,8 @@ class Result:
             "best_s": self.best,
             "median_s": self.median,
             "gbps": self.gbps,
+            "cpu_s": [round(c, 4) for c in self.cpu],
+            "cpu_s_per_gb": self.cpu_per_gb,
             "error": self.error,
             "failed": self.failed,
             "note": self.note,
@@ -78,6 +89,8 @@ class Timed:
 
     seconds: float
     note: str = ""
+    cpu: float | None = None
+    """User+sys CPU-seconds of the run's whole process tree (``None``: not measured)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +106,12 @@ class Aim:
 def ratio(bdn: Result, other: Result) -> float | None:
     """BDN's speed over ``other``'s (best runs); > 1 means BDN is faster."""
     a, b = bdn.gbps, other.gbps
+    return a / b if a and b else None
+
+
+def cpu_ratio(bdn: Result, other: Result) -> float | None:
+    """BDN's CPU-seconds per GB over ``other``'s; < 1 means BDN spends less CPU per byte."""
+    a, b = bdn.cpu_per_gb, other.cpu_per_gb
     return a / b if a and b else None
 
 
@@ -124,6 +143,17 @@ class Section:
     def ratio_to(self, key: str) -> float | None:
         return ratio(self.get(self.bdn_key), self.get(key))
 
+    def cpu_ratio_to(self, key: str) -> float | None:
+        return cpu_ratio(self.get(self.bdn_key), self.get(key))
+
+    def note_ceiling(self, ceiling_key: str = "ceiling") -> None:
+        """Add "N.NNx the write ceiling" to the notes of the BDN and scaling rows."""
+        ceiling = self.get(ceiling_key)
+        for r in self.results:
+            if r.role in ("bdn", "scaling") and r.gbps and ceiling.gbps:
+                share = f"{r.gbps / ceiling.gbps:.2f}x the write ceiling"
+                r.note = f"{share}; {r.note}" if r.note else share
+
     def aim_lines(self) -> list[tuple[Aim, float | None, bool]]:
         """``(aim, achieved ratio, met)`` for each aim of this section."""
         out = []
@@ -135,7 +165,11 @@ class Section:
     def to_dict(self) -> dict[str, Any]:
         return {
             "title": self.title,
-            "results": [{**r.to_dict(), "bdn_ratio": self.ratio_to(r.key)} for r in self.results],
+            "results": [
+                {**r.to_dict(), "bdn_ratio": self.ratio_to(r.key),
+                 "bdn_cpu_ratio": self.cpu_ratio_to(r.key)}
+                for r in self.results
+            ],
             "aims": [
                 {"reference": a.reference, "aim": a.factor, "achieved": got, "met": met}
                 for a, got, met in self.aim_lines()
@@ -177,7 +211,9 @@ class BenchReport:
         console.print(f"[bold]bdn bench {self.command}[/]  {self.facts.summary()}")
         console.print(
             f"best and median of {self.repeat} run(s); GB/s = 10^9 bytes/s of the best "
-            "run; BDN ÷ tool = BDN's GB/s over that row's (> 1: BDN is faster)"
+            "run; BDN ÷ tool = BDN's GB/s over that row's (> 1: BDN is faster); CPU-s/GB = "
+            "median user+sys CPU of the run's whole process tree per 10^9 bytes; CPU BDN ÷ "
+            "tool < 1: BDN spends less CPU per byte"
         )
         for section in self.sections:
             console.print(build_table(section))
@@ -217,24 +253,33 @@ def measure_rounds(
                 console.print(f"  {section.title} · {key}: [red]failed[/] ({err})")
                 continue
             row.seconds.append(timed.seconds)
+            if timed.cpu is not None:
+                row.cpu.append(timed.cpu)
             row.note = timed.note or row.note
             rate = (
                 ""
                 if row.role == "info"
                 else f" ({row.nbytes / max(timed.seconds, 1e-9) / 1e9:.2f} GB/s)"
             )
+            cpu = (
+                f", {timed.cpu / (row.nbytes / 1e9):.2f} CPU-s/GB"
+                if timed.cpu is not None and row.nbytes and row.role != "info"
+                else ""
+            )
             console.print(
                 f"  {section.title} · run {round_ + 1}/{repeat} · {key}: "
-                f"{timed.seconds:.3f} s{rate}"
+                f"{timed.seconds:.3f} s{rate}{cpu}"
             )
 
 
 def _result_row(section: Section, r: Result) -> list[str]:
     if r.error is not None:
         status = "failed" if r.failed else "not available"
-        return [r.label, format_bytes(r.nbytes), f"{status} ({r.error})", "", "", "", r.note]
-    compared = r.role in ("reference", "ceiling")
+        return [r.label, format_bytes(r.nbytes), f"{status} ({r.error})", "", "", "", "", "",
+                r.note]
+    compared = r.role in ("reference", "ceiling", "scaling")
     vs = format_ratio(section.ratio_to(r.key)) if compared else "—"
+    cpu_vs = format_ratio(section.cpu_ratio_to(r.key)) if compared else "—"
     return [
         r.label,
         format_bytes(r.nbytes),
@@ -242,6 +287,8 @@ def _result_row(section: Section, r: Result) -> list[str]:
         format_seconds(r.median),
         format_gbps(r.gbps),
         vs,
+        format_gbps(r.cpu_per_gb),
+        cpu_vs,
         r.note,
     ]
 
@@ -255,6 +302,8 @@ def build_table(section: Section) -> Table:
     table.add_column("median s", justify="right")
     table.add_column("GB/s", justify="right")
     table.add_column("BDN ÷ tool", justify="right")
+    table.add_column("CPU-s/GB", justify="right")
+    table.add_column("CPU BDN ÷ tool", justify="right")
     table.add_column("notes")
     for r in section.results:
         table.add_row(*_result_row(section, r))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import functools
 import time
 from collections.abc import Callable, Mapping
@@ -27,9 +28,10 @@ from bdn.config.units import format_bytes, parse_size
 from bdn.digest import DEFAULT_CHUNK_SIZE
 from bdn.errors import ConfigError
 from bdn.http import DEFAULT_HTTP_CONFIG, HttpClient, HttpRangeReader
+from bdn.transfer.cores import available_cpus
 from bdn.transfer.engine import DEFAULT_TRANSFER_CONFIG, FileTask, TransferEngine
 from bench.command import bench_run, common_options, run_command
-from bench.fetchers import run_aria2c, run_ceiling, run_checked, run_curl
+from bench.fetchers import run_aria2c, run_ceiling, run_checked, run_curl, run_curl_parallel
 from bench.harness import DataFile, GiB, MiB, ToolFailed, generate_files, warm_up_writes
 from bench.nginx import Nginx
 from bench.report import (
@@ -47,8 +49,13 @@ from bench.tools import missing_references
 REFERENCE_TOOLS = ("nginx", "curl", "aria2c")
 """Tools this bench runs; nginx serves, curl and aria2c are the references."""
 
-AIMS = (Aim("aria2c", 3.0), Aim("curl", 1.3))
-"""The issue's targets: BDN >= 3x aria2c and >= 1.3x curl on both workloads."""
+AIMS = (
+    Aim("aria2c", 3.0),
+    Aim("curl", 1.3),
+    Aim("curl_par", 0.9, "curl, all files in parallel"),
+)
+"""The issues' targets: BDN >= 3x aria2c, >= 1.3x curl one file after another, and
+>= 0.9x curl with every file in parallel (one stream each)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,13 +136,20 @@ def _run_curl(w: Workload, nginx: Nginx, out: Path, _: TransferBenchOptions) -> 
     return run_curl(w.downloads(nginx), out)
 
 
+def _run_curl_parallel(w: Workload, nginx: Nginx, out: Path, _: TransferBenchOptions) -> Timed:
+    return run_curl_parallel(w.downloads(nginx), out)
+
+
 def _run_aria2c(w: Workload, nginx: Nginx, out: Path, _: TransferBenchOptions) -> Timed:
     listing = None if len(w.files) == 1 else out.parent / f"aria2c-{w.name}.txt"
     return run_aria2c(w.downloads(nginx), out, listing=listing)
 
 
-async def _engine_fetch(w: Workload, nginx: Nginx, out: Path, chunk_size: int) -> Timed:
-    """The pull's data path: ranged reads, every chunk checked against its xxh3-128."""
+async def _engine_fetch(
+    w: Workload, nginx: Nginx, out: Path, chunk_size: int, workers: int
+) -> Timed:
+    """The pull's data path: ranged reads, every chunk checked against its xxh3-128,
+    over ``workers`` data-plane processes (the engine's loop and ``workers - 1`` more)."""
     start = time.perf_counter()
     client = HttpClient(DEFAULT_HTTP_CONFIG)
     readers = [HttpRangeReader(client, w.url(nginx, f), f.size) for f in w.files]
@@ -151,7 +165,8 @@ async def _engine_fetch(w: Workload, nginx: Nginx, out: Path, chunk_size: int) -
             )
             for reader, f in zip(readers, w.files, strict=True)
         ]
-        async with TransferEngine(DEFAULT_TRANSFER_CONFIG) as engine:
+        config = dataclasses.replace(DEFAULT_TRANSFER_CONFIG, workers=workers)
+        async with TransferEngine(config) as engine:
             results = await engine.fetch_all(tasks)
     finally:
         for reader in readers:
@@ -167,9 +182,11 @@ async def _engine_fetch(w: Workload, nginx: Nginx, out: Path, chunk_size: int) -
     return Timed(seconds, f"{retries} retries{extra}")
 
 
-def _run_bdn(w: Workload, nginx: Nginx, out: Path, options: TransferBenchOptions) -> Timed:
+def _run_bdn(
+    w: Workload, nginx: Nginx, out: Path, options: TransferBenchOptions, *, workers: int
+) -> Timed:
     try:
-        return asyncio.run(_engine_fetch(w, nginx, out, options.chunk_size))
+        return asyncio.run(_engine_fetch(w, nginx, out, options.chunk_size, workers))
     except (OSError, ValueError) as err:  # BdnError subclasses inherit these builtins.
         raise ToolFailed(f"bdn engine: {err}") from err
 
@@ -179,12 +196,17 @@ def _run_ceiling(w: Workload, _: Nginx, out: Path, options: TransferBenchOptions
 
 
 def contenders(options: TransferBenchOptions) -> tuple[Contender, ...]:
-    """The rows of each workload's table, BDN first."""
+    """The rows of each workload's table, BDN first (with the automatic worker count,
+    as ``bdn pull`` runs it), then the references, the ceiling and the scaling rows."""
+    auto = available_cpus()
     return (
-        Contender("bdn", "bdn engine (xxh3-128 chunk verify)", "bdn", None, _run_bdn, "content"),
+        Contender("bdn", f"bdn engine (xxh3-128 chunk verify, workers auto = {auto})", "bdn",
+                  None, functools.partial(_run_bdn, workers=auto), "content"),
         Contender(
             "curl", "curl (1 stream per file, in turn)", "reference", "curl", _run_curl, "content"
         ),
+        Contender("curl_par", "curl, all files in parallel, one stream each", "reference",
+                  "curl", _run_curl_parallel, "content"),
         Contender("aria2c", "aria2c -x16 -s16 -k1M", "reference", "aria2c", _run_aria2c, "content"),
         Contender(
             "ceiling",
@@ -193,6 +215,12 @@ def contenders(options: TransferBenchOptions) -> tuple[Contender, ...]:
             None,
             _run_ceiling,
             "size",
+        ),
+        *(
+            Contender(f"bdn_w{n}", f"bdn engine, workers = {n}", "scaling", None,
+                      functools.partial(_run_bdn, workers=n), "content")
+            for n in (1, 2)
+            if n != auto
         ),
     )
 
@@ -258,6 +286,7 @@ def _measure(
     }
     warm_up_writes(out, w.nbytes)
     measure_rounds(section, runners, repeat=options.repeat, console=console)
+    section.note_ceiling()
     return section
 
 

@@ -73,6 +73,36 @@ class LocalCopyReader(Protocol):
         ...
 
 
+class ReaderSpec(Protocol):
+    """A picklable recipe that rebuilds a :class:`RangeReader` in another process.
+
+    The transfer engine's worker processes (``TransferConfig.workers``) call
+    ``open(resources)`` once per chunk attempt. ``resources`` is a dict private
+    to that process and kept for its lifetime, where a spec may cache what its
+    readers share (an HTTP client and its connection pool); every value in it
+    that has an async ``close()`` is closed when the worker stops. A spec may
+    carry credentials (they travel over a pipe to a child process, never to a
+    log); it must not carry open sockets or file descriptors.
+    """
+
+    def open(self, resources: dict[object, object]) -> RangeReader:
+        ...
+
+
+@runtime_checkable
+class ReopenableReader(Protocol):
+    """Optional capability of a :class:`RangeReader`: it can be rebuilt elsewhere.
+
+    ``reopen_spec()`` returns a :class:`ReaderSpec` for the same object and
+    headers, or ``None`` when this reader must stay in the process that made
+    it (it wraps state that cannot be pickled). Readers without the capability
+    are fetched in-process, as before.
+    """
+
+    def reopen_spec(self) -> ReaderSpec | None:
+        ...
+
+
 @runtime_checkable
 class BlobStore(Protocol):
     """Byte storage addressed by ``/``-separated keys.

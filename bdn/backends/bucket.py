@@ -5,6 +5,7 @@ type each role gets for a missing bucket or object."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -24,6 +25,25 @@ from bdn.errors import (
 )
 from bdn.http import HttpClient
 from bdn.manifest import validate_path
+
+MiB = 1024 * 1024
+
+
+def part_size(size: int, minimum: int, max_parts: int) -> int:
+    """Part (or block) size for a ``size``-byte upload in pieces: ``minimum``, or bigger
+    (whole MiB) so the upload needs at most ``max_parts`` pieces.
+
+    Every bucket store uploads big files in pieces (S3 multipart: 10,000 parts;
+    Azure block blobs: 50,000 blocks), never in one request, which S3 caps at
+    5 GiB; growing the piece keeps a file of any size within the piece count.
+
+    >>> part_size(1, 8 * MiB, 10_000) // MiB
+    8
+    >>> part_size(200 * 1024**3, 8 * MiB, 10_000) // MiB   # 200 GiB in <= 10,000 parts
+    21
+    """
+    needed = math.ceil(size / max_parts)
+    return max(minimum, math.ceil(needed / MiB) * MiB)
 
 
 def bucket_and_prefix(uri: str, scheme: str) -> tuple[str, str]:

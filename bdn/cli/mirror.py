@@ -81,6 +81,9 @@ def _add_mirror(sub: Subparsers) -> None:
         "env BDN_SECRET_<NAME>)",
     )
     m.add_argument("--chunk-size", metavar="SIZE", default=None, help=CHUNK_SIZE_HELP)
+    m.add_argument("--workers", metavar="N|auto",
+                   help="CPUs copying and hashing files at once (env BDN_WORKERS; default "
+                   "auto: the CPUs this process may use, cgroup limit included)")
     add_store_flags(m)
     m.add_argument("--json", action="store_true", help="print a JSON summary instead of the id")
     m.set_defaults(func=cmd_mirror)
@@ -99,6 +102,12 @@ def cmd_mirror(args: argparse.Namespace) -> int:
     entries = _mirror_entries(args)
     chunk_size = _chunk_size(args.chunk_size)
     conf = settings(args)
+    if args.workers is not None:
+        import dataclasses
+
+        from bdn.config.settings import parse_workers
+
+        conf = dataclasses.replace(conf, workers=parse_workers(args.workers, field="--workers"))
     with ByteProgress() as bar:
         results = asyncio.run(
             api.mirror_weights(

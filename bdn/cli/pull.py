@@ -9,6 +9,7 @@ loads no SDK.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from bdn.cli.common import (
     settings,
     source_entry,
 )
+from bdn.config.settings import parse_workers
 from bdn.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -75,6 +77,10 @@ _PULL_FLAGS: tuple[Flag, ...] = (
                     "help": "flush every blob to disk before committing it (default: blobs "
                     "are marked unflushed and re-verified after a reboot, which keeps the "
                     "flush off the cold start)"}),
+    (("--workers",), {"metavar": "N|auto",
+                      "help": "processes receiving, writing and verifying the pull's bytes "
+                      "(env BDN_WORKERS; default auto: the CPUs this process may use, "
+                      "cgroup limit included; 1: one process)"}),
     (("--json",), {"action": "store_true",
                    "help": "print bytes per tier (node cache, peers, origin) and seconds as JSON"}),
 )
@@ -108,6 +114,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
     from bdn.cli.progress import ByteProgress, source_label
 
     conf = settings(args)
+    if args.workers is not None:
+        conf = dataclasses.replace(conf, workers=parse_workers(args.workers, field="--workers"))
     target = _target(args)
     mount = Path(args.to).expanduser().absolute()
     with ByteProgress(f"pull via {conf.agent}" if conf.agent else None,

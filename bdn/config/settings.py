@@ -24,6 +24,37 @@ DEFAULT_STORE_DIR = "~/.cache/bdn/store"
 DEFAULT_CACHE_DIR = "~/.cache/bdn/node"
 
 
+MAX_WORKERS = 256
+"""Upper bound of an explicit data-plane worker count; more is a typo, not a machine."""
+
+
+def parse_workers(text: str, *, field: str) -> int | None:
+    """``"auto"`` (``None``) or a worker count from 1 to :data:`MAX_WORKERS`.
+
+    >>> parse_workers("auto", field="--workers") is None
+    True
+    >>> parse_workers("4", field="--workers")
+    4
+
+    Raises:
+        ConfigError: anything else, in one line naming ``field`` and the fix.
+    """
+    value = text.strip().lower()
+    if value == "auto":
+        return None
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= MAX_WORKERS:
+        raise ConfigError(
+            f"{text!r} is not a worker count; use a whole number from 1 to {MAX_WORKERS} "
+            "(1: the pull's own process only) or 'auto' (the CPUs this process may use)",
+            field=field,
+        )
+    return count
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Places and budgets shared by mirror and pull.
@@ -52,6 +83,9 @@ class Settings:
             ``BDN_STORE`` names). A pull from any other store (``--store``)
             proves every blob it caches (SHA-256). ``None``: the store of
             ``store_uri`` (for settings built without :meth:`from_env`).
+        workers: processes of a pull's data plane (``BDN_WORKERS``: a count, or
+            ``auto``); ``None``: automatic, the CPUs the process may use
+            (``bdn.transfer.cores``). ``bdn pull --workers`` overrides it.
     """
 
     store_uri: str
@@ -69,6 +103,7 @@ class Settings:
     oidc_token_file: Path | None = None
     environ: Mapping[str, str] | None = None
     trusted_stores: frozenset[str] | None = None
+    workers: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -93,6 +128,7 @@ class Settings:
             oidc_token_file=Path(token) if (token := environ.get("BDN_OIDC_TOKEN_FILE")) else None,
             environ=dict(environ),
             trusted_stores=_trusted_stores(environ.get("BDN_TRUSTED_STORES"), store),
+            workers=parse_workers(environ.get("BDN_WORKERS") or "auto", field="BDN_WORKERS"),
         )
 
     def secrets(self) -> SecretResolver:

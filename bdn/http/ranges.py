@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 
 import aiohttp
 
 from bdn.errors import BdnError, HTTPStatusError, RangeError, TransferError
 from bdn.http.client import HttpClient
+from bdn.http.policy import HttpConfig
 from bdn.http.status import (
     FOREIGN_ERRORS,
     raise_for_status,
@@ -27,7 +29,7 @@ from bdn.http.status import (
     status_reason,
 )
 
-__all__ = ["HttpRangeReader", "parse_content_range", "range_header"]
+__all__ = ["HttpRangeReader", "HttpRangeSpec", "parse_content_range", "range_header"]
 
 _CONTENT_RANGE = re.compile(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", re.IGNORECASE)
 
@@ -92,6 +94,11 @@ class HttpRangeReader:
 
     async def close(self) -> None:
         """Nothing to release: the connection pool belongs to the :class:`HttpClient`."""
+
+    def reopen_spec(self) -> HttpRangeSpec:
+        """How a worker process rebuilds this reader (``ReopenableReader``): the URL,
+        size, headers and the client's config; the worker makes its own client."""
+        return HttpRangeSpec(self.url, self.size, self.client.config, dict(self.headers))
 
     async def open_range(self, start: int, end: int) -> AsyncIterator[bytes | memoryview]:
         """Yield the bytes of ``[start, end)`` in order; see the class docstring.
@@ -183,6 +190,32 @@ class HttpRangeReader:
             return start
         raise _unusable(resp, safe, f"HTTP {resp.status} {status_reason(resp.status)}; "
                         "expected 206 or 200 to a range request")
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRangeSpec:
+    """A picklable :class:`HttpRangeReader` (``bdn.backends.base.ReaderSpec``).
+
+    ``open`` builds a reader on one :class:`HttpClient` per ``config`` kept in
+    the worker's ``resources``, so every chunk a worker fetches shares that
+    worker's connection pool. ``headers`` may hold credentials; the spec's
+    ``repr`` leaves them and the URL's query out.
+    """
+
+    url: str
+    size: int
+    config: HttpConfig
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"HttpRangeSpec({redact_url(self.url)!r}, {self.size})"
+
+    def open(self, resources: dict[object, object]) -> HttpRangeReader:
+        key = ("bdn.http.HttpClient", self.config)
+        client = resources.get(key)
+        if not isinstance(client, HttpClient):
+            client = resources[key] = HttpClient(self.config)
+        return HttpRangeReader(client, self.url, self.size, headers=self.headers)
 
 
 def _unusable(resp: aiohttp.ClientResponse, safe: str, why: str) -> HTTPStatusError:

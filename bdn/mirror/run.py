@@ -5,12 +5,21 @@ Dedup is decided from metadata before any byte moves: a published SHA-256
 digest. Only the rest is read, through the transfer engine, hashed while it
 streams, and stored; the manifest and then the ref are written last, so a
 crash at any point leaves nothing that points at a missing blob.
+
+Files are copied and hashed on a pool of threads sized from the CPUs the
+process may use (:func:`bdn.transfer.cores.available_cpus`: affinity mask and
+cgroup limit): SHA-256 is sequential within a file, but hashlib releases the
+GIL, so several files hash on several cores at once. A source with no pinned
+revision is listed again before the manifest is written, and any object whose
+version changed fails the mirror (:func:`_check_unchanged`), so a manifest
+never records two versions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import tempfile
 import time
@@ -26,10 +35,11 @@ from bdn.config.secrets import SecretResolver
 from bdn.config.settings import Settings
 from bdn.config.weights import WeightsEntry
 from bdn.digest import DEFAULT_CHUNK_SIZE, Digest
-from bdn.errors import ConfigError
+from bdn.errors import ConfigError, SourceError
 from bdn.http import HttpClient
 from bdn.manifest import FileEntry, Filters, Manifest, SourceRef
 from bdn.store import Store, blob_key, digest_stream
+from bdn.transfer.cores import available_cpus
 from bdn.transfer.engine import DEFAULT_TRANSFER_CONFIG, FileTask, TransferConfig, TransferEngine
 
 log = logging.getLogger(__name__)
@@ -45,7 +55,14 @@ class MirrorOptions:
         transfer: engine limits (connections, segment size, retries).
         endpoint_url: S3-compatible endpoint for ``s3://`` sources.
         max_files_in_flight: files transferred at once; bounds the staging
-            space (a file is staged whole before it is committed).
+            space (a file is staged whole before it is committed). ``None``:
+            the larger of 8 and ``workers`` for a store that stages in place
+            (``file://``); 8 for one that spools to a local temp dir, whose
+            space holds every file in flight whole.
+        workers: CPUs the mirror keeps busy copying and hashing
+            (``BDN_WORKERS``/``--workers``); ``None``: the CPUs this process
+            may use. The engine gets two threads per CPU (one hashing while
+            the other waits on the disk), replacing its ``io_threads``.
         spool_dir: where files are staged for stores that cannot rename into
             place (``s3://``); default: the system temp dir.
         hf_endpoint: the Hugging Face Hub (``HF_ENDPOINT``); ``None`` means
@@ -58,7 +75,8 @@ class MirrorOptions:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     transfer: TransferConfig = DEFAULT_TRANSFER_CONFIG
     endpoint_url: str | None = None
-    max_files_in_flight: int = 8
+    max_files_in_flight: int | None = None
+    workers: int | None = None
     spool_dir: Path | None = None
     hf_endpoint: str | None = None
     gcs_emulator_host: str | None = None
@@ -69,12 +87,26 @@ class MirrorOptions:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MirrorOptions:
-        """Default options that carry the endpoints of ``settings``."""
-        return cls(**asdict(SourceEnv.of(settings)))
+        """Default options that carry the endpoints and worker count of ``settings``."""
+        return cls(**asdict(SourceEnv.of(settings)), workers=settings.workers)
 
     def source_env(self) -> SourceEnv:
         """The upstream endpoints these options carry."""
         return SourceEnv.of(self)
+
+    def cpus(self) -> int:
+        """``workers``, or the CPUs this process may use."""
+        return max(1, self.workers if self.workers is not None else available_cpus())
+
+    def files_in_flight(self, *, spooled: bool = False) -> int:
+        """``max_files_in_flight``, or the automatic value (see the attribute)."""
+        if self.max_files_in_flight is not None:
+            return max(1, self.max_files_in_flight)
+        return 8 if spooled else max(8, self.cpus())
+
+    def transfer_config(self) -> TransferConfig:
+        """The engine's limits with ``io_threads`` two per CPU (see ``workers``)."""
+        return dataclasses.replace(self.transfer, io_threads=min(128, 2 * self.cpus()))
 
 
 DEFAULT_MIRROR_OPTIONS = MirrorOptions()
@@ -203,6 +235,8 @@ async def _mirror(
 
     if unknown:
         await _transfer(source, layout, unknown, options, on_progress, entries, result)
+    if revision is None:  # A revision (HF commit) pins every file already.
+        await _check_unchanged(source, layout, selected, unknown)
 
     manifest = Manifest.build(
         source=SourceRef(uri=source.uri, kind=source.kind, revision=revision),
@@ -223,6 +257,44 @@ async def _mirror(
         result.bytes_stored,
     )
     return result
+
+
+async def _check_unchanged(
+    source: Source, layout: Store, selected: list[SourceObject], copied: list[SourceObject]
+) -> None:
+    """List the source again; fail if any selected object's version changed.
+
+    Reads are pinned to the listed version where the upstream can (S3/R2/cw
+    ``If-Match``, GCS ``generation``, Azure ``If-Match``, HTTP ``If-Match`` or
+    ``If-Unmodified-Since``), so a change usually fails the read itself. This
+    second look covers what a pin cannot: an object changed after it was copied,
+    an upstream that ignores the condition, a local file rewritten in place. The
+    index entries this run wrote for a changed object are removed, so no later
+    mirror trusts bytes that may mix two versions.
+
+    Raises:
+        SourceError: an object changed or disappeared; no manifest is written.
+    """
+    now = {o.path: o for o in await source.list()}
+    copied_paths = {o.path for o in copied}
+    for obj in selected:
+        later = now.get(obj.path)
+        if later is not None and later.identity == obj.identity:
+            continue
+        if obj.path in copied_paths:
+            for key in (obj.identity, obj.content_id):
+                if key:
+                    await layout.drop_index(key)
+        base = source.uri.rstrip("/")
+        where = base if base.endswith(f"/{obj.path}") else f"{base}/{obj.path}"
+        if later is None:
+            raise SourceError(f"{where} was deleted upstream while it was being mirrored; no "
+                              "manifest was written; run the mirror again")
+        versions = (f" (listed as {obj.etag}, now {later.etag})"
+                    if obj.etag and later.etag and obj.etag != later.etag else "")
+        raise SourceError(f"{where} changed upstream while it was being mirrored{versions}; no "
+                          "manifest was written; run the mirror again to copy the new version "
+                          "in one piece")
 
 
 async def _record_hub_revision(entry: WeightsEntry, layout: Store, result: MirrorResult) -> None:
@@ -317,10 +389,11 @@ async def _transfer(
         if staging is not None
         else tempfile.TemporaryDirectory(prefix="bdn-mirror-", dir=options.spool_dir)
     )
-    files_sem = asyncio.Semaphore(options.max_files_in_flight)
+    files_sem = asyncio.Semaphore(options.files_in_flight(spooled=staging is None))
     with spool_ctx as spool:
         stage_dir = staging if staging is not None else Path(str(spool))
-        async with TransferEngine(options.transfer, on_progress=on_progress) as engine:
+        config = options.transfer_config()
+        async with TransferEngine(config, on_progress=on_progress) as engine:
 
             async def one(obj: SourceObject) -> None:
                 async with files_sem:

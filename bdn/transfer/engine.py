@@ -47,12 +47,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
-from bdn.backends.base import LocalCopyReader
+from bdn.backends.base import LocalCopyReader, ReaderSpec, ReopenableReader
 from bdn.digest import new_xxh3
 from bdn.errors import IntegrityError, TransferError
 from bdn.http import retrying
 from bdn.transfer.aio import closing, run_all
 from bdn.transfer.context import reraise
+from bdn.transfer.plane import Lane, ProcessPlane, RangesIgnored
 from bdn.transfer.ratelimit import RateLimiter
 from bdn.transfer.state import FileState as _File
 from bdn.transfer.task import (
@@ -64,6 +65,7 @@ from bdn.transfer.task import (
     validate_task,
 )
 from bdn.transfer.verify import copy_and_hash, hash_range
+from bdn.transfer.worker import Job
 from bdn.transfer.writes import ChunkWriter, IoPool, SharedFd, close_opened, fdatasync, open_dest
 
 __all__ = [
@@ -104,9 +106,13 @@ class TransferEngine:
         self.stats = TransferStats()
         self._on_progress = on_progress
         self._slots = asyncio.Semaphore(config.max_connections)
-        self._limiter = (RateLimiter(config.max_bytes_per_second)
-                         if config.max_bytes_per_second else None)
+        self._limiter = RateLimiter(config.rate_limit) if config.rate_limit else None
         self._io = IoPool(config.io_threads)
+        # The data plane's other lanes: worker processes (not with a rate cap,
+        # which is one token bucket on this loop).
+        self._plane = (ProcessPlane(config.workers - 1)
+                       if config.workers > 1 and self._limiter is None else None)
+        self._local_load = 0  # Network chunk attempts running on this loop.
 
     async def __aenter__(self) -> TransferEngine:
         return self
@@ -115,8 +121,14 @@ class TransferEngine:
         await self.close()
 
     async def close(self) -> None:
-        """Stop the I/O threads, waiting for running jobs (idempotent)."""
+        """Stop the worker processes and I/O threads, waiting for running jobs (idempotent)."""
+        if self._plane is not None:
+            await self._plane.close()
         await self._io.close()
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the data plane's live worker processes (empty with ``workers=1``)."""
+        return self._plane.pids() if self._plane is not None else []
 
     # ------------------------------------------------------------------ plumbing
 
@@ -211,6 +223,7 @@ class TransferEngine:
         fd = await self._open(task, label)
         n = len(bounds)
         f = _File(task, label, bounds, SharedFd(fd), [None] * n, [False] * n, [0] * n, [0] * n)
+        f.spec = self._spec_for(task)
         want_sha = task.compute_sha256 or task.expected_sha256 is not None
         try:
             await self._resume(f)
@@ -241,6 +254,16 @@ class TransferEngine:
             bytes_fetched=f.bytes_fetched,
             retries=f.retries,
         )
+
+    def _spec_for(self, task: FileTask) -> ReaderSpec | None:
+        """How worker processes rebuild ``task``'s reader, when they may fetch its chunks:
+        there are workers, the file is big enough and the reader can be rebuilt."""
+        if self._plane is None or task.size < self.config.worker_min_bytes:
+            return None
+        reader = task.reader
+        if isinstance(reader, LocalCopyReader) or not isinstance(reader, ReopenableReader):
+            return None
+        return reader.reopen_spec()
 
     async def _open(self, task: FileTask, label: str) -> int:
         """Open and preallocate ``task.dest`` in the pool; a cancelled open leaks no fd."""
@@ -377,33 +400,96 @@ class TransferEngine:
                 probe.set_result(None)
 
     async def _chunk_once(self, f: _File, index: int, probe: asyncio.Future[None] | None) -> None:
-        start, end = f.bounds[index]
         reader = f.task.reader
         if isinstance(reader, LocalCopyReader):
             await self._local_chunk_once(f, index, reader)
             return
         async with self._slots:
             self.stats.requests += 1
-            begin = start + f.kept[index]
-            writer = self._kept_writer(f, index, begin)
+            lane = (self._plane.pick(self._local_load)
+                    if self._plane is not None and f.spec is not None else None)
+            if lane is not None:
+                await self._remote_chunk_once(f, index, probe, lane)
+                return
+            self._local_load += 1
             try:
-                if begin > start:  # Resume inside the chunk: its hash starts from disk.
-                    await self._io.submit(hash_range, f.shared, writer.hasher, start, begin)
-                async with closing(reader.open_range(begin, end)) as stream:
-                    async for piece in stream:
-                        self._fetched(f, len(piece))
-                        await self._throttle(len(piece))
-                        if probe is not None and not probe.done():
-                            if reader.supports_ranges is False:
-                                raise _RangesUnsupported
-                            probe.set_result(None)
-                        await writer.feed(piece)
-                self._accept(f, index, await writer.finish())
-            except BaseException as err:
-                await writer.abort()  # What landed stays kept for the retry...
-                if isinstance(err, IntegrityError):
-                    self._forget(f, index)  # ...unless the chunk failed: from its start.
-                raise
+                await self._network_chunk_once(f, index, probe)
+            finally:
+                self._local_load -= 1
+
+    async def _network_chunk_once(
+        self, f: _File, index: int, probe: asyncio.Future[None] | None
+    ) -> None:
+        """One attempt of a chunk streamed on this loop (the caller holds a slot)."""
+        start, end = f.bounds[index]
+        reader = f.task.reader
+        begin = start + f.kept[index]
+        writer = self._kept_writer(f, index, begin)
+        try:
+            if begin > start:  # Resume inside the chunk: its hash starts from disk.
+                await self._io.submit(hash_range, f.shared, writer.hasher, start, begin)
+            async with closing(reader.open_range(begin, end)) as stream:
+                async for piece in stream:
+                    self._fetched(f, len(piece))
+                    await self._throttle(len(piece))
+                    if probe is not None and not probe.done():
+                        if reader.supports_ranges is False:
+                            raise _RangesUnsupported
+                        probe.set_result(None)
+                    await writer.feed(piece)
+            self._accept(f, index, await writer.finish())
+        except BaseException as err:
+            await writer.abort()  # What landed stays kept for the retry...
+            if isinstance(err, IntegrityError):
+                self._forget(f, index)  # ...unless the chunk failed: from its start.
+            raise
+
+    async def _remote_chunk_once(
+        self, f: _File, index: int, probe: asyncio.Future[None] | None, lane: Lane
+    ) -> None:
+        """One attempt of a chunk in a worker process (the caller holds a slot).
+
+        The worker writes and hashes; this loop keeps the books exactly as
+        :meth:`_network_chunk_once` does: each landed segment extends the kept
+        prefix and the progress, and the digest is accepted here.
+        """
+        plane, spec = self._plane, f.spec
+        assert plane is not None and spec is not None
+        dest = str(f.task.dest)
+        start, end = f.bounds[index]
+        begin = start + f.kept[index]
+        last = begin
+        reader = f.task.reader
+
+        def landed(pos: int, fetched: int) -> None:
+            nonlocal last
+            self._fetched(f, fetched)
+            delta, last = pos - last, pos
+            f.reported[index] += delta
+            self._progress(delta)
+            if pos < end:  # A whole chunk is kept only once verified (f.done).
+                f.kept[index] = pos - start
+                if f.task.on_chunk_progress is not None:
+                    f.task.on_chunk_progress(index, pos - start)
+
+        def ranges(supported: bool | None) -> None:
+            reader.supports_ranges = supported
+            if probe is not None and not probe.done() and supported is not False:
+                probe.set_result(None)
+
+        def job(job_id: int) -> Job:
+            return Job(job_id, spec, dest, start, begin, end, self.config.segment_size,
+                       probe is not None)
+
+        try:
+            digest = await plane.run(lane, job, landed, ranges)
+        except RangesIgnored:
+            raise _RangesUnsupported from None
+        try:
+            self._accept(f, index, digest)
+        except IntegrityError:
+            self._forget(f, index)  # The chunk failed: from its start next time.
+            raise
 
     async def _local_chunk_once(self, f: _File, index: int, reader: LocalCopyReader) -> None:
         """A chunk of a local file: kernel copy plus a read-back check, no user-space copy.

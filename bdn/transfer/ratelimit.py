@@ -4,12 +4,12 @@
 >>> limiter.rate
 100.0
 
-A cap can be lifted while a transfer runs: give the transfer a
-:class:`LiftableRate` where it takes a rate, and call :meth:`LiftableRate.lift`
-(the node agent does, when a pod starts waiting on a background pull).
+A cap can be lifted while a transfer runs: give the engine a :class:`RateCap`
+(``TransferConfig.rate_limit``) and call :meth:`RateCap.lift` (the node agent
+does, when a pod starts waiting on a background pull).
 
->>> rate = LiftableRate(100.0)
->>> RateLimiter(rate).lifted, rate.lift(), RateLimiter(rate).lifted
+>>> cap = RateCap(100.0)
+>>> RateLimiter(cap).lifted, cap.lift(), RateLimiter(cap).lifted
 (False, None, True)
 """
 
@@ -20,30 +20,34 @@ import time
 from collections.abc import Awaitable, Callable
 
 
-class LiftableRate(float):
-    """A rate in bytes per second that its owner can lift for good, while in use.
+class RateCap:
+    """A cap in bytes per second that its owner can lift for good, while in use.
 
-    It is a ``float`` so it travels wherever a plain rate does (such as
-    ``TransferConfig.max_bytes_per_second``) without those layers knowing; a
-    :class:`RateLimiter` built from it stops limiting, and wakes every waiter,
-    as soon as :meth:`lift` is called. Use from one event loop.
+    An explicit object, passed as ``TransferConfig.rate_limit``: every
+    :class:`RateLimiter` built from it stops limiting, and wakes its waiters,
+    as soon as :meth:`lift` is called. Compared by identity (two pulls capped at
+    the same rate are still lifted one by one). Use from one event loop.
     """
 
-    _lifted: bool
-    _waiters: set[asyncio.Future[None]]
+    __slots__ = ("_lifted", "_waiters", "bytes_per_second")
 
-    def __new__(cls, rate: float) -> LiftableRate:
-        self = super().__new__(cls, rate)
+    def __init__(self, bytes_per_second: float) -> None:
+        if bytes_per_second <= 0:
+            raise ValueError("rate must be positive")
+        self.bytes_per_second = float(bytes_per_second)
         self._lifted = False
-        self._waiters = set()
-        return self
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    def __repr__(self) -> str:
+        state = ", lifted" if self._lifted else ""
+        return f"RateCap({self.bytes_per_second:g}{state})"
 
     @property
     def lifted(self) -> bool:
         return self._lifted
 
     def lift(self) -> None:
-        """Stop limiting (idempotent): limiters built from this rate let everything through."""
+        """Stop limiting (idempotent): limiters built from this cap let everything through."""
         self._lifted = True
         for waiter in self._waiters:
             if not waiter.done():
@@ -69,21 +73,22 @@ class RateLimiter:
     bytes' worth of tokens, sleeping first when the bucket is short. A request
     larger than the burst waits for its own debt; nothing is ever refused.
     ``clock`` and ``sleep`` are injectable so the arithmetic is testable
-    without waiting. Built from a :class:`LiftableRate`, it stops limiting
-    (and cuts any wait short) once that rate is lifted.
+    without waiting. Built from a :class:`RateCap`, it stops limiting (and
+    cuts any wait short) once that cap is lifted.
     """
 
     def __init__(
         self,
-        rate: float,
+        rate: float | RateCap,
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        if rate <= 0:
+        self._liftable = rate if isinstance(rate, RateCap) else None
+        value = rate.bytes_per_second if isinstance(rate, RateCap) else float(rate)
+        if value <= 0:
             raise ValueError("rate must be positive")
-        self.rate = float(rate)
-        self._liftable = rate if isinstance(rate, LiftableRate) else None
+        self.rate = value
         self._clock = clock
         self._sleep = sleep
         self._tokens = self.rate  # A full bucket: one second's burst.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from bdn.backends.base import ReaderSpec
 from bdn.transfer.task import FileTask
 from bdn.transfer.writes import SharedFd
 
@@ -31,6 +32,7 @@ class FileState:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     bytes_fetched: int = 0
     retries: int = 0
+    spec: ReaderSpec | None = None  # Set: worker processes may fetch its chunks.
 
     def where(self, index: int) -> str:
         """Names chunk ``index`` and its bytes, for errors and logs."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from bdn.backends.base import RangeReader
 from bdn.digest import chunk_bounds
 from bdn.http import RETRY_DATA, RetryPolicy
+from bdn.transfer.ratelimit import RateCap
 
 __all__ = [
     "DEFAULT_TRANSFER_CONFIG",
@@ -48,8 +49,17 @@ class TransferConfig:
         retry: retry policy of one chunk (and of a sequential fallback stream).
         verify_resumed_chunks: re-hash chunks listed in ``done_chunks`` before
             trusting them; a mismatch is refetched.
-        max_bytes_per_second: cap on the engine's whole intake (a background
-            fill that must not starve inference I/O); ``None``: as fast as it goes.
+        rate_limit: cap on the engine's whole intake (a background fill that
+            must not starve inference I/O), which its owner may lift while the
+            engine runs; ``None``: as fast as it goes. A capped engine keeps
+            its data plane in-process (the cap is one token bucket).
+        workers: processes of the data plane. 1: every chunk is received on
+            the engine's own event loop, as before; N > 1: the loop plus N - 1
+            worker processes (:mod:`bdn.transfer.plane`) for readers that can be
+            rebuilt in another process. ``bdn pull`` resolves ``--workers`` /
+            ``BDN_WORKERS`` (default: the CPUs it may use) into this number.
+        worker_min_bytes: a file with fewer bytes left to fetch stays on the
+            engine's loop (starting a worker costs ~0.3 CPU-s of imports).
     """
 
     max_connections: int = 16
@@ -58,12 +68,20 @@ class TransferConfig:
     io_threads: int = field(default_factory=_default_io_threads)
     retry: RetryPolicy = RETRY_DATA
     verify_resumed_chunks: bool = True
-    max_bytes_per_second: float | None = None
+    rate_limit: RateCap | None = None
+    workers: int = 1
+    worker_min_bytes: int = 64 * MiB
 
     def __post_init__(self) -> None:
-        for name in ("max_connections", "max_connections_per_file", "segment_size", "io_threads"):
+        for name in ("max_connections", "max_connections_per_file", "segment_size", "io_threads",
+                     "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TransferConfig.{name} must be >= 1")
+
+    @property
+    def max_bytes_per_second(self) -> float | None:
+        """The cap of :attr:`rate_limit` in bytes per second (``None``: uncapped)."""
+        return None if self.rate_limit is None else self.rate_limit.bytes_per_second
 
 
 DEFAULT_TRANSFER_CONFIG = TransferConfig()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bdn.agent.client import request_for
 from bdn.fleet import free_ports
-from bdn.transfer.ratelimit import LiftableRate, RateLimiter
+from bdn.transfer.ratelimit import RateCap, RateLimiter
 from tests.e2e.agents import (
     assert_same_tree,
     http_json,
@@ -30,7 +30,7 @@ async def test_a_lift_cuts_a_rate_limited_wait_short() -> None:
     async def sleep(_: float) -> None:
         await forever.wait()
 
-    rate = LiftableRate(100.0)
+    rate = RateCap(100.0)
     limiter = RateLimiter(rate, clock=lambda: 0.0, sleep=sleep)
     waiting = asyncio.create_task(limiter.consume(10_000))  # 99 s of debt.
     for _ in range(100):
@@ -38,7 +38,7 @@ async def test_a_lift_cuts_a_rate_limited_wait_short() -> None:
     assert not waiting.done()
     rate.lift()
     await waiting
-    assert limiter.lifted and rate == 100.0
+    assert limiter.lifted and rate.bytes_per_second == 100.0
     await limiter.consume(10**9)  # No longer limited at all.
 
 

@@ -304,11 +304,18 @@ def test_transfer_bench_smoke(tmp_path: Path) -> None:
     ]
     for section in report.sections:
         rows = {r.key: r for r in section.results}
-        assert set(rows) == {"bdn", "curl", "aria2c", "ceiling"}
+        scaling = {k for k, r in rows.items() if r.role == "scaling"}
+        assert set(rows) - scaling == {"bdn", "curl", "curl_par", "aria2c", "ceiling"}
+        assert scaling and scaling <= {"bdn_w1", "bdn_w2"}
         for r in rows.values():
             assert not r.failed, r.error
             assert (len(r.seconds) == 1) != (r.error is not None)  # a figure or a reason
         assert rows["bdn"].best is not None and rows["curl"].best is not None
+        # Every row that ran has its process tree's CPU per GB, and a ratio to BDN's.
+        for key in ("bdn", "curl", "curl_par", *scaling):
+            assert rows[key].cpu_per_gb is not None and rows[key].cpu_per_gb > 0, key
+        assert section.cpu_ratio_to("curl_par") is not None
+        assert "the write ceiling" in rows["bdn"].note
     assert list(tmp_path.iterdir()) == []  # the work directory was removed
     json.dumps(report.to_dict())
 

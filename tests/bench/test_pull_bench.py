@@ -128,7 +128,13 @@ def test_pull_bench_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
             assert len(r.seconds) == runs or (r.role == "reference" and r.error), r.key
         assert section.get(section.bdn_key).best is not None
     cold = report.sections[0]
-    assert {r.key for r in cold.results} == {"bdn", "curl", "aria2c", "ceiling", "ceiling_fsync"}
+    scaling = {r.key for r in cold.results if r.role == "scaling"}
+    assert {r.key for r in cold.results} - scaling == {
+        "bdn", "curl", "curl_par", "aria2c", "ceiling", "ceiling_fsync"}
+    assert scaling and scaling <= {"bdn_w1", "bdn_w2"}
+    for key in ("bdn", "curl_par", *scaling):  # CPU per GB of the whole process tree.
+        assert (cold.get(key).cpu_per_gb or 0) > 0, key
+    assert "the write ceiling" in cold.get("bdn").note
     assert "from cache 0 B" in cold.get("bdn").note
     assert "materialized by hardlink" in report.sections[1].get("new").note
     assert "materialized: unchanged" in report.sections[2].get("same").note

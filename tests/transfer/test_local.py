@@ -15,6 +15,7 @@ from bdn.digest import chunk_bounds, xxh3_128_hex
 from bdn.errors import IntegrityError, NotFound, SourceError
 from bdn.http import RetryPolicy
 from bdn.transfer import FileTask, RangeReader, TransferConfig, TransferEngine
+from bdn.transfer.ratelimit import RateCap
 
 
 async def _read(reader: LocalFileReader, start: int, end: int) -> list[bytes]:
@@ -152,7 +153,7 @@ async def test_a_rate_limited_engine_still_delivers_every_byte(
     blob: tuple[Path, bytes], tmp_path: Path
 ) -> None:
     path, data = blob
-    config = TransferConfig(max_bytes_per_second=10_000_000)
+    config = TransferConfig(rate_limit=RateCap(10_000_000))
     async with TransferEngine(config) as eng:
         res = await eng.fetch(FileTask(LocalFileReader(path, len(data)), len(data),
                                        tmp_path / "copy.part", 8192, compute_sha256=True))

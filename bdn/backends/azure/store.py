@@ -8,17 +8,22 @@ contract holds with no temp names.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import os
+import secrets
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import azure.core.exceptions as ace
+from azure.storage.blob import BlobBlock
 
 from bdn.backends.azure.client import AzureContainer
 from bdn.backends.azure.creds import AzureCredentials
 from bdn.backends.base import RangeReader
-from bdn.backends.bucket import BucketStore
+from bdn.backends.bucket import BucketStore, MiB, part_size
 from bdn.backends.http.pinned import PinnedReader
 from bdn.errors import ConfigError
 from bdn.http import HttpClient
@@ -27,6 +32,12 @@ __all__ = ["AzureStore", "open_azure_store"]
 
 UPLOAD_CONCURRENCY = 8
 """Blocks of one file uploaded in parallel."""
+SINGLE_PUT_SIZE = 64 * MiB
+"""Files up to this size go in one Put Blob; larger ones are staged as blocks."""
+BLOCK_SIZE = 8 * MiB
+"""Smallest staged block; larger files get larger blocks (at most :data:`MAX_BLOCKS`)."""
+MAX_BLOCKS = 50_000
+"""Azure's limit on committed blocks per block blob."""
 
 
 class AzureStore(BucketStore):
@@ -39,14 +50,20 @@ class AzureStore(BucketStore):
         credentials: the account key (writes need it); ``None`` reads a public container.
         endpoint_url: an emulator's base URL; the account URL is ``<endpoint_url>/<account>``.
         http: shared aiohttp client for reads; one is created (and closed) when not given.
+        single_put_size: files up to this size are uploaded in one Put Blob.
+        block_size: smallest block of a staged upload (grown so a file needs at
+            most :data:`MAX_BLOCKS` blocks).
     """
 
     _bucket: AzureContainer
 
     def __init__(self, account: str, container: str, prefix: str = "", *,
                  credentials: AzureCredentials | None = None, endpoint_url: str | None = None,
-                 http: HttpClient | None = None) -> None:
+                 http: HttpClient | None = None, single_put_size: int = SINGLE_PUT_SIZE,
+                 block_size: int = BLOCK_SIZE) -> None:
         super().__init__("azure", f"{account}/{container}", prefix, http)
+        self.single_put_size = single_put_size
+        self.block_size = block_size
         self._bucket = AzureContainer(account, container, credentials=credentials,
                                       endpoint_url=endpoint_url)
 
@@ -87,10 +104,35 @@ class AzureStore(BucketStore):
                                action=f"write {self._where(full)}", key=full)
 
     def _upload_file(self, handle: Any, source: Path, full: str) -> None:
-        """Blocks in parallel, then one commit: the blob appears whole or not at all."""
+        """One Put Blob up to ``single_put_size``; beyond, blocks staged in parallel and
+        then one commit of the block list: the blob appears whole or not at all.
+
+        Blocks are staged here rather than by the SDK's ``upload_blob`` so that the
+        block size grows with the file (the SDK's fixed 4 MiB blocks cap a blob at
+        195 GiB) and so that memory stays at :data:`UPLOAD_CONCURRENCY` blocks.
+        """
+        size = source.stat().st_size
         with source.open("rb") as stream:
-            handle.upload_blob(full, stream, length=source.stat().st_size, overwrite=True,
-                               max_concurrency=UPLOAD_CONCURRENCY)
+            if size <= self.single_put_size:
+                handle.upload_blob(full, stream, length=size, overwrite=True)
+                return
+            block = part_size(size, self.block_size, MAX_BLOCKS)
+            # A random prefix per upload: two writers of one key (several mirrors
+            # sharing a store) stage under distinct ids, and each commits only its
+            # own list. Azure wants every id of a blob the same length.
+            tag = secrets.token_hex(8)
+            ids = [base64.b64encode(f"{tag}{i:08d}".encode()).decode()
+                   for i in range(-(-size // block))]
+            blob = handle.get_blob_client(full)
+            fd = stream.fileno()
+
+            def stage(index: int) -> None:
+                data = os.pread(fd, block, index * block)
+                blob.stage_block(ids[index], data, length=len(data))
+
+            with ThreadPoolExecutor(UPLOAD_CONCURRENCY, thread_name_prefix="bdn-azure") as pool:
+                list(pool.map(stage, range(len(ids))))
+            blob.commit_block_list([BlobBlock(block_id=i) for i in ids])
 
     async def delete(self, key: str) -> None:
         """Remove ``key``; a missing key is not an error."""

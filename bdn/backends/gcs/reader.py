@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 
 import google_crc32c
 
-from bdn.errors import IntegrityError
+from bdn.backends.http.pinned import changed_error
+from bdn.errors import IntegrityError, NotFound
 from bdn.http import HttpClient, HttpRangeReader
 
 if TYPE_CHECKING:
@@ -23,7 +24,8 @@ class GcsReader:
 
     Each range is one GET of the media URL (pinned to ``generation`` when
     given, so an object overwritten since it was listed answers 404 instead of
-    other bytes) with a fresh bearer header. A range that covers the whole
+    other bytes; that 404 becomes the one-line "changed upstream" error) with
+    a fresh bearer header. A range that covers the whole
     object is checked against ``crc32c`` (base64, as GCS lists it) when given,
     catching corruption between GCS and us; partial ranges rely on the
     manifest's own digests.
@@ -39,6 +41,7 @@ class GcsReader:
         self._size = size
         self._http = http
         self._url = bucket.media_url(name, generation)
+        self._generation = None if generation is None else str(generation)
         self._crc32c = base64.b64decode(crc32c) if crc32c else None
 
     async def open_range(
@@ -48,6 +51,7 @@ class GcsReader:
 
         Raises:
             IntegrityError: a whole-object read does not match the listed CRC32C.
+            SourceError: the pinned generation no longer exists (changed upstream).
             AuthError, BlobNotFound, TransferError...: as :class:`HttpRangeReader`.
         """
         headers = await self._bucket.auth_headers()
@@ -59,6 +63,11 @@ class GcsReader:
                 if check is not None:
                     check.update(piece)
                 yield piece
+        except NotFound:
+            if self._generation is None:
+                raise
+            # The listed generation is gone: the object was overwritten or deleted.
+            raise changed_error(self.describe(), f"generation {self._generation}") from None
         finally:
             if inner.supports_ranges is not None:
                 self.supports_ranges = inner.supports_ranges

@@ -54,6 +54,8 @@ class HttpsSource:
                  authorization: str | None = None) -> None:
         self.uri = url
         self._folder = url.endswith("/")
+        # Names this source's listings of files without a validator (see _head).
+        self._unversioned = uuid.uuid4().hex
         self._files = files if self._folder else (url.rsplit("/", 1)[1],)
         self._http = http
         self._headers = {"Authorization": authorization} if authorization else {}
@@ -113,8 +115,11 @@ class HttpsSource:
         self._pins[path] = (strong, modified)
         version = strong or (f"modified {modified}" if modified else None)
         # Without a validator a later mirror cannot tell the file is unchanged,
-        # so its identity never repeats: it is read again (and deduped by hash).
-        identity = f"https:{url}:{version}:{size}" if version else f"https:{url}:{uuid.uuid4()}"
+        # so its identity never repeats across mirrors: it is read again (and
+        # deduped by hash). Within one source it does, so the mirror's second
+        # listing before the manifest still compares sizes.
+        identity = (f"https:{url}:{version}:{size}" if version
+                    else f"https:{url}:unversioned-{self._unversioned}:{size}")
         return SourceObject(path=path, size=size, identity=identity, etag=etag or modified)
 
     def reader(self, obj: SourceObject) -> RangeReader:

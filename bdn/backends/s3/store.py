@@ -7,7 +7,6 @@ the store's "whole object or nothing" contract holds with no temp keys.
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 from boto3.s3.transfer import TransferConfig
 
 from bdn.backends.base import RangeReader
-from bdn.backends.bucket import BucketStore, bucket_and_prefix
+from bdn.backends.bucket import BucketStore, bucket_and_prefix, part_size
 from bdn.backends.s3.client import DEFAULT_S3_CLIENT_CONFIG, S3Bucket, S3ClientConfig
 from bdn.backends.s3.creds import S3Auth
 from bdn.http import HttpClient
@@ -40,8 +39,7 @@ def part_size_for(size: int, minimum: int = DEFAULT_PART_SIZE) -> int:
     >>> part_size_for(200 * 1024**3) // MiB   # 200 GiB in <= 10,000 parts
     21
     """
-    needed = math.ceil(size / MAX_PARTS)
-    return max(minimum, math.ceil(needed / MiB) * MiB)
+    return part_size(size, minimum, MAX_PARTS)
 
 
 class S3Store(BucketStore):
@@ -121,7 +119,11 @@ class S3Store(BucketStore):
         )
 
     def _upload_file(self, handle: Any, source: Path, full: str) -> None:
-        """A parallel multipart upload when the file is larger than one part."""
+        """A parallel multipart upload when the file is larger than one part.
+
+        Never one PutObject above a part: S3 refuses single PUTs over 5 GiB, and a
+        multipart upload of up to :data:`MAX_PARTS` parts takes any size S3 stores.
+        """
         part = part_size_for(source.stat().st_size, self.part_size)
         config = TransferConfig(
             multipart_threshold=part,
