@@ -3,8 +3,10 @@
 It builds a synthetic model (safetensors-shaped shards) and a fine-tune that
 shares most of them, mirrors both into a store of its own, starts several node
 agents on loopback as one ring, has every agent pull both models at once, and
-prints where the bytes came from. Everything lives in one temporary directory
-that is removed at the end (``--keep`` leaves it for a look).
+prints where the bytes came from, and what each agent sent its peers: as the
+owner of a chunk, or passed on as a fan-out holder (``--fanout K``,
+:mod:`bdn.peer.fanout`). Everything lives in one temporary directory that is
+removed at the end (``--keep`` leaves it for a look).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 from rich.console import Console
 from rich.table import Table
 
@@ -50,6 +53,7 @@ class DemoOptions:
     agents: int = 4
     keep: bool = False
     workdir: Path | None = None
+    fanout: int = 2
 
 
 def demo_command(args: argparse.Namespace) -> int:
@@ -58,9 +62,12 @@ def demo_command(args: argparse.Namespace) -> int:
         agents=args.agents,
         keep=args.keep,
         workdir=Path(args.workdir).expanduser() if args.workdir else None,
+        fanout=args.fanout,
     )
     if options.agents < 1 or options.size < SHARDS * MiB:
         raise ConfigError("needs at least 1 agent and 8MiB", field="bdn demo")
+    if options.fanout < 0:
+        raise ConfigError(f"--fanout {options.fanout}: give 0 (off) or more", field="--fanout")
     return run_demo(options, Console())
 
 
@@ -81,13 +88,16 @@ def run_demo(options: DemoOptions, console: Console) -> int:
                 f"{format_bytes(res.bytes_stored)} stored, "
                 f"{format_bytes(res.bytes_deduplicated)} deduplicated"
             )
-        with _ring(work, store, options.agents) as agents:
-            console.print(f"started {len(agents)} agents on loopback as one ring")
+        with _ring(work, store, options.agents, options.fanout) as agents:
+            console.print(f"started {len(agents)} agents on loopback as one ring "
+                          f"(--fanout {options.fanout})")
             started = time.monotonic()
             results = asyncio.run(_pull_everywhere(agents, mirrored))
             wall = time.monotonic() - started
+            sent = asyncio.run(_sent_by_each(agents))
         _verify(results, base, tuned)
         _report(console, results, mirrored, wall, options)
+        _report_sent(console, sent)
         if options.keep:
             console.print(f"kept {work}")
     return 0
@@ -173,15 +183,17 @@ def _remove_tree(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _ring(work: Path, store: str, count: int) -> Iterator[list[FleetAgent]]:
-    """``count`` agents on loopback as one ring, each in ``work/agent-N``, ready."""
+def _ring(work: Path, store: str, count: int, fanout: int) -> Iterator[list[FleetAgent]]:
+    """``count`` agents on loopback as one ring (``--fanout fanout``), each in
+    ``work/agent-N``, ready."""
     token = work / "token"
     token.write_text(secrets.token_hex(16))
     # The agents' own probe interval (2 s): a shorter one let a CPU-starved
     # machine drop live peers mid-pull and read their chunks from origin again
     # (1 GiB demo with two busy loops beside it: 1.50x the distinct content
     # at 0.5 s, 1.25x at 2 s; 1.00x either way on an idle machine).
-    with loopback_fleet(count, store=store, roots=work, token_file=token) as agents:
+    with loopback_fleet(count, store=store, roots=work, token_file=token,
+                        extra=["--fanout", str(fanout)]) as agents:
         asyncio.run(wait_ready(agents, members=count, timeout=60, interval=0.1))
         yield agents
 
@@ -254,4 +266,53 @@ def _report(
         f"dedup: the fine-tune's mirror stored {format_bytes(mirrored[1].bytes_stored)} "
         f"of {format_bytes(mirrored[1].total_bytes)}; every agent got the shared "
         "shards once for both models"
+    )
+
+
+SENT = {
+    ("bdn_fanout_bytes_served_total", "owner"): "owner",
+    ("bdn_fanout_bytes_served_total", "holder"): "holder",
+    ("bdn_fanout_redirects_total", "issued"): "redirects",
+}
+"""What :func:`_report_sent` shows per agent: (sample, its role or side label) -> column."""
+
+
+async def _sent_by_each(agents: list[FleetAgent]) -> dict[str, dict[str, float]]:
+    """Per agent: chunk bytes sent as an owner and as a fan-out holder, redirects issued
+    (read from its ``/metrics`` on its pod socket)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, dict[str, float]] = {}
+    for agent in agents:
+        connector = aiohttp.UnixConnector(path=str(agent.socket))
+        async with aiohttp.ClientSession(connector=connector,
+                                         timeout=aiohttp.ClientTimeout(total=10)) as session, \
+                session.get("http://bdn-agent/metrics") as resp:
+            text = await resp.text()
+        row = dict.fromkeys(SENT.values(), 0.0)
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                label = sample.labels.get("role") or sample.labels.get("side")
+                key = SENT.get((sample.name, label or ""))
+                if key is not None:
+                    row[key] += sample.value
+        out[agent.name] = row
+    return out
+
+
+def _report_sent(console: Console, sent: dict[str, dict[str, float]]) -> None:
+    table = Table(title="what every agent sent to its peers")
+    for col in ("agent", "as chunk owner", "passed on (fan-out)", "redirects issued"):
+        table.add_column(col, justify="left" if col == "agent" else "right")
+    for name, row in sorted(sent.items()):
+        table.add_row(name, format_bytes(int(row["owner"])), format_bytes(int(row["holder"])),
+                      str(int(row["redirects"])))
+    console.print(table)
+    total = sum(r["owner"] + r["holder"] for r in sent.values())
+    busiest = max((r["owner"] + r["holder"] for r in sent.values()), default=0.0)
+    console.print(
+        f"peers sent {format_bytes(int(total))} in all; the busiest agent sent "
+        f"{format_bytes(int(busiest))}; fan-out holders passed on "
+        f"{format_bytes(int(sum(r['holder'] for r in sent.values())))} that owners "
+        "would otherwise have sent themselves"
     )

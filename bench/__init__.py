@@ -92,6 +92,12 @@ def _add_herd(sub: argparse._SubParsersAction) -> None:
                    help="with --netns: each node's link to its peers, MB/s (default 1000)")
     h.add_argument("--hedge-after", metavar="SECONDS|off",
                    help="the agents' --hedge-after (default: theirs); off: no hedging")
+    h.add_argument("--fanout", type=int, default=4, metavar="K",
+                   help="also run each N as a ring with the agents' --fanout K (the ring "
+                        "case runs with --fanout 0); 0: skip that case (default 4)")
+    h.add_argument("--chunk-size", metavar="SIZE",
+                   help="the model's chunk size (default: the mirror's); e.g. 8MiB for "
+                        "many chunks")
     h.add_argument("--json", action="store_true", help="print results as JSON on stdout")
     h.add_argument("--no-install", action="store_true",
                    help="never apt-get install nginx; exit 2 naming the command instead")
@@ -138,11 +144,12 @@ def _add_benches(sub: argparse._SubParsersAction) -> None:
         description="Mirror a random tree into a fresh file:// store and copy it with cp -r; "
                     "then re-mirror unchanged (0 bytes expected). Aim: >= 0.8x cp -r.")
     _add_common(m)
-    m.add_argument("--source", choices=("file", "hf"), default="file",
+    m.add_argument("--source", choices=("file", "hf", "https", "azure"), default="file",
                    help="file: a random tree vs cp -r (default); hf: a local Hugging Face-"
                         "compatible server (MiniLM-L6-v2 and --shards x --shard-size) vs "
                         "huggingface_hub.snapshot_download, plus an unchanged re-mirror "
-                        "(needs a source checkout: the server lives in tests/)")
+                        "(needs a source checkout: the server lives in tests/); https: "
+                        "nginx vs curl in parallel; azure: Azurite vs the SDK's download_blob")
     m.set_defaults(func=_Lazy("bench.mirror", "mirror_command"))
 
     p = sub.add_parser(

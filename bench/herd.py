@@ -6,11 +6,15 @@ of ``$bytes_sent`` per request, so origin traffic is counted **at the origin**;
 the agents' own ``bdn_origin_bytes_total`` counters are shown beside it only
 as a cross-check.
 
-For each N, two cases run in the same process, on the same data:
+For each N, three cases run in the same process, on the same data:
 
 - **ring**: N ``bdn agent`` processes, each with its own cache and peer port,
-  one shared token, every agent listed in ``--peers``; once each sees N
-  members, all N pull the manifest at once through their unix sockets;
+  one shared token, every agent listed in ``--peers``, fan-out off
+  (``--fanout 0``); once each sees N members, all N pull the manifest at once
+  through their unix sockets;
+- **fanout**: the same ring with ``--fanout K`` (``--fanout``, default 4; 0
+  skips the case): owners redirect later requesters to holders
+  (:mod:`bdn.peer.fanout`). Its figure is the busiest agent's egress;
 - **naive**: the same N agents started without ``--peers``, so each one is a
   ring of one and reads the whole model from origin.
 
@@ -31,6 +35,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import resource
 import secrets
 import shutil
 import time
@@ -61,18 +66,19 @@ from bench.herd_fleet import (
     Node,
     Variant,
     agent_counters,
+    in_ring,
     loopback_nodes,
     mount,
     netns_nodes,
     pull_all,
     ring_changes_since,
     start_agents,
+    variant_flags,
     wait_ready,
 )
 from bench.herd_origin import CountingOrigin
 from bench.herd_report import (
     DEFAULT_HERD_BENCH_OPTIONS,
-    VARIANTS,
     HerdBenchOptions,
     HerdCase,
     HerdReport,
@@ -107,6 +113,7 @@ class Fleet:
     nodes_for: Callable[[int], list[Node]]
     pull_timeout: float
     agent_flags: tuple[str, ...] = ()
+    fanout: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,11 +152,12 @@ def run_case(fleet: Fleet, n: int, variant: Variant, start: StartMode = "settled
     """
     area = fleet.area / f"{variant}-{n}"
     agents: list[FleetAgent] = []
+    cpu_before = _children_cpu()
     try:
         offset, started_at, launched = fleet.origin.log_offset(), time.time(), time.perf_counter()
         agents = start_agents(fleet.nodes_for(n), variant, area, fleet.sockets, fleet.token_file,
-                              fleet.agent_flags)
-        members = n if variant == "ring" else 1
+                              (*fleet.agent_flags, *variant_flags(variant, fleet.fanout)))
+        members = n if in_ring(variant) else 1
         try:
             burst = asyncio.run(
                 _burst_together(agents, fleet, launched, started_at, offset)
@@ -157,6 +165,7 @@ def run_case(fleet: Fleet, n: int, variant: Variant, start: StartMode = "settled
         except (aiohttp.ClientError, OSError) as err:
             raise ToolFailed(f"talking to the agents failed: {err}") from err
         stop_agents(agents)
+        cpu = _children_cpu() - cpu_before  # The agents have exited and been reaped.
         tally = fleet.origin.tally_since(burst.log_offset)
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
             for _ in pool.map(fleet.model.verify_tree, [mount(a) for a in agents]):
@@ -166,12 +175,20 @@ def run_case(fleet: Fleet, n: int, variant: Variant, start: StartMode = "settled
         changes = sum(ring_changes_since(a, burst.started_at) for a in agents)
         hedges = {k.removeprefix("hedges_"): v for k, v in burst.counters.items()
                   if k.startswith("hedges_") and v}
-        return HerdRun(burst.seconds, tally, busy, burst.counters["origin_bytes"], from_peers,
-                       burst.counters["peer_failures"], changes, hedges)
+        c = burst.counters
+        return HerdRun(burst.seconds, tally, busy, c["origin_bytes"], from_peers,
+                       c["peer_failures"], changes, hedges, c["peak_egress"], c["redirects"],
+                       c["holder_bytes"], cpu)
     finally:
         stop_agents(agents)
         _keep_logs(agents, fleet.area.parent / "logs", f"{variant}-{n}")
         remove_tree(area)
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of this process's reaped children (the agents)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _keep_logs(agents: Sequence[FleetAgent], logs: Path, prefix: str) -> None:
@@ -194,6 +211,9 @@ def _describe(run: HerdRun, model_bytes: int) -> str:
         f"{run.seconds:.2f} s{busy}, origin {run.origin.bytes_sent / model_bytes:.3f}x model "
         f"({format_bytes(run.origin.bytes_sent)} at nginx, agents say "
         f"{format_bytes(run.agents_origin_bytes)}), from peers {format_bytes(run.from_peers)}"
+        + f", peak egress {format_bytes(run.peak_egress)}"
+        + (f", {run.redirects} redirects, holders passed on {format_bytes(run.holder_bytes)}"
+           if run.redirects else "")
         + (f", {run.peer_failures} peer failures" if run.peer_failures else "")
         + (f", {run.ring_changes} ring changes" if run.ring_changes else "")
         + (", hedges " + " ".join(f"{k}={v}" for k, v in sorted(run.hedges.items()))
@@ -204,10 +224,11 @@ def _describe(run: HerdRun, model_bytes: int) -> str:
 def measure(fleet: Fleet, options: HerdBenchOptions, console: Console) -> list[HerdCase]:
     """Every case, ``repeat`` rounds; the ring/naive order alternates each round."""
     model_bytes = fleet.model.nbytes
-    cases = {(n, v): HerdCase(n, v, model_bytes) for n in options.fleet_sizes for v in VARIANTS}
+    variants = options.variants
+    cases = {(n, v): HerdCase(n, v, model_bytes) for n in options.fleet_sizes for v in variants}
     for round_ in range(options.repeat):
         for n in options.fleet_sizes:
-            order = VARIANTS if round_ % 2 == 0 else VARIANTS[::-1]
+            order = variants if round_ % 2 == 0 else variants[::-1]
             for variant in order:
                 case = cases[(n, variant)]
                 if case.error is not None:
@@ -232,7 +253,8 @@ def measure(fleet: Fleet, options: HerdBenchOptions, console: Console) -> list[H
 def _prepare_model(wd: Path, options: HerdBenchOptions, console: Console) -> Model:
     """Generate the shards and mirror them into ``wd/store`` (all untimed)."""
     console.print(f"generating {format_bytes(options.model_bytes)} in {options.shards} shards")
-    return prepare_model(wd, shard_sizes(options.model_bytes, options.shards), console)
+    return prepare_model(wd, shard_sizes(options.model_bytes, options.shards), console,
+                         options.chunk_size)
 
 
 def _notes(options: HerdBenchOptions, facts: MachineFacts) -> list[str]:
@@ -241,7 +263,11 @@ def _notes(options: HerdBenchOptions, facts: MachineFacts) -> list[str]:
         f"model: {format_bytes(o.model_bytes)} in {o.shards} shards"
         + (" (the shaped run's default: a few minutes at 100 MB/s; --size changes it)"
            if o.netns and o.size is None else ""),
-        "ring: every agent lists all N in --peers; naive: the same agents without --peers "
+        f"chunks of {format_bytes(o.chunk_size)}" if o.chunk_size else "chunks: the mirror's "
+        "default size",
+        "ring: every agent lists all N in --peers, --fanout 0; "
+        + (f"fanout: the same ring with --fanout {o.fanout}; " if o.fanout else "")
+        + "naive: the same agents without --peers "
         "(each a ring of one, reading origin itself through its own chunk service, which "
         "also keeps each chunk in its chunk cache: it writes the model twice)",
         "agents' counters = their bdn_origin_bytes_total (blob bodies only) summed; a "
@@ -256,7 +282,7 @@ def _notes(options: HerdBenchOptions, facts: MachineFacts) -> list[str]:
         if o.start == "together" else
         "start settled: pulls sent once every agent sees its whole ring; wall time from "
         "the first pull request")
-    notes.append("hedging: the agents' default (--hedge-after = 5 x --peer-timeout)"
+    notes.append("hedging: the agents' default (--hedge-after = --peer-timeout)"
                  if o.hedge_after is None else f"hedging: --hedge-after {o.hedge_after}")
     if o.netns:
         notes.append(
@@ -374,7 +400,7 @@ def run_herd_bench(
             f"origin: nginx serving the store, logging bytes sent to {served.origin.access_log}")
         timeout = timeout_for(max(options.fleet_sizes) * model.nbytes) + served.extra_timeout
         fleet = Fleet(model, served.origin, wd / "runs", sockets, _token_file(wd),
-                      served.nodes_for, timeout, options.agent_flags)
+                      served.nodes_for, timeout, options.agent_flags, options.fanout)
         report = HerdReport(facts, options, served.title, notes=_notes(options, facts))
         report.cases = measure(fleet, options, console)
         report.notes.append(
@@ -400,6 +426,9 @@ def options_from_args(args: argparse.Namespace) -> HerdBenchOptions:
         keep=args.keep,
         start=args.start,
         hedge_after=args.hedge_after,
+        fanout=args.fanout,
+        chunk_size=parse_size(args.chunk_size, field="--chunk-size")
+        if args.chunk_size is not None else None,
     )
 
 

@@ -32,8 +32,20 @@ from bdn.fleet import AgentSpec, FleetAgent, FleetError, agent_env, free_ports
 from bench.harness import ToolFailed
 from bench.netns import NetnsPlan, exec_argv
 
-Variant = Literal["ring", "naive"]
-"""``ring``: every agent lists all in ``--peers``; ``naive``: each agent alone."""
+Variant = Literal["ring", "fanout", "naive"]
+"""``ring``: every agent lists all in ``--peers``, fan-out off (``--fanout 0``);
+``fanout``: the same ring with ``--fanout K`` (:mod:`bdn.peer.fanout`); ``naive``:
+each agent alone."""
+
+
+def in_ring(variant: Variant) -> bool:
+    """Whether the agents of ``variant`` list each other in ``--peers``."""
+    return variant != "naive"
+
+
+def variant_flags(variant: Variant, fanout: int) -> tuple[str, ...]:
+    """The agent flags that make ``variant``: fan-out off but in the fanout case."""
+    return ("--fanout", str(fanout if variant == "fanout" else 0))
 
 AGENT_PORT_NETNS = 7070
 """Peer port of every agent in the shaped run (each has its own namespace)."""
@@ -87,7 +99,7 @@ def agent_argv(spec: AgentSpec, variant: Variant, peers: Sequence[str],
                token_file: Path, extra: Sequence[str] = ()) -> list[str]:
     """The command line of one agent (a ring member, or alone for ``naive``);
     ``extra``: more flags (``--hedge-after``)."""
-    return fleet.agent_argv(spec, peers=peers if variant == "ring" else (),
+    return fleet.agent_argv(spec, peers=peers if in_ring(variant) else (),
                             token_file=token_file, extra=[*AGENT_FLAGS, *extra])
 
 
@@ -97,14 +109,18 @@ def mount(agent: FleetAgent) -> Path:
 
 
 def ring_changes_since(agent: FleetAgent, since: float) -> int:
-    """How often ``agent``'s ring changed after Unix time ``since`` (its JSON log).
+    """How often ``agent``'s ring changed after Unix time ``since`` and after its
+    start-up wait ended (its JSON log; joins while the ring forms are not changes).
 
     Once a ring has formed, a change mid-burst means a probe of a busy peer
     failed and the peer's chunks moved: the way a ring reads origin twice.
     """
     count = 0
-    for line in agent.logs().splitlines():
-        if '"ring membership changed"' not in line:
+    lines = agent.logs().splitlines()
+    settled = not any('"ring settled' in line for line in lines)  # Older logs: count all.
+    for line in lines:
+        settled = settled or '"ring settled' in line
+        if not settled or '"ring membership changed"' not in line:
             continue
         try:
             when = datetime.datetime.fromisoformat(json.loads(line)["ts"]).timestamp()
@@ -118,7 +134,7 @@ def start_agents(nodes: Sequence[Node], variant: Variant, area: Path, sockets: P
                  token_file: Path, extra: Sequence[str] = ()) -> list[FleetAgent]:
     """Start one agent per node, with flags ``extra`` too; the caller must
     :func:`bdn.fleet.stop_agents` them (even on failure)."""
-    peers = [node.listen for node in nodes] if variant == "ring" else []
+    peers = [node.listen for node in nodes] if in_ring(variant) else []
     agents: list[FleetAgent] = []
     for node in nodes:
         spec = node.spec(area, sockets)
@@ -164,16 +180,26 @@ COUNTERS = {
 HEDGES = "bdn_peer_hedges_total"
 """Read by outcome too: ``hedges_<outcome>`` in :func:`agent_counters`' answer."""
 
+EGRESS = "bdn_peer_bytes_served_total"
+"""Chunk bytes each agent sent to peers: its largest is ``peak_egress``."""
+
+FANOUT = {
+    ("bdn_fanout_redirects_total", "side", "issued"): "redirects",
+    ("bdn_fanout_bytes_served_total", "role", "holder"): "holder_bytes",
+}
+"""Fan-out counters, summed (sample name, label, value -> our name)."""
+
 
 async def agent_counters(agents: Sequence[FleetAgent]) -> dict[str, int]:
     """Each of :data:`COUNTERS`, summed over ``agents`` (from ``/metrics`` on their sockets).
 
     ``origin_bytes`` is what the agents say they read from origin: a cross-check of
     the origin's own count; ``peer_failures`` says why a ring read origin more than once;
-    ``hedges_<outcome>``: :data:`HEDGES` by outcome.
+    ``hedges_<outcome>``: :data:`HEDGES` by outcome; ``peak_egress``: the most chunk bytes
+    one agent sent to peers; ``redirects``, ``holder_bytes``: :data:`FANOUT`.
     """
     wanted = {sample: key for key, sample in COUNTERS.items()}
-    totals = dict.fromkeys(COUNTERS, 0.0)
+    totals = dict.fromkeys([*COUNTERS, "peak_egress", *FANOUT.values()], 0.0)
     for a in agents:
         status, text = await _get(a.socket, "/metrics")
         if status != 200:
@@ -185,6 +211,11 @@ async def agent_counters(agents: Sequence[FleetAgent]) -> dict[str, int]:
                 elif sample.name == HEDGES:
                     key = f"hedges_{sample.labels.get('outcome')}"
                     totals[key] = totals.get(key, 0.0) + sample.value
+                elif sample.name == EGRESS:
+                    totals["peak_egress"] = max(totals["peak_egress"], sample.value)
+                for (name, label, value), key in FANOUT.items():
+                    if sample.name == name and sample.labels.get(label) == value:
+                        totals[key] += sample.value
     return {key: int(value) for key, value in totals.items()}
 
 

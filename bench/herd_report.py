@@ -27,7 +27,7 @@ from bench.tools import MachineFacts
 Mode = Literal["loopback", "netns"]
 StartMode = Literal["settled", "together"]
 START_MODES: tuple[StartMode, ...] = ("settled", "together")
-VARIANTS: tuple[Variant, ...] = ("ring", "naive")
+VARIANTS: tuple[Variant, ...] = ("ring", "fanout", "naive")
 
 DEFAULT_NODES: dict[Mode, tuple[int, ...]] = {"loopback": (2, 4, 8), "netns": (2, 4)}
 """Fleet sizes when ``--nodes`` is not given (the shaped run is slower per node)."""
@@ -59,6 +59,10 @@ class HerdBenchOptions:
             the moment its agent's pod socket answers, timed from the agents'
             launch (an autoscaler adding N nodes at once).
         hedge_after: the agents' ``--hedge-after`` (``None``: their default).
+        fanout: K of the ``fanout`` case (the agents' ``--fanout``); 0: that case is
+            not run (``ring`` always runs with ``--fanout 0``).
+        chunk_size: the model's chunk size (``None``: the mirror's default); small
+            chunks make many chunks, which is where fan-out shows.
     """
 
     nodes: tuple[int, ...] | None = None
@@ -72,6 +76,13 @@ class HerdBenchOptions:
     keep: bool = False
     start: StartMode = "settled"
     hedge_after: str | None = None
+    fanout: int = 4
+    chunk_size: int | None = None
+
+    @property
+    def variants(self) -> tuple[Variant, ...]:
+        """The cases run at every N: ``fanout`` only with K > 0."""
+        return tuple(v for v in VARIANTS if v != "fanout" or self.fanout > 0)
 
     @property
     def agent_flags(self) -> tuple[str, ...]:
@@ -100,6 +111,8 @@ class HerdBenchOptions:
         if self.model_bytes < self.shards:
             raise ConfigError(f"must be at least {self.shards} bytes (one per shard)",
                               field="--size")
+        if self.fanout < 0:
+            raise ConfigError("must be 0 (no fanout case) or more", field="--fanout")
         if self.start not in START_MODES:
             raise ConfigError(f"must be one of {', '.join(START_MODES)}", field="--start")
         for name in ("origin_mbps", "peer_mbps"):
@@ -172,6 +185,11 @@ class HerdRun:
             (summed): a peer dropped from a ring (a probe timed out) or back.
         hedges: ``bdn_peer_hedges_total`` by outcome, summed (won and lost
             hedges each read a chunk a second time, maybe from origin).
+        peak_egress: chunk bytes the busiest agent sent to peers
+            (``bdn_peer_bytes_served_total``, the largest).
+        redirects: fan-out redirects the owners issued, summed.
+        holder_bytes: chunk bytes agents passed on as holders (not owners), summed.
+        cpu_seconds: user + system CPU of the agents (their whole process trees).
     """
 
     seconds: float
@@ -182,6 +200,10 @@ class HerdRun:
     peer_failures: int = 0
     ring_changes: int = 0
     hedges: dict[str, int] = field(default_factory=dict)
+    peak_egress: int = 0
+    redirects: int = 0
+    holder_bytes: int = 0
+    cpu_seconds: float | None = None
 
 
 @dataclass(slots=True)
@@ -241,6 +263,11 @@ class HerdCase:
                     "from_peers": r.from_peers,
                     "peer_failures": r.peer_failures,
                     "ring_changes": r.ring_changes,
+                    "peak_egress_bytes": r.peak_egress,
+                    "fanout_redirects": r.redirects,
+                    "holder_bytes": r.holder_bytes,
+                    "cpu_seconds": r.cpu_seconds,
+                    "cpu_s_per_gb": _cpu_per_gb(r, self.nodes, self.model_bytes),
                 }
                 for r in self.runs
             ],
@@ -250,6 +277,13 @@ class HerdCase:
 
 # ---------------------------------------------------------------------------
 # The report
+
+
+def _cpu_per_gb(run: HerdRun, nodes: int, model_bytes: int) -> float | None:
+    """The agents' CPU-seconds per GB delivered (N copies of the model)."""
+    if run.cpu_seconds is None or not model_bytes:
+        return None
+    return round(run.cpu_seconds / (nodes * model_bytes / 1e9), 3)
 
 
 def _ratio(value: float | None) -> str:
@@ -323,12 +357,13 @@ class HerdReport:
             "repeat": o.repeat,
             "model_bytes": o.model_bytes,
             "shards": o.shards,
+            "chunk_size": o.chunk_size,
+            "fanout": o.fanout,
             "links_mbps": {"origin": o.origin_mbps, "peer": o.peer_mbps} if o.netns else None,
             "nodes": [
                 {
                     "nodes": n,
-                    "ring": self.case(n, "ring").to_dict(),  # type: ignore[union-attr]
-                    "naive": self.case(n, "naive").to_dict(),  # type: ignore[union-attr]
+                    **{v: c.to_dict() for v in VARIANTS if (c := self.case(n, v)) is not None},
                     "wall_ratio": self.wall_ratio(n),
                 }
                 for n in o.fleet_sizes
@@ -341,6 +376,32 @@ class HerdReport:
             "notes": list(self.notes),
             "exit_code": self.exit_code,
         }
+
+    def fanout_table(self) -> Table | None:
+        """Ring against fan-out per N: origin, wall, and the busiest agent's egress
+        (what fan-out spreads); ``None`` when no fanout case ran."""
+        if "fanout" not in self.options.variants:
+            return None
+        table = Table(title=f"ring vs fanout (K = {self.options.fanout}) vs naive, same run",
+                      title_justify="left", header_style="bold")
+        for name in ("N", "case", "wall s", "origin×", "peak egress", "peak÷model",
+                     "redirects", "passed on by holders", "CPU-s/GB"):
+            table.add_column(name, justify="left" if name in ("N", "case") else "right")
+        for n in self.options.fleet_sizes:
+            for v in self.options.variants:
+                case = self.case(n, v)
+                best = case.best_run if case is not None else None
+                if case is None or best is None:
+                    table.add_row(str(n), v, "failed" if case and case.error else "—",
+                                  *["—"] * 6)
+                    continue
+                cpu = _cpu_per_gb(best, n, case.model_bytes)
+                table.add_row(
+                    str(n), v, _secs(case, self.options.repeat), _ratio(case.origin_ratio),
+                    format_bytes(best.peak_egress), _ratio(best.peak_egress / case.model_bytes),
+                    str(best.redirects), format_bytes(best.holder_bytes),
+                    "—" if cpu is None else f"{cpu:.2f}")
+        return table
 
     def table(self) -> Table:
         """One row per fleet size: ring and naive side by side (legend in :meth:`render`)."""
@@ -374,6 +435,13 @@ class HerdReport:
             "origin×: their own bdn_origin_bytes_total ÷ model size (a cross-check)"
         )
         console.print(self.table())
+        fan = self.fanout_table()
+        if fan is not None:
+            console.print("peak egress: chunk bytes the busiest agent sent to peers "
+                          "(bdn_peer_bytes_served_total); redirects: fan-out redirects the "
+                          "owners issued; passed on by holders: bytes sent by non-owners; "
+                          "CPU-s/GB: the agents' user+sys over N copies of the model")
+            console.print(fan)
         for case in self.cases:
             if case.error:
                 console.print(f"[red]N={case.nodes} {case.variant} failed: {case.error}[/]")

@@ -23,7 +23,7 @@ from bdn.config.weights import WeightsEntry
 from bdn.digest import DEFAULT_CHUNK_SIZE
 from bdn.errors import BdnError
 from bdn.manifest import Manifest
-from bdn.mirror import run_mirror
+from bdn.mirror import MirrorOptions, run_mirror
 from bdn.store import Store
 from bench.harness import BenchAbort, DataFile, generate_files, remove_outputs, verify_file
 
@@ -78,29 +78,34 @@ def generate_shards(src: Path, sizes: Sequence[int]) -> list[DataFile]:
     )
 
 
-def prepare_model(wd: Path, sizes: Sequence[int], console: Console) -> Model:
+def prepare_model(wd: Path, sizes: Sequence[int], console: Console,
+                  chunk_size: int | None = None) -> Model:
     """Generate one shard per size in ``wd/src`` and mirror them into ``wd/store``
-    (all untimed); see :func:`mirror_model` for what can go wrong."""
+    (all untimed; ``chunk_size``: the manifest's, default the mirror's); see
+    :func:`mirror_model` for what can go wrong."""
     src, store_dir = wd / "src", wd / "store"
     files = generate_shards(src, sizes)
     console.print(f"mirroring it into file://{store_dir} (untimed)")
-    manifest = mirror_model(src, store_dir, files)
+    manifest = mirror_model(src, store_dir, files, chunk_size)
     return Model(src, store_dir, manifest, tuple(files))
 
 
-async def _mirror(src: Path, store_dir: Path) -> Manifest:
+async def _mirror(src: Path, store_dir: Path, chunk_size: int | None = None) -> Manifest:
     # Plain file:// URIs: BDN takes file paths literally (no percent-decoding).
     store = open_store(f"file://{store_dir}")
+    options = MirrorOptions() if chunk_size is None else MirrorOptions(chunk_size=chunk_size)
     try:
         result = await run_mirror(
-            WeightsEntry(source=f"file://{src}"), store=store, secrets=SecretResolver(None, {})
+            WeightsEntry(source=f"file://{src}"), store=store, secrets=SecretResolver(None, {}),
+            options=options,
         )
         return await Store(store).get_manifest(result.manifest_id)
     finally:
         await store.close()
 
 
-def mirror_model(src: Path, store_dir: Path, files: Sequence[DataFile]) -> Manifest:
+def mirror_model(src: Path, store_dir: Path, files: Sequence[DataFile],
+                 chunk_size: int | None = None) -> Manifest:
     """Mirror the generated tree into a fresh ``file://`` store; check its manifest.
 
     Raises:
@@ -108,7 +113,7 @@ def mirror_model(src: Path, store_dir: Path, files: Sequence[DataFile]) -> Manif
             exactly the generated files (nothing after it would mean anything).
     """
     try:
-        manifest = asyncio.run(_mirror(src, store_dir))
+        manifest = asyncio.run(_mirror(src, store_dir, chunk_size))
     except BdnError as err:
         raise BenchAbort(f"mirroring the generated model failed: {err}", exit_code=1) from err
     want = {f.path.relative_to(src).as_posix(): (f.size, f.sha256) for f in files}

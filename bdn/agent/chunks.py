@@ -18,6 +18,11 @@ node-cache blobs were checked when they entered the node cache. Requesters
 check every chunk against their manifest anyway (a peer is trusted no more
 than origin), so a later disk fault costs them a fall-back to origin, not
 bad bytes.
+
+With fan-out on (``fanout`` K > 0, :mod:`bdn.peer.fanout`) the service is
+also each owned chunk's tracker (:attr:`ChunkService.fanout`), and keeps the
+chunks this node's pulls read elsewhere to pass them on
+(:attr:`ChunkService.relay`, :mod:`bdn.agent.relay`).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import xxhash
 
 from bdn.agent.gate import DEFAULT_MAX_QUEUED, DEFAULT_MAX_RESPONSES, GateStats, ResponseGate
 from bdn.agent.protocol import ChunkRef
+from bdn.agent.relay import RelayStore, relay_key
 from bdn.backends.base import BlobStore, RangeReader
 from bdn.cache import NodeCache, Trust
 from bdn.config.settings import store_identity
@@ -42,6 +48,7 @@ from bdn.digest import new_xxh3
 from bdn.errors import IntegrityError, TransferError
 from bdn.http import RETRY_DATA, RetryPolicy, retrying
 from bdn.peer.chunks import ChunkOrigin
+from bdn.peer.fanout import FanoutStats, FanoutTracker
 from bdn.store import blob_key
 
 log = logging.getLogger(__name__)
@@ -57,6 +64,10 @@ MAX_ORIGIN_FETCHES = 8
 """Chunks an owner fetches from origin at once (the others wait their turn). Each
 fetch holds the origin client's read buffers, so this bounds the owner's memory
 on a cold start; 8 ranged GETs keep one owner's origin link busy."""
+
+RELAY_SHARE = 2
+"""Chunks kept to pass on (fan-out) get ``1/RELAY_SHARE`` of the chunk cache's budget,
+in a cache of their own beside it."""
 
 READ_PIECE = 1 * MiB
 """Largest read of a chunk file into memory (the fall-back when sendfile is unavailable)."""
@@ -81,6 +92,7 @@ class ChunkStats:
     chunk_hashes: int = 0
     untrusted_blobs: int = 0
     responses: GateStats = field(default_factory=GateStats)
+    fanout: FanoutStats = field(default_factory=FanoutStats)
 
 
 @dataclass(slots=True)
@@ -119,6 +131,7 @@ class ChunkService:
             origin store's alone). A blob admitted otherwise is not served;
             the chunk comes from the chunk cache or origin instead.
         max_responses, max_queued: the peer-response gate (:attr:`gate`).
+        fanout: K of :mod:`bdn.peer.fanout` (0: off; :attr:`relay` is then ``None``).
     """
 
     def __init__(
@@ -132,6 +145,7 @@ class ChunkService:
         trust: Trust | None = None,
         max_responses: int = DEFAULT_MAX_RESPONSES,
         max_queued: int = DEFAULT_MAX_QUEUED,
+        fanout: int = 0,
     ) -> None:
         self.cache = cache
         self.origin = origin
@@ -152,6 +166,19 @@ class ChunkService:
         )
         self._inflight: dict[str, asyncio.Future[ChunkOrigin]] = {}
         self._origin_slots = asyncio.Semaphore(MAX_ORIGIN_FETCHES)
+        self.fanout = FanoutTracker(fanout, stats=self.stats.fanout)
+        self.relay: RelayStore | None = None
+        self._relays: diskcache.Cache | None = None
+        if fanout:
+            # Copies kept to pass on have a budget of their own: they must never
+            # evict the chunks this node owns (an owner would read those from origin
+            # again), only each other.
+            self._relays = diskcache.Cache(
+                str(chunk_cache_dir / "relay"),
+                size_limit=max(1, chunk_cache_bytes // RELAY_SHARE),
+                eviction_policy="least-recently-used",
+            )
+            self.relay = RelayStore(self._keep_relay, self._open_held, fanout, self.stats.fanout)
 
     async def read(self, ref: ChunkRef) -> bytes:
         """The chunk's verified bytes (see :meth:`read_with_origin`)."""
@@ -268,9 +295,22 @@ class ChunkService:
             return False
         return (st.st_ino, st.st_mtime_ns) == (opened.st_ino, opened.st_mtime_ns)
 
-    def _open_cached_chunk(self, ref: ChunkRef) -> OpenChunk | None:
+    def _open_held(self, ref: ChunkRef) -> OpenChunk | None:
+        """What a fan-out holder may send: a copy its pull verified against ``ref.xxh3``,
+        or what it keeps anyway (never origin)."""
+        assert self._relays is not None
+        return self._open_cached_chunk(ref, self._relays, relay_key(ref)) or \
+            self._open_kept(ref)
+
+    def _keep_relay(self, key: str, reader: object) -> None:
+        """Store a verified chunk to pass on (the cache reads ``reader`` in pieces)."""
+        assert self._relays is not None
+        self._relays.set(key, reader, read=True)
+
+    def _open_cached_chunk(self, ref: ChunkRef, cache: diskcache.Cache | None = None,
+                           key: str | None = None) -> OpenChunk | None:
         length = ref.end - ref.start
-        value = self._chunks.get(ref.key, read=True)
+        value = (cache or self._chunks).get(ref.key if key is None else key, read=True)
         if value is None:
             return None
         if isinstance(value, bytes):  # A small chunk kept in diskcache's database.
@@ -343,7 +383,11 @@ class ChunkService:
                         ref.index, ref.digest, err)
 
     async def close(self) -> None:
-        """Close the chunk cache (idempotent)."""
+        """Close the chunk cache (idempotent), once copies being kept are written."""
+        if self.relay is not None:
+            await self.relay.close()
+        if self._relays is not None:
+            await asyncio.to_thread(self._relays.close)
         await asyncio.to_thread(self._chunks.close)
 
 

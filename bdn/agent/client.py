@@ -188,6 +188,7 @@ def to_pull_result(status: Mapping[str, Any]) -> PullResult:
         bytes_from_node_cache=s.bytes_from_node_cache,
         bytes_from_peers=s.bytes_from_peers,
         bytes_from_origin=s.bytes_from_origin,
+        bytes_proven=s.bytes_proven,
         seconds=s.seconds,
         materialized=s.materialized or "",
     )

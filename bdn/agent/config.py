@@ -14,14 +14,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bdn.agent.chunks import DEFAULT_CHUNK_CACHE_BYTES
 from bdn.agent.trees import DEFAULT_TREES_DIR, check_roots
 from bdn.config.settings import Settings
 from bdn.daemon.address import format_hostport, is_loopback, is_wildcard, parse_hostport
 from bdn.errors import ConfigError
+from bdn.peer.fanout import DEFAULT_FANOUT
 from bdn.pull import DEFAULT_PULL_OPTIONS, PullOptions
 from bdn.ring import DEFAULT_RING_CONFIG, RingConfig
+
+if TYPE_CHECKING:
+    from bdn.hub.upstream import UpstreamConfig
 
 DEFAULT_LISTEN = "127.0.0.1:7070"
 """Peer-facing address when none is given: loopback, so no token is needed."""
@@ -102,6 +107,10 @@ class AgentConfig:
             ``<cache>/trees`` (see :attr:`allowed_trees_roots`, :mod:`bdn.agent.trees`).
         hf_listen: ``(host, port)`` of the Hub-compatible read endpoint
             (``--hf-listen``, :mod:`bdn.hub`); ``None``: not served.
+        hf_upstream: pull-through for that endpoint (``--hf-upstream``,
+            :mod:`bdn.hub.upstream`); ``None``: off.
+        fanout: K of :mod:`bdn.peer.fanout` (``--fanout``): requesters an owner
+            sends each chunk to itself before redirecting to holders; 0: off.
     """
 
     settings: Settings
@@ -121,6 +130,8 @@ class AgentConfig:
     finished_pulls_kept: int = 1000
     trees_roots: tuple[Path, ...] = ()
     hf_listen: tuple[str, int] | None = None
+    hf_upstream: UpstreamConfig | None = None
+    fanout: int = DEFAULT_FANOUT
 
     def __post_init__(self) -> None:
         check_config(self)

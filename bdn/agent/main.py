@@ -29,7 +29,7 @@ from prometheus_client import disable_created_metrics
 
 from bdn.agent.chunks import ChunkService
 from bdn.agent.config import AgentConfig
-from bdn.agent.membership import HealthProber, Membership, MembershipCollector
+from bdn.agent.membership import HealthProber, Heard, Membership, MembershipCollector
 from bdn.agent.metrics import AgentMetrics, CountingStore
 from bdn.agent.pulls import PullContext, PullJob, PullRegistry
 from bdn.agent.server import (
@@ -92,6 +92,7 @@ class Agent:
         self.membership: Membership | None = None
         self.pulls: PullRegistry | None = None
         self.peer_client: PeerClient | None = None
+        self.hedging: Hedging | None = None
 
     async def start(self) -> None:
         """Open everything and start serving; on failure, close what was opened and raise."""
@@ -103,14 +104,19 @@ class Agent:
         store = CountingStore(store_for(s), self.metrics)
         self._closers.append(store.close)
         cache, chunks = self._open_caches(store)
-        membership = self._open_membership(probe_http)
-        self.peer_client = PeerClient(peer_http, cfg.token, timeout=cfg.peer_timeout)
         hedging = (Hedging(HedgeConfig.for_peer_timeout(cfg.peer_timeout, cfg.hedge_after))
                    if cfg.hedge else None)
+        # Chunk traffic a peer sends counts as its liveness too: probes share a
+        # starved loop with everything else (bdn.agent.membership).
+        membership = self._open_membership(
+            probe_http, hedging.liveness.last_heard if hedging is not None else None)
+        self.peer_client = PeerClient(peer_http, cfg.token, timeout=cfg.peer_timeout)
+        self.hedging = hedging
         if hedging is not None:
             self.metrics.watch_hedges(lambda: hedging.stats)
         tiers = TierConfig(ring=membership.current_ring, self_addr=cfg.advertise,
-                           peers=self.peer_client, local=chunks, hedging=hedging)
+                           peers=self.peer_client, local=chunks, hedging=hedging,
+                           relay=chunks.relay)
         self.pulls = pulls = PullRegistry(
             PullContext(store, cache, s.secrets(), cfg.pull.trusting(s.trusted_stores, store.uri),
                         tiers, cfg.background_fill_rate,
@@ -156,13 +162,15 @@ class Agent:
             cache, store, chunk_cache_dir=cfg.chunk_cache_dir,
             chunk_cache_bytes=cfg.chunk_cache_bytes,
             trust=cfg.pull.trusting(s.trusted_stores, store.uri).trust_for(store.uri),
+            fanout=cfg.fanout,
         )
         self._closers.append(chunks.close)
         self.metrics.watch_chunk_service(lambda: chunks.stats)
         return cache, chunks
 
-    def _open_membership(self, probe_http: HttpClient) -> Membership:
-        """Peer membership, not started yet; the ring starts as this agent alone."""
+    def _open_membership(self, probe_http: HttpClient, heard: Heard | None) -> Membership:
+        """Peer membership, not started yet; the ring starts as this agent alone.
+        ``heard``: when a peer last sent chunk traffic (excuses a missed probe)."""
         cfg = self.config
         self.membership = membership = Membership(
             cfg.membership,
@@ -170,6 +178,7 @@ class Agent:
             ring_config=cfg.ring,
             prober=HealthProber(probe_http, cfg.membership.probe_timeout),
             on_change=self._ring_changed,
+            heard=heard,
         )
         self._closers.append(membership.close)
         self.metrics.ring_members.set(1)
@@ -215,7 +224,8 @@ class Agent:
         if cfg.hf_listen is None:
             return
         options = cfg.pull.trusting(s.trusted_stores, store.uri)
-        app = hub_app(HubContext(store, cache, s.secrets(), options, tiers))
+        app = hub_app(HubContext(store, cache, s.secrets(), options, tiers,
+                                 upstream=cfg.hf_upstream))
         await listen_tcp(await self._runner(app), cfg.hf_listen, flag="--hf-listen")
 
     async def _runner(self, app: web.Application) -> web.AppRunner:
@@ -281,6 +291,8 @@ class Agent:
         if self.peer_client is not None:
             # Requests in flight to a peer that left fall back now, not at their timeout.
             self.peer_client.drop_peers(ring.members)
+        if self.hedging is not None:
+            self.hedging.liveness.forget(ring.members)
 
     def _pull_finished(self, job: PullJob) -> None:
         self._tasks.append(asyncio.create_task(self._scan_caches(), name="bdn-scan-once"))

@@ -186,6 +186,39 @@ class _ChunkStatsCollector(Collector):
             value=s.origin_bytes,
         )
         yield from _owner_side(s)
+        yield from _fanout(s)
+
+
+def _fanout(s: ChunkStats) -> Iterator[CounterMetricFamily]:
+    """Fan-out (bdn.peer.fanout): redirects by side, chunk bytes sent by role."""
+    f = s.fanout
+    redirects = CounterMetricFamily(
+        "bdn_fanout_redirects",
+        "Fan-out redirects: issued (this owner sent a requester to a holder), followed "
+        "(this node's pulls read a chunk from a holder they were sent to), failed (that "
+        "holder failed and the owner was asked again), refused (this node, as a holder, "
+        "held nothing for a redirected request or was at its per-chunk cap).",
+        labels=["side"],
+    )
+    redirects.add_metric(["issued"], f.redirects_issued)
+    redirects.add_metric(["followed"], f.redirects_followed)
+    redirects.add_metric(["failed"], f.redirects_failed)
+    redirects.add_metric(["refused"], f.holder_refusals)
+    yield redirects
+    served = CounterMetricFamily(
+        "bdn_fanout_bytes_served",
+        "Chunk bytes this agent sent to peers, by role: owner (asked as the chunk's "
+        "owner) or holder (passed on to a redirected requester, as a non-owner).",
+        labels=["role"],
+    )
+    served.add_metric(["owner"], f.bytes_as_owner)
+    served.add_metric(["holder"], f.bytes_as_holder)
+    yield served
+    yield CounterMetricFamily(
+        "bdn_fanout_bytes_from_holders",
+        "Chunk bytes this agent's pulls read from holders they were redirected to.",
+        value=f.bytes_from_holders,
+    )
 
 
 def _owner_side(s: ChunkStats) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
@@ -230,13 +263,18 @@ class _HedgeStatsCollector(Collector):
             "answered first), lost (the first request did), denied (a chunk past its "
             "deadline found the concurrent-hedge cap full; it hedges once a slot frees), "
             "withheld (not sent to origin: the owner said it was filling the chunk from "
-            "origin, so a hedge would only read it twice).",
+            "origin, so a hedge would only read it twice), quiet (the owner was silent "
+            "past its deadline but so was every other peer: a starved node, not hedged "
+            "then), over_budget (not sent straight to origin: the pull's origin-hedge "
+            "budget was spent).",
             labels=["outcome"],
         )
         hedges.add_metric(["won"], s.won)
         hedges.add_metric(["lost"], s.lost)
         hedges.add_metric(["denied"], s.denied)
         hedges.add_metric(["withheld"], s.withheld)
+        hedges.add_metric(["quiet"], s.quiet)
+        hedges.add_metric(["over_budget"], s.over_budget)
         yield hedges
 
 

@@ -183,7 +183,7 @@ def _shown(text: str) -> str:
 # -- pull requests ---------------------------------------------------------------------------
 
 _SOURCE_KEYS = ("source", "allow_patterns", "ignore_patterns", "auth")
-_ALL_KEYS = frozenset({"manifest_id", "mount_location", "background", *_SOURCE_KEYS})
+_ALL_KEYS = frozenset({"manifest_id", "mount_location", "background", "strict", *_SOURCE_KEYS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,11 +196,14 @@ class PullRequest:
         mount: the absolute, normalized mount location.
         background: a fill nobody waits on (warming a node); it runs under the
             agent's background fill rate so it does not starve inference I/O.
+        strict: prove every blob the pull uses by its SHA-256, cache hits and
+            fetches alike (``bdn pull --strict``), not only the chunk digests.
     """
 
     target: str | WeightsEntry
     mount: str
     background: bool = False
+    strict: bool = False
 
     @property
     def key(self) -> tuple[str, str]:
@@ -210,7 +213,8 @@ class PullRequest:
 
 
 def request_for(
-    target: str | WeightsEntry, mount: str | Path, *, background: bool = False
+    target: str | WeightsEntry, mount: str | Path, *, background: bool = False,
+    strict: bool = False,
 ) -> dict[str, Any]:
     """The ``POST /v1/pulls`` body for a manifest id or a weights entry, into ``mount``.
 
@@ -223,6 +227,8 @@ def request_for(
     body["mount_location"] = str(mount)
     if background:
         body["background"] = True
+    if strict:
+        body["strict"] = True
     return body
 
 
@@ -246,11 +252,12 @@ def parse_pull_request(body: object) -> PullRequest:
             field="request",
         )
     mount = _mount(body.get("mount_location"))
-    background = body.get("background", False)
-    if not isinstance(background, bool):
-        raise ConfigError("must be true or false", field="background")
+    background, strict = body.get("background", False), body.get("strict", False)
+    for name, flag in (("background", background), ("strict", strict)):
+        if not isinstance(flag, bool):
+            raise ConfigError("must be true or false", field=name)
     if body.get("manifest_id") is not None:
-        return PullRequest(_manifest_id(body), mount, background)
+        return PullRequest(_manifest_id(body), mount, background, strict)
     if body.get("source") is None:
         raise ConfigError(
             "give manifest_id (as printed by `bdn mirror`) or source (a weights entry)",
@@ -258,7 +265,7 @@ def parse_pull_request(body: object) -> PullRequest:
         )
     data = {k: body[k] for k in _SOURCE_KEYS if body.get(k) is not None}
     data["mount_location"] = mount
-    return PullRequest(parse_entry(data, where="request"), mount, background)
+    return PullRequest(parse_entry(data, where="request"), mount, background, strict)
 
 
 def _manifest_id(body: Mapping[str, Any]) -> str:
@@ -305,8 +312,8 @@ class PullStatus:
 
     ``bytes_total`` is what the pull has to fetch (0 until the node cache was
     consulted) and ``bytes_done`` how much of it has arrived. The per-tier
-    counts, ``files``, ``tree_bytes`` and ``materialized`` are set once the
-    pull succeeded; ``error`` and ``error_type`` once it failed.
+    counts, ``bytes_proven`` (hashed with SHA-256), ``files``, ``tree_bytes`` and
+    ``materialized`` are set once the pull succeeded; ``error`` and ``error_type`` once it failed.
     """
 
     id: str
@@ -318,6 +325,7 @@ class PullStatus:
     bytes_from_node_cache: int = 0
     bytes_from_peers: int = 0
     bytes_from_origin: int = 0
+    bytes_proven: int = 0
     files: int | None = None
     tree_bytes: int | None = None
     materialized: str | None = None
@@ -347,6 +355,7 @@ class PullStatus:
             bytes_from_node_cache=count("bytes_from_node_cache"),
             bytes_from_peers=count("bytes_from_peers"),
             bytes_from_origin=count("bytes_from_origin"),
+            bytes_proven=count("bytes_proven"),
             files=count("files"),
             tree_bytes=count("tree_bytes"),
             materialized=str(body.get("materialized") or ""),

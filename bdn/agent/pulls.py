@@ -31,7 +31,7 @@ from bdn.daemon.lifecycle import cancel_and_wait
 from bdn.errors import BdnError, MountConflict, TransferError
 from bdn.peer.tiered import TierConfig
 from bdn.pull import PullOptions, PullResult, pull_manifest, resolve_manifest
-from bdn.transfer.ratelimit import LiftableRate
+from bdn.transfer.ratelimit import RateCap
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +60,9 @@ class PullJob:
     options: PullOptions | None = None
 
     @property
-    def rate(self) -> LiftableRate | None:
+    def rate(self) -> RateCap | None:
         """The background fill rate this pull runs under (None: unlimited)."""
-        rate = self.options.transfer.max_bytes_per_second if self.options else None
-        return rate if isinstance(rate, LiftableRate) else None
+        return self.options.transfer.rate_limit if self.options else None
 
     def lift_rate(self) -> bool:
         """Let this pull run at full speed from now on; True when it was limited."""
@@ -87,6 +86,7 @@ class PullJob:
             bytes_from_node_cache=r.bytes_from_node_cache if r else 0,
             bytes_from_peers=r.bytes_from_peers if r else 0,
             bytes_from_origin=r.bytes_from_origin if r else 0,
+            bytes_proven=r.bytes_proven if r else 0,
             files=r.files if r else None,
             tree_bytes=r.total_bytes if r else None,
             materialized=r.materialized if r else None,
@@ -116,12 +116,14 @@ class PullContext:
 
     def options_for(self, request: PullRequest) -> PullOptions:
         """The pull options of one request: a background fill is rate-limited, by a
-        rate of its own that a foreground request joining it lifts."""
+        rate of its own that a foreground request joining it lifts. A strict request
+        proves every blob it uses, cache hits included."""
+        base = dataclasses.replace(self.options, strict=True) if request.strict else self.options
         if not (request.background and self.background_fill_rate):
-            return self.options
-        rate = LiftableRate(self.background_fill_rate)
-        transfer = dataclasses.replace(self.options.transfer, max_bytes_per_second=rate)
-        return dataclasses.replace(self.options, transfer=transfer)
+            return base
+        rate = RateCap(self.background_fill_rate)
+        transfer = dataclasses.replace(base.transfer, rate_limit=rate)
+        return dataclasses.replace(base, transfer=transfer)
 
 
 class PullRegistry:
@@ -163,10 +165,17 @@ class PullRegistry:
             ConfigError: the mount location is not one the agent may write
                 (outside its trees roots, through a symlink, on its cache).
             MountConflict: another running pull is filling the same mount
-                location with different content.
+                location with different content, or (for a strict request) with
+                the same content but without strict.
         """
         check_mount(request.mount, self._ctx.trees_roots, self._ctx.protected)
         same = self._running.get(request.key)
+        if same is not None and request.strict and not same.request.strict:
+            raise MountConflict(
+                f"{request.mount} is being filled by pull {same.id}, which does not prove "
+                "what it uses; wait for it to finish, then pull again with strict",
+                path=request.mount,
+            )
         if same is not None:
             log.info("request joins a running pull", extra={"pull_id": same.id})
             if not request.background and same.lift_rate():

@@ -22,6 +22,12 @@ Peer-facing (TCP, the cluster network)::
         queue check gets its 200 headers at once, with X-BDN-Chunk-Source: cache|origin,
         and the body when the chunk is ready; a failure then (origin lacks or fails
         the chunk) aborts the connection instead of answering 404/502.
+        Fan-out (bdn.peer.fanout): with X-BDN-Peer: host:port, an owner whose first K
+        requesters of the chunk are served answers 307 + X-BDN-Redirect: host:port (a
+        holder); with X-BDN-Failed-Holder it serves the request itself. A request with
+        X-BDN-Redirected: 1 is answered by a holder from what it keeps or is reading
+        (early answer as above), never from origin: 404 when it holds nothing, 503
+        when it already sends that chunk to K redirected requesters.
     GET /healthz, GET /metrics  (no token: for probes and scrapers)
     POST /v1/pulls, GET /v1/pulls/{id}  (as above, behind the bearer token; 403 when
                                          the agent has no token)
@@ -52,6 +58,7 @@ from aiohttp import web
 
 from bdn.agent.chunks import ChunkService
 from bdn.agent.gate import GateFull, Place
+from bdn.agent.holder import answer_as_holder
 from bdn.agent.metrics import CONTENT_TYPE, AgentMetrics
 from bdn.agent.protocol import (
     CHUNK_ROUTE,
@@ -68,6 +75,7 @@ from bdn.agent.protocol import (
 )
 from bdn.agent.pulls import PullRegistry
 from bdn.agent.sending import abandon, send_body, send_chunk, start_answer
+from bdn.daemon.address import format_hostport, parse_hostport
 from bdn.daemon.failures import Handler, answer_failures
 from bdn.daemon.tokens import authorized, json_error, unauthorized
 from bdn.errors import (
@@ -79,6 +87,13 @@ from bdn.errors import (
     SourceError,
     StoreError,
     TransferError,
+)
+from bdn.peer.fanout import (
+    FAILED_HOLDER_HEADER,
+    PEER_HEADER,
+    PEER_LOAD_HEADER,
+    REDIRECT_HEADER,
+    REDIRECTED_HEADER,
 )
 from bdn.store import blob_key
 
@@ -198,7 +213,21 @@ async def get_chunk(request: web.Request) -> web.StreamResponse:
     except ValueError as err:
         counter.labels("400").inc()
         return _error(400, str(err))
+    relay = ctx.chunks.relay
     try:
+        if request.headers.get(REDIRECTED_HEADER) == "1":
+            if relay is None:  # Fan-out off here: never read origin for a redirect.
+                counter.labels("404").inc()
+                return _error(404, "this node does not pass chunks on (--fanout 0); "
+                              "ask the chunk's owner")
+            return await answer_as_holder(request, ref, relay, ctx.chunks.gate,
+                                          ctx.metrics)
+        holder = ctx.chunks.fanout.route(ref.key, _peer(request, PEER_HEADER),
+                                         failed=_peer(request, FAILED_HOLDER_HEADER),
+                                         load=_count(request, PEER_LOAD_HEADER))
+        if holder is not None:
+            counter.labels("307").inc()
+            return _redirect(request, holder)
         if request.headers.get(EARLY_ANSWER_HEADER) == "1":
             return await _answer_early(request, ctx, ref, ctx.chunks.gate.place())
         async with ctx.chunks.gate.slot():
@@ -208,6 +237,31 @@ async def get_chunk(request: web.Request) -> web.StreamResponse:
         resp = _error(503, f"this owner is busy ({err}); read the chunk from origin")
         resp.headers["Retry-After"] = BUSY_RETRY_AFTER
         return resp
+
+
+def _peer(request: web.Request, header: str) -> str | None:
+    """A fan-out header's ``host:port``, normalized; ``None`` when absent or malformed
+    (the request is then served as one that named no peer)."""
+    value = request.headers.get(header)
+    if not value:
+        return None
+    try:
+        return format_hostport(*parse_hostport(value, field=header))
+    except ConfigError:
+        return None
+
+
+def _count(request: web.Request, header: str) -> int | None:
+    """A small whole number from a header (``None``: absent or not one)."""
+    value = request.headers.get(header, "")
+    return int(value) if value.isdigit() and len(value) <= 6 else None
+
+
+def _redirect(request: web.Request, holder: str) -> web.Response:
+    """307 to ``holder``: the requester reads the chunk there (``Location`` for any
+    HTTP client; ours reads ``X-BDN-Redirect``)."""
+    return web.Response(status=307, headers={
+        REDIRECT_HEADER: holder, "Location": f"http://{holder}{request.path_qs}"})
 
 
 async def _answer_early(request: web.Request, ctx: ServerContext, ref: ChunkRef,
@@ -233,6 +287,7 @@ async def _answer_early(request: web.Request, ctx: ServerContext, ref: ChunkRef,
             counter.labels("200").inc()
             ctx.metrics.chunks_served.labels(chunk.origin).inc()
             ctx.metrics.peer_bytes_served.inc(chunk.length)
+            ctx.chunks.stats.fanout.bytes_as_owner += chunk.length
             await send_body(request, resp, chunk)
         return resp
     except Exception as err:  # Headers may be out: only the connection can say it failed.
@@ -272,6 +327,7 @@ async def _serve_chunk(request: web.Request, ctx: ServerContext,
         counter.labels("200").inc()
         ctx.metrics.chunks_served.labels(chunk.origin).inc()
         ctx.metrics.peer_bytes_served.inc(chunk.length)
+        ctx.chunks.stats.fanout.bytes_as_owner += chunk.length
         return await send_chunk(request, chunk)
     finally:
         chunk.close()

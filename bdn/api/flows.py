@@ -139,7 +139,8 @@ async def pull_weights(
     """
     if settings.agent:
         return await pull_through_agent(
-            target, settings, on_progress, mount=mount, background=background
+            target, settings, on_progress, mount=mount, background=background,
+            strict=options.strict,
         )
     return await pull_in_process(
         target, settings, on_progress, mount=mount, options=options, on_begin=on_begin
@@ -153,8 +154,10 @@ async def pull_through_agent(
     *,
     mount: Path | None = None,
     background: bool = False,
+    strict: bool = False,
 ) -> PullResult:
-    """Have the node agent (``BDN_AGENT``) mirror-resolve and pull ``target``.
+    """Have the node agent (``BDN_AGENT``) mirror-resolve and pull ``target``;
+    ``strict``: the agent proves every blob it uses, as an in-process strict pull does.
 
     The agent needs an absolute mount location it can write on the node; with
     none given, this raises ConfigError rather than guessing a node path.
@@ -170,7 +173,8 @@ async def pull_through_agent(
             field="mount_location",
         )
     status = await AgentClient(settings.agent).pull(
-        request_for(target, where, background=background), on_progress=on_progress
+        request_for(target, where, background=background, strict=strict),
+        on_progress=on_progress
     )
     return to_pull_result(status)
 
@@ -199,6 +203,7 @@ async def pull_in_process(
         counter = _ByteCounter(on_progress)
         if options.trusted_stores is None:  # Whose word the node takes: BDN_TRUSTED_STORES.
             options = dataclasses.replace(options, trusted_stores=settings.trusted_stores)
+        options = options.with_workers(settings.workers)  # BDN_WORKERS / --workers
         result = await pull_manifest(
             manifest,
             tree,

@@ -23,6 +23,7 @@ from bdn.cli.common import (
     read_token,
     settings,
 )
+from bdn.cli.serve import add_upstream_flags, upstream_config
 from bdn.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -96,9 +97,14 @@ _FLAGS_AFTER_PEERS: tuple[Flag, ...] = (
                         "help": "wait this long for an owner peer before reading origin "
                         "(default 2)"}),
     ("--hedge-after", {"metavar": "SECONDS|off",
-                       "help": "hedge a chunk read from a slow owner (to a replica or origin) "
-                       "after at least this long; the deadline is learned from recent reads; "
-                       "off: never (default: 5 x --peer-timeout)"}),
+                       "help": "hedge a chunk read from a silent or slow owner (to a replica, "
+                       "the chunk's next owner, or origin) after at least this long; the "
+                       "deadline is learned from recent reads; off: never (default: "
+                       "--peer-timeout)"}),
+    ("--fanout", {"metavar": "K", "type": int,
+                  "help": "an owner sends each chunk itself to K requesters, then redirects "
+                  "later ones to nodes it already sent it to, which pass it on (a K-ary "
+                  "tree; origin still serves it once); 0: off (default 4)"}),
     ("--probe-interval", {"metavar": "SECONDS", "type": float, "default": 2.0,
                           "help": "seconds between health probes of peers (default 2)"}),
     ("--dns-interval", {"metavar": "SECONDS", "type": float, "default": 10.0,
@@ -128,6 +134,7 @@ def register(sub: Subparsers) -> None:
     add_flags(p, _FLAGS_BEFORE_PEERS)
     add_flags(p.add_mutually_exclusive_group(), _PEER_FLAGS)
     add_flags(p, _FLAGS_AFTER_PEERS)
+    add_upstream_flags(p)  # --hf-upstream: pull-through for the --hf-listen endpoint.
     p.set_defaults(func=DaemonCommand("bdn.agent.main", agent_config))
 
 
@@ -197,7 +204,19 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         background_fill_rate=flags.size("background_fill_rate", None),
         trees_roots=_trees_roots(flags),
         hf_listen=_hf_listen(flags),
+        hf_upstream=upstream_config(args),
+        **_fanout_option(args.fanout),
     )
+
+
+def _fanout_option(k: int | None) -> dict[str, Any]:
+    """``--fanout K``: 0 (off) or more; absent: the agent's default."""
+    if k is None:
+        return {}
+    if k < 0:
+        raise ConfigError(f"--fanout {k}: give 0 (off) or a positive number of requesters",
+                          field="--fanout")
+    return {"fanout": k}
 
 
 def _hf_listen(flags: FlagOrEnv) -> tuple[str, int] | None:

@@ -21,6 +21,9 @@ def register(sub: Subparsers) -> None:
     )
     p.add_argument("--size", default="1GiB", help="size of the base model (default 1GiB)")
     p.add_argument("--agents", type=int, default=4, help="node agents in the ring (default 4)")
+    p.add_argument("--fanout", type=int, default=2, metavar="K",
+                   help="the agents' --fanout: an owner sends each chunk to K peers and "
+                   "redirects the rest to them (default 2, so 4 agents show redirects; 0: off)")
     p.add_argument("--workdir", metavar="DIR", help="parent of the demo's temporary directory")
     p.add_argument("--keep", action="store_true", help="keep the demo directory afterwards")
     p.set_defaults(func=cmd_demo)

@@ -14,6 +14,11 @@ holds the chunk or is filling it from origin, and the body when it can. A
 for the hedging decision (:mod:`bdn.peer.race`). An older owner ignores the
 request header and answers once it holds the chunk; the bounds cover both.
 
+With fan-out (:mod:`bdn.peer.fanout`) an owner may answer ``307`` with
+``X-BDN-Redirect`` naming a holder of the chunk: :meth:`PeerClient.read_chunk`
+raises :class:`Redirected` and the caller (:mod:`bdn.peer.tiered`) decides
+whether to follow it. Redirects are never followed here.
+
 Every bound of a request derives from ``--peer-timeout`` (``timeout``): the
 connect, the wait for the *answer* (the headers and the first body byte,
 ``ANSWER_FACTOR`` times it: the owner may first read the chunk from origin)
@@ -28,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -42,6 +47,7 @@ from bdn.agent.protocol import (
 )
 from bdn.errors import TransferError
 from bdn.http import HttpClient, raise_for_status, translate_client_error
+from bdn.peer.fanout import REDIRECT_HEADER
 from bdn.peer.hedge import ReadProgress
 
 DEFAULT_PEER_TIMEOUT = 2.0
@@ -59,6 +65,15 @@ STALL_FACTOR = 2.0
 
 class PeerGone(TransferError):
     """The peer left the ring while a request to it was in flight."""
+
+
+class Redirected(Exception):  # An answer, not a failure: not a TransferError.
+    """The owner answered ``307``: read the chunk from ``holder`` (``host:port``) instead
+    (fan-out, :mod:`bdn.peer.fanout`)."""
+
+    def __init__(self, peer: str, holder: str) -> None:
+        super().__init__(f"peer {peer} redirected the request to {holder}")
+        self.holder = holder
 
 
 class PeerClient:
@@ -107,18 +122,27 @@ class PeerClient:
         return n
 
     async def read_chunk(self, peer: str, ref: ChunkRef,
-                         progress: ReadProgress | None = None) -> bytearray:
+                         progress: ReadProgress | None = None, *,
+                         headers: Mapping[str, str] | None = None,
+                         headers_within: float | None = None) -> bytearray:
         """The chunk's bytes from ``peer`` (``host:port``), whole (not yet verified);
         ``progress`` (if given) records the answer and the body as they arrive.
 
+        ``headers`` are added to the request (fan-out's, :mod:`bdn.peer.fanout`);
+        ``headers_within`` bounds the wait for the response headers (default: the
+        answer timeout; a fan-out holder answers at once, so it gets less).
+
         Raises:
+            Redirected: the owner sent the request to a holder of the chunk.
             TransferError (incl. PeerGone, StallError, HTTPStatusError): the peer is
                 down, slow, left the ring, refused, or sent a short or long body.
             AuthError: the peer rejected our token.
         """
         watch = progress if progress is not None else ReadProgress()
         watch.tracked = True
-        task = asyncio.ensure_future(self._read(peer, ref, watch))
+        sent = {**self._headers, **headers} if headers else self._headers
+        within = self.answer_timeout if headers_within is None else headers_within
+        task = asyncio.ensure_future(self._read(peer, ref, watch, sent, within))
         tasks = self._in_flight.setdefault(peer, set())
         tasks.add(task)
         try:
@@ -134,7 +158,8 @@ class PeerClient:
             if not tasks:
                 self._in_flight.pop(peer, None)
 
-    async def _read(self, peer: str, ref: ChunkRef, progress: ReadProgress) -> bytearray:
+    async def _read(self, peer: str, ref: ChunkRef, progress: ReadProgress,
+                    headers: Mapping[str, str], within: float) -> bytearray:
         url = f"http://{peer}{chunk_path(ref)}"
         answer_by = time.monotonic() + self.answer_timeout
         session = await self.http.session()
@@ -142,16 +167,17 @@ class PeerClient:
         limits = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout)
         try:
             resp = await asyncio.wait_for(
-                session.get(url, headers=self._headers, allow_redirects=False, timeout=limits),
-                self.answer_timeout,
+                session.get(url, headers=headers, allow_redirects=False, timeout=limits),
+                within,
             )
         except TimeoutError:
-            raise TransferError(
-                f"peer {peer} did not answer within {self.answer_timeout}s", url=url
-            ) from None
+            raise TransferError(f"peer {peer} did not answer within {within}s", url=url) from None
         except aiohttp.ClientError as err:
             raise translate_client_error(err, url, "chunk request to a peer") from None
         async with resp:
+            holder = resp.headers.get(REDIRECT_HEADER)
+            if resp.status == 307 and holder:
+                raise Redirected(peer, holder)
             raise_for_status(resp.status, url, resp.headers)
             progress.answered(resp.headers.get(CHUNK_SOURCE_HEADER))
             return await self._body(resp, peer, ref.end - ref.start, url,

@@ -14,19 +14,33 @@ records that and every body piece, and :meth:`Hedging.hedge_at` decides on it:
   ``slack`` times the p95 of recent answers when that is longer (a loaded
   node answers everyone late; a frozen owner is the one that does not): the
   owner is frozen, overloaded or behind a slow network (or older, and
-  filling): hedge;
+  filling): hedge, *if* the owner has been quiet that long while other peers
+  were heard and no request to another peer has waited half as long for its
+  headers (:class:`PeerLiveness`). A frozen or stuck owner is the only
+  silent one; on a CPU-starved node every peer (or this node's own loop) is
+  late, and a hedge would only read origin again, so the read waits, up to
+  ``cap``. Any answer or body piece from the owner, on any request, resets its
+  quiet time: a starved owner that is streaming something is alive. And while
+  this node's own loop runs late (a hedge timer fired more than
+  ``STARVED_LAG_FRACTION`` of the floor, at least ``MIN_STARVED_LAG``, after it
+  was due, within the last floor), nothing is hedged for silence: the answers
+  may be in its sockets, unread, and a shared machine starves everyone;
 - filling from origin, nothing sent yet: never hedge to origin, which would
   only read the same bytes from origin a second time (in a cold burst every
   owner is filling, and hedges to origin were the herd); a replica may be
   asked once the fill runs past ``cap``. The request's own bound (the
   client's answer timeout) ends a fill that never finishes;
-- sending: hedge to origin only when the body stalls for ``floor`` or runs
-  past ``cap`` (a body that flows is nearly always cheaper to finish than to
-  read again from origin; measured on a loaded 2-core herd, the hedges a
-  learned deadline sent were for bodies 80-95% done); hedge to a replica
-  also when it runs past the learned deadline for its size.
+- sending: hedge to origin only when the body stalls for ``floor`` (judged
+  the same way: quiet while others are heard) or runs past ``cap`` and, at its
+  rate so far, would need more than ``cap`` again to finish (``bdn demo`` under
+  heavy load hedged 64 MiB bodies 20-90% done past the cap, each one more origin
+  read at the successor) (a body
+  that flows is nearly always cheaper to finish than to read again from
+  origin; measured on a loaded 2-core herd, the hedges a learned deadline
+  sent were for bodies 80-95% done); hedge to a replica also when it runs
+  past the learned deadline for its size.
 
-Two pieces keep hedges cheap:
+These pieces keep hedges cheap:
 
 - :class:`DeadlineEstimator` learns the deadline from recent successful peer
   reads: the p95 of their seconds per byte, times the chunk's size, times a
@@ -39,6 +53,15 @@ Two pieces keep hedges cheap:
   request the ring exists to save, so a ring that is slow everywhere (a cold
   herd whose owners all wait on origin) must not turn into a second herd.
   The tiered reader adds the other bound: at most one hedge per chunk.
+- A hedge goes to the chunk's *successor* before origin: the node that would
+  own the chunk if its owner left the ring (``costly`` in :meth:`Hedging.hedge_at`:
+  it may have to read origin). Every requester computes the same successor,
+  which coalesces their hedges into one origin read of the chunk (none when the
+  frozen owner never read it), and holds the chunk once membership drops the
+  owner. A hedge straight to origin (no successor left) draws on the pull's
+  :class:`OriginHedgeBudget`: ``ORIGIN_HEDGE_SHARE`` of the pull's bytes over
+  the ring's members, so the whole ring's direct hedges stay under that share
+  of the model (docs/DESIGN.md, "Hedged reads": the worst case).
 
 :class:`HedgeStats` counts outcomes for ``/metrics``: ``won`` (the hedge
 answered first), ``lost`` (the first request did, or the hedge failed).
@@ -53,12 +76,15 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "DEFAULT_HEDGE_FRACTION",
+    "ORIGIN_HEDGE_SHARE",
     "PRIOR_BYTES_PER_SECOND",
     "DeadlineEstimator",
     "HedgeBudget",
     "HedgeConfig",
     "HedgeStats",
     "Hedging",
+    "OriginHedgeBudget",
+    "PeerLiveness",
     "ReadProgress",
 ]
 
@@ -76,14 +102,25 @@ MIN_SAMPLE_BYTES = 4 * MiB
 small (last) chunk does not read as a slow rate for full-size ones."""
 
 
-DEFAULT_FLOOR_TIMEOUTS = 5.0
+DEFAULT_FLOOR_TIMEOUTS = 1.0
 """The default hedge floor, in peer timeouts. A live owner on a CPU-starved node
-can take seconds to send its first byte; hedging such a read to origin repeats
-the origin read the ring exists to avoid. With the floor at one peer timeout,
-``bdn demo`` on a 2-core machine read 1.4x-1.9x the distinct content from
-origin, against 1.00x with hedging off; at five, a frozen owner still costs
-about one floor per chunk, not the answer timeout. ``--hedge-after`` lowers it
-where nodes have headroom."""
+can take seconds to send its first byte, and hedging such a read repeats the
+origin read the ring exists to avoid: with this floor and origin as the hedge
+target, ``bdn demo`` on a 2-core machine read 1.4x-1.9x the distinct content
+from origin. What keeps the floor eager now is the quiet rule (a read is hedged
+for silence only while other peers are heard), the successor as the hedge
+target, and :class:`OriginHedgeBudget`; see the module docstring."""
+
+STARVED_LAG_FRACTION = 0.25
+"""A hedge timer firing this share of the floor late means this node is starved."""
+
+MIN_STARVED_LAG = 0.1
+"""Seconds: no timer lateness below this counts as starvation (tiny floors in tests)."""
+
+ORIGIN_HEDGE_SHARE = 0.05
+"""Bytes a pull may hedge straight to origin, as a share of its bytes divided by
+the ring's members: N pulls of one model on N nodes hedge at most this share of
+it to origin together."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +136,8 @@ class HedgeConfig:
         min_samples: reads needed before the learned rate replaces the prior.
         fraction: concurrent hedges per chunk request in flight.
         min_hedges: concurrent hedges always allowed (one stuck owner must be
-            routed around even when few requests run).
+            routed around even when few requests run: a frozen owner of a
+            quarter of one pull's chunks, measured at 2, hedged them two by two).
     """
 
     floor: float = 2.0
@@ -108,7 +146,7 @@ class HedgeConfig:
     window: int = 64
     min_samples: int = 5
     fraction: float = DEFAULT_HEDGE_FRACTION
-    min_hedges: int = 2
+    min_hedges: int = 4
 
     def __post_init__(self) -> None:
         if not 0 < self.floor <= self.cap:
@@ -206,6 +244,78 @@ class HedgeStats:
     withheld: int = 0
     """Chunks not hedged to origin past their deadline because the owner was
     filling them from origin (counted once per chunk)."""
+    quiet: int = 0
+    """Chunks whose owner was silent past the deadline but not hedged then,
+    because no other peer was heard either (a starved node; once per chunk)."""
+    over_budget: int = 0
+    """Chunks not hedged straight to origin: the pull's origin-hedge budget was
+    spent (once per chunk)."""
+
+
+class PeerLiveness:
+    """When each peer was last heard from: headers or a body piece of any chunk
+    request. Hedging judges an owner's silence against it, and membership keeps a
+    peer whose probes time out while its chunks still arrive.
+
+    Not thread-safe; use from one event loop. Times are :func:`time.monotonic`.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._pending: dict[int, ReadProgress] = {}  # Requests in flight, by id().
+
+    def heard(self, peer: str, at: float | None = None) -> None:
+        """``peer`` sent something (now, or at ``at``)."""
+        self._last[peer] = time.monotonic() if at is None else at
+
+    def last_heard(self, peer: str) -> float | None:
+        """When ``peer`` was last heard from (``None``: never)."""
+        return self._last.get(peer)
+
+    def heard_other_since(self, peer: str, since: float) -> bool:
+        """Whether any peer but ``peer`` was heard after ``since``."""
+        return any(at > since for other, at in self._last.items() if other != peer)
+
+    def asking(self, read: ReadProgress) -> None:
+        """A request described by ``read`` is in flight (until :meth:`finished`)."""
+        self._pending[id(read)] = read
+
+    def finished(self, read: ReadProgress) -> None:
+        self._pending.pop(id(read), None)
+
+    def waiting_elsewhere(self, peer: str, now: float) -> float:
+        """The longest any request in flight to a peer but ``peer`` has waited for
+        its headers (0: none waits): when others are late too, it is load."""
+        return max((now - r.started for r in self._pending.values()
+                    if r.tracked and r.peer not in (None, peer) and r.answered_at is None),
+                   default=0.0)
+
+    def forget(self, keep: frozenset[str] | set[str]) -> None:
+        """Drop peers not in ``keep`` (ring members), so the table stays small."""
+        for peer in [p for p in self._last if p not in keep]:
+            del self._last[peer]
+
+
+@dataclass(slots=True)
+class OriginHedgeBudget:
+    """Bytes one pull may still hedge straight to origin; see the module docstring.
+
+    :meth:`grow` adds ``ORIGIN_HEDGE_SHARE`` of each blob the pull reads through
+    the peer tier, divided by the ring's members then; :meth:`take` spends it.
+    """
+
+    share: float = ORIGIN_HEDGE_SHARE
+    left: float = 0.0
+
+    def grow(self, nbytes: int, members: int) -> None:
+        self.left += self.share * nbytes / max(1, members)
+
+    def take(self, nbytes: int) -> bool:
+        """Spend ``nbytes`` if that much is left; False (nothing spent) otherwise."""
+        if nbytes > self.left:
+            return False
+        self.left -= nbytes
+        return True
 
 
 @dataclass(slots=True)
@@ -224,11 +334,15 @@ class ReadProgress:
     body_at: float | None = None
     last_at: float | None = None
     got: int = 0
+    peer: str | None = None
+    """The peer asked; with ``liveness``, what it sends is recorded there too."""
+    liveness: PeerLiveness | None = None
 
     def answered(self, source: str | None) -> None:
         """The headers arrived; ``source`` is ``X-BDN-Chunk-Source`` (``None``: absent)."""
         self.answered_at = time.monotonic()
         self.source = source if source in ("cache", "origin") else None
+        self._heard(self.answered_at)
 
     def received(self, nbytes: int) -> None:
         """A body piece of ``nbytes`` arrived."""
@@ -237,6 +351,11 @@ class ReadProgress:
             self.body_at = now
         self.last_at = now
         self.got += nbytes
+        self._heard(now)
+
+    def _heard(self, at: float) -> None:
+        if self.liveness is not None and self.peer is not None:
+            self.liveness.heard(self.peer, at)
 
     @property
     def filling(self) -> bool:
@@ -269,6 +388,9 @@ class Hedging:
     estimator: DeadlineEstimator = field(init=False)
     budget: HedgeBudget = field(init=False)
     stats: HedgeStats = field(default_factory=HedgeStats)
+    liveness: PeerLiveness = field(default_factory=PeerLiveness)
+    lagged_at: float = float("-inf")
+    """When a hedge timer of this node last fired late enough to call it starved."""
 
     answers: deque[float] = field(init=False)
 
@@ -290,20 +412,64 @@ class Hedging:
             return cfg.floor
         return min(cfg.cap, max(cfg.floor, cfg.slack * p95(self.answers)))
 
-    def hedge_at(self, read: ReadProgress, nbytes: int, *, to_origin: bool) -> float | None:
+    def note_wake(self, late: float, now: float | None = None) -> None:
+        """A hedge timer fired ``late`` seconds after it was due (see the module)."""
+        if late > max(MIN_STARVED_LAG, STARVED_LAG_FRACTION * self.config.floor):
+            self.lagged_at = time.monotonic() if now is None else now
+
+    def starved(self, now: float) -> bool:
+        """Whether this node's loop ran late within the last floor."""
+        return now - self.lagged_at < self.config.floor
+
+    def hedge_at(self, read: ReadProgress, nbytes: int, *, to_origin: bool,
+                 now: float | None = None) -> float | None:
         """When (monotonic) the read of ``nbytes`` that ``read`` describes should be
-        hedged, the hedge going to origin if ``to_origin`` else to a replica;
-        ``None``: not by time, as things stand (see the module docstring).
+        hedged; ``to_origin``: the hedge may cost an origin read (origin itself, or
+        a successor that does not hold the chunk), else it goes to a replica owner.
+        ``None``: not by time, as things stand (see the module docstring); ``now``
+        defaults to the clock.
         """
         cfg = self.config
         if not read.tracked:
             return read.started + self.estimator.deadline(nbytes)
         if read.answered_at is None:
-            return read.started + self.answer_deadline()
+            return self._when_quiet(read, read.started, self.answer_deadline(),
+                                    read.started + cfg.cap, now)
         if read.filling:
             return None if to_origin else read.started + cfg.cap
         begun = read.body_at if read.source == "origin" else read.answered_at
         assert begun is not None
         last = read.last_at if read.last_at is not None else begun
-        slow = cfg.cap if to_origin else self.estimator.deadline(nbytes)
-        return min(begun + slow, last + cfg.floor)
+        if not to_origin:
+            return min(begun + self.estimator.deadline(nbytes), last + cfg.floor)
+        now = time.monotonic() if now is None else now
+        latest = begun + cfg.cap
+        if read.got and now >= latest:
+            rest = (now - begun) * (nbytes - read.got) / read.got  # At its rate so far.
+            if rest <= cfg.cap:
+                latest = now + cfg.floor  # Flowing, and soon done: look again later.
+        return self._when_quiet(read, last, cfg.floor, latest, now)
+
+    def _when_quiet(self, read: ReadProgress, since: float, wait: float, latest: float,
+                    now: float | None) -> float | None:
+        """Hedge once the owner has been quiet ``wait`` seconds from ``since`` while
+        another peer was heard and this node was not starved; ``None`` while everyone
+        is quiet (or this node starved); ``latest`` in any case.
+
+        A read that names no peer (or has no liveness) is judged on its own times.
+        """
+        live = read.liveness
+        if read.peer is None or live is None:
+            return min(since + wait, latest)
+        heard = live.last_heard(read.peer)
+        quiet = since if heard is None else max(since, heard)
+        due = min(quiet + wait, latest)
+        now = time.monotonic() if now is None else now
+        if now >= latest:
+            return latest
+        if now < due:
+            return due
+        if (self.starved(now) or not live.heard_other_since(read.peer, quiet)
+                or live.waiting_elsewhere(read.peer, now) > wait / 2):
+            return None
+        return due

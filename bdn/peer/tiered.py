@@ -11,6 +11,13 @@ a learned deadline is hedged to the next source (:mod:`bdn.peer.race`,
 :mod:`bdn.peer.hedge`). So pulls complete while peers die or freeze, and a
 corrupt peer costs one chunk's bytes, counted.
 
+With fan-out on (``TierConfig.relay``, :mod:`bdn.peer.fanout`) an owner may
+answer with a redirect to a holder of the chunk. The reader follows one,
+verifies the holder's bytes, and on any failure of the holder asks the owner
+again (naming the holder that failed), never origin: only the owner's own
+failure sends a chunk to origin. Every chunk read from elsewhere is handed to
+the relay once verified, so this node can pass it on.
+
 :class:`TierConfig` is the peer tier a pull is given (it implements
 ``bdn.pull.Tier``, structurally: this module does not import the pull);
 :meth:`TierConfig.start_pull` hands each pull a :class:`PeerPull` whose
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -29,10 +37,16 @@ from bdn.backends.base import RangeReader
 from bdn.digest import Digest, xxh3_128_hex
 from bdn.errors import AuthError, BdnError, IntegrityError, TransferError
 from bdn.manifest import FileEntry
-from bdn.peer.chunks import LocalChunks
-from bdn.peer.client import PeerClient
-from bdn.peer.hedge import Hedging, ReadProgress
-from bdn.peer.race import ORIGIN, ChunkRace
+from bdn.peer.chunks import LocalChunks, RelayChunks
+from bdn.peer.client import PeerClient, Redirected
+from bdn.peer.fanout import (
+    FAILED_HOLDER_HEADER,
+    PEER_HEADER,
+    PEER_LOAD_HEADER,
+    REDIRECTED_HEADER,
+)
+from bdn.peer.hedge import Hedging, OriginHedgeBudget, ReadProgress
+from bdn.peer.race import ORIGIN, ChunkRace, successor
 from bdn.ring import Ring
 
 log = logging.getLogger(__name__)
@@ -52,6 +66,8 @@ class TierConfig:
         local: this node's chunk service (``None``: read own chunks from origin).
         hedging: when and how often slow chunk reads are hedged, shared by
             every pull of this node (``None``: never; see :mod:`bdn.peer.hedge`).
+        relay: where chunks read from elsewhere are kept to pass on (``None``:
+            fan-out off here: requests do not name this node, nothing is kept).
     """
 
     ring: Ring | Callable[[], Ring]
@@ -59,6 +75,7 @@ class TierConfig:
     peers: PeerClient
     local: LocalChunks | None = None
     hedging: Hedging | None = None
+    relay: RelayChunks | None = None
 
     def current_ring(self) -> Ring:
         """The ring now: a callable ``ring`` is asked per chunk, so a pull follows
@@ -91,11 +108,15 @@ class PeerPull:
 
     tiers: TierConfig
     stats: TierStats = field(default_factory=TierStats)
+    origin_budget: OriginHedgeBudget = field(default_factory=OriginHedgeBudget)
 
     def reader(self, origin: RangeReader, entry: FileEntry, chunk_size: int) -> TieredReader:
-        """A reader of ``entry``'s blob that asks its chunks' owners before ``origin``."""
+        """A reader of ``entry``'s blob that asks its chunks' owners before ``origin``
+        (the blob adds its share to the pull's origin-hedge budget)."""
+        self.origin_budget.grow(entry.size, len(self.tiers.current_ring().members))
         return TieredReader(
-            origin, entry.sha256, entry.size, chunk_size, entry.chunks, self.tiers, self.stats
+            origin, entry.sha256, entry.size, chunk_size, entry.chunks, self.tiers, self.stats,
+            origin_budget=self.origin_budget,
         )
 
 
@@ -111,6 +132,7 @@ class TieredReader:
     tiers: TierConfig
     stats: TierStats
     supports_ranges: bool | None = True
+    origin_budget: OriginHedgeBudget | None = None
     # Which peer served each chunk in full (a second request for it means the
     # engine rejected the bytes), and the (chunk, peer) pairs not to try again.
     _peer_served: dict[int, str] = field(default_factory=dict)
@@ -151,7 +173,24 @@ class TieredReader:
                 return
             owners = []  # Without a chunk service, own chunks come from origin.
         sources = [o for o in owners if (ref.index, o) not in self._peer_failed]
-        data, source = await ChunkRace(self, ref, [*sources, ORIGIN]).run()
+        # A hedge goes to the successor before origin (bdn.peer.race, bdn.peer.hedge).
+        after = successor(ring, self.digest, ref.index, owners)
+        extra = [after] if after is not None and (ref.index, after) not in self._peer_failed \
+            else []
+        relay = self.tiers.relay
+        if relay is not None and not relay.wanted(len(ring.members)):
+            relay = None  # Nobody can be sent here: skip the relay copy's disk write.
+        if relay is not None:
+            relay.begin(ref)
+        try:
+            data, source = await ChunkRace(self, ref, [*sources, *extra, ORIGIN], costly=extra,
+                                           origin_budget=self.origin_budget).run()
+        except BaseException:
+            if relay is not None:
+                relay.abandon(ref)
+            raise
+        if relay is not None:
+            relay.keep(ref, data)
         if source == ORIGIN:
             self.stats.bytes_from_origin += len(data)
         elif source != self.tiers.self_addr:
@@ -183,7 +222,9 @@ class TieredReader:
         elif source == self.tiers.self_addr:
             return await self._from_local(ref)
         else:
-            data = await self._read_peer(ref, source, progress or ReadProgress())
+            data, verified = await self._read_peer(ref, source, progress or ReadProgress())
+            if verified:
+                return data
         if await _digest_of(data) != ref.xxh3:
             if source == ORIGIN:
                 raise IntegrityError(f"chunk {ref.index} of {self.digest} from origin is corrupt",
@@ -195,18 +236,68 @@ class TieredReader:
             raise IntegrityError(f"peer {source} sent a corrupt chunk", expected=ref.xxh3)
         return data
 
-    async def _read_peer(self, ref: ChunkRef, peer: str, progress: ReadProgress) -> bytearray:
+    async def _read_peer(self, ref: ChunkRef, peer: str,
+                         progress: ReadProgress) -> tuple[bytearray, bool]:
+        """Chunk ``ref`` from owner ``peer``, following a fan-out redirect: the bytes,
+        and whether they were verified already (a holder's are)."""
         hedging = self.tiers.hedging
+        relay = self.tiers.relay
+        me = self.tiers.self_addr if relay is not None else None
+        named = {PEER_HEADER: me, PEER_LOAD_HEADER: str(relay.load())} \
+            if me and relay is not None else None
         try:
-            data = await self.tiers.peers.read_chunk(peer, ref, progress)
-        except (TransferError, AuthError) as err:
+            try:
+                data = await self.tiers.peers.read_chunk(peer, ref, progress, headers=named)
+            except Redirected as redirect:
+                held = await self._from_holder(ref, peer, redirect.holder, progress)
+                if held is not None:
+                    return held, True
+                _restart(progress)  # The holder failed: the owner serves us itself now.
+                again = {**(named or {}), FAILED_HOLDER_HEADER: redirect.holder}
+                data = await self.tiers.peers.read_chunk(peer, ref, progress, headers=again)
+        except (TransferError, AuthError, Redirected) as err:
             self.stats.peer_failures += 1
             self._peer_failed.add((ref.index, peer))
             log.info("peer %s failed chunk %d of %s: %s", peer, ref.index, self.digest, err)
+            if isinstance(err, Redirected):  # Redirected twice: the owner broke the protocol.
+                raise TransferError(str(err)) from None
             raise
         if hedging is not None:
             hedging.observe(progress, len(data))
-        return data
+        return data, False
+
+    async def _from_holder(self, ref: ChunkRef, owner: str, holder: str,
+                           progress: ReadProgress) -> bytearray | None:
+        """Chunk ``ref``'s verified bytes from the ``holder`` its owner redirected us to,
+        or ``None`` when the holder failed in any way (the caller asks the owner again).
+
+        ``progress`` (the owner request's, which the race watches) says "filling"
+        meanwhile: the wait costs origin nothing, so it is not hedged to origin; the
+        holder's own bounds (headers within :data:`HOLDER_ANSWER_FACTOR` peer timeouts)
+        end a dead holder's wait.
+        """
+        assert self.tiers.relay is not None
+        stats = self.tiers.relay.fanout_stats
+        stats.redirects_followed += 1
+        progress.answered("origin")
+        watch = ReadProgress()
+        peers = self.tiers.peers
+        why: object = "its bytes failed the chunk's xxh3-128 check"
+        try:
+            data = await peers.read_chunk(holder, ref, watch, headers={REDIRECTED_HEADER: "1"},
+                                          headers_within=HOLDER_ANSWER_FACTOR * peers.timeout)
+            if await _digest_of(data) == ref.xxh3:
+                stats.bytes_from_holders += len(data)
+                if self.tiers.hedging is not None:
+                    self.tiers.hedging.observe(watch, len(data))
+                return data
+            self.stats.corrupt_from_peers += 1
+        except (TransferError, AuthError, Redirected) as err:
+            why = err
+        stats.redirects_failed += 1
+        log.info("holder %s (named by owner %s) failed chunk %d of %s: %s; asking the owner",
+                 holder, owner, ref.index, self.digest, why)
+        return None
 
     async def _read_origin(self, ref: ChunkRef) -> bytearray:
         data = bytearray(ref.end - ref.start)
@@ -235,6 +326,21 @@ class TieredReader:
             return ChunkRef(self.digest, index, self.size, self.chunk_size, self.chunks[index])
         except (ValueError, BdnError):
             return None
+
+
+HOLDER_ANSWER_FACTOR = 2.0
+"""A holder's headers are due within this many peer timeouts. It answers them from
+memory at once (:mod:`bdn.agent.relay`), so only a frozen or starved node is late;
+a late holder costs this wait and a trip back to the owner, never origin."""
+
+
+def _restart(progress: ReadProgress) -> None:
+    """Make ``progress`` describe a request starting now (the owner is asked again),
+    so the race judges that request by its own answer."""
+    progress.started = time.monotonic()
+    progress.answered_at = progress.body_at = progress.last_at = None
+    progress.source = None
+    progress.got = 0
 
 
 HASH_OFF_LOOP_BYTES = 1024 * 1024

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 from bdn.agent.config import MembershipConfig
 from bdn.agent.membership import (
+    STARVED_EXCUSES,
     HealthProber,
     Membership,
     MembershipCollector,
@@ -12,6 +15,7 @@ from bdn.agent.membership import (
 )
 from bdn.digest import Digest
 from bdn.http import HttpClient, HttpConfig
+from bdn.peer.hedge import PeerLiveness
 from bdn.ring import RingConfig
 from tests.e2e.agents import free_ports
 from tests.httpserver import FaultServer
@@ -215,10 +219,85 @@ async def test_settling_re_resolves_dns_for_pods_that_appear_meanwhile() -> None
 
 
 def test_membership_metrics_say_why_origin_served_more() -> None:
-    stats = MembershipStats(joined=2, left=1, unanswered_at_start=1, settle_seconds=0.5)
+    stats = MembershipStats(joined=2, left=1, unanswered_at_start=1, settle_seconds=0.5,
+                            excused=3)
     samples = {(s.name, tuple(s.labels.items())): s.value
                for family in MembershipCollector(lambda: stats).collect()
                for s in family.samples}
     assert samples[("bdn_ring_changes_total", (("reason", "joined"),))] == 2
     assert samples[("bdn_ring_changes_total", (("reason", "left"),))] == 1
     assert samples[("bdn_ring_start_unanswered", ())] == 1
+    assert samples[("bdn_ring_probe_misses_excused_total", ())] == 3
+
+
+# -- not churning when this node, or the peer, is starved of CPU ---------------------------
+
+PEER = "10.0.0.2:7070"
+
+
+async def test_a_member_heard_from_lately_keeps_its_place_when_probes_time_out() -> None:
+    live = PeerLiveness()
+    prober = FakeProber({PEER}, silent_is_false=False)
+    m = Membership(MembershipConfig(static_peers=(SELF, PEER)), self_addr=SELF,
+                   ring_config=RingConfig(), prober=prober, heard=live.last_heard)
+    await m.refresh()
+    assert PEER in m.ring.members
+    prober.alive.clear()  # Its probes time out, but its chunks keep arriving.
+    for _ in range(2 * m.config.misses_to_leave):
+        live.heard(PEER)
+        await m.refresh()
+    assert PEER in m.ring.members
+    assert m.stats.excused == 2 * m.config.misses_to_leave and m.stats.left == 0
+    # Not heard any more (its last chunk long ago): misses count again, and it leaves.
+    live.heard(PEER, time.monotonic() - 3600)
+    for _ in range(m.config.misses_to_leave):
+        await m.refresh()
+    assert m.ring.members == {SELF}
+
+
+class StarvingProber(FakeProber):
+    """Silent peers, probed by a node whose own loop is blocked (CPU starvation):
+    the round outlasts the probe timeout for this node's sake, not the peer's."""
+
+    def __init__(self, block: float) -> None:
+        super().__init__(set(), silent_is_false=False)
+        self.block = block
+
+    async def __call__(self, addr: str) -> bool | None:
+        time.sleep(self.block)  # Blocks the event loop, as a starved process does.
+        return await super().__call__(addr)
+
+
+async def test_missed_probes_in_a_round_run_by_a_starved_loop_are_not_counted() -> None:
+    cfg = MembershipConfig(static_peers=(SELF, PEER), probe_timeout=0.05)
+    prober = StarvingProber(block=0.0)
+    prober.alive.add(PEER)
+    m = Membership(cfg, self_addr=SELF, ring_config=RingConfig(), prober=prober)
+    await m.refresh()
+    prober.alive.clear()
+    prober.block = 0.2  # Far past the probe timeout: this node was not running.
+    for _ in range(cfg.misses_to_leave + 1):
+        await m.refresh()
+    assert PEER in m.ring.members and m.stats.excused == cfg.misses_to_leave + 1
+    # A round that began late (the sleep before it overshot) is excused too.
+    prober.block = 0.0
+    await m.refresh(late=1.0)
+    assert PEER in m.ring.members
+    # On time, quick, and silent: these misses count.
+    for _ in range(cfg.misses_to_leave):
+        await m.refresh()
+    assert m.ring.members == {SELF}
+
+
+async def test_a_node_starved_for_good_still_drops_a_dead_peer() -> None:
+    cfg = MembershipConfig(static_peers=(SELF, PEER))
+    prober = FakeProber({PEER}, silent_is_false=False)
+    m = Membership(cfg, self_addr=SELF, ring_config=RingConfig(), prober=prober)
+    await m.refresh()
+    prober.alive.clear()  # Dead, and every round from now on runs late.
+    rounds = 0
+    while PEER in m.ring.members:
+        await m.refresh(late=60.0)
+        rounds += 1
+        assert rounds <= (STARVED_EXCUSES + 1) * cfg.misses_to_leave
+    assert rounds == (STARVED_EXCUSES + 1) * cfg.misses_to_leave

@@ -176,6 +176,10 @@ def test_ring_changes_are_counted_from_the_agent_log_after_a_time(tmp_path: Path
     start = 1767225605.0  # 2026-01-01T00:00:05Z
     assert ring_changes_since(agent, start) == 1
     assert ring_changes_since(agent, 0) == 2
+    # Joins while the ring forms at start-up are not changes: counted after it settled.
+    lines.insert(1, {"ts": "2026-01-01T00:00:00.500+00:00", "msg": "ring settled"})
+    agent.log.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    assert ring_changes_since(agent, 0) == 1
 
 
 def test_netns_nodes_run_in_their_namespace_over_their_own_origin_link() -> None:

@@ -11,6 +11,8 @@ from bdn.peer.hedge import (
     HedgeBudget,
     HedgeConfig,
     Hedging,
+    OriginHedgeBudget,
+    PeerLiveness,
     ReadProgress,
     p95,
 )
@@ -94,9 +96,10 @@ def test_bad_configs_are_refused(kwargs: dict[str, float]) -> None:
 
 
 def test_defaults_follow_the_peer_timeout() -> None:
-    # The floor defaults to five peer timeouts (DEFAULT_FLOOR_TIMEOUTS: see its reason).
+    # The floor is one peer timeout again (DEFAULT_FLOOR_TIMEOUTS): the quiet rule,
+    # the successor and the origin-hedge budget keep it from becoming a herd.
     cfg = HedgeConfig.for_peer_timeout(2.0)
-    assert (cfg.floor, cfg.cap) == (10.0, 10.0)
+    assert (cfg.floor, cfg.cap) == (2.0, 10.0)
     cfg = HedgeConfig.for_peer_timeout(2.0, floor=0.2)
     assert (cfg.floor, cfg.cap) == (0.2, 10.0)
 
@@ -159,3 +162,113 @@ def test_an_older_owners_answer_has_no_source_and_an_untracked_read_only_an_age(
     untracked = ReadProgress(started=100.0)
     assert _policy().hedge_at(untracked, 64 * MiB, to_origin=True) == \
         100.0 + min(5.0, 64 * MiB / PRIOR_BYTES_PER_SECOND)
+
+
+# -- a silent owner against the others: frozen, or just a starved node -------------------
+
+
+def _heard(live: PeerLiveness, **at: float) -> None:
+    for peer, when in at.items():
+        live.heard(peer, when)
+
+
+def _read(live: PeerLiveness, peer: str = "owner", started: float = 100.0) -> ReadProgress:
+    return ReadProgress(started=started, tracked=True, peer=peer, liveness=live)
+
+
+def test_a_silent_owner_is_hedged_at_the_floor_while_other_peers_answer() -> None:
+    h = _policy()  # floor 1, cap 5
+    read = _read(h.liveness)
+    # Before the floor: wait for it.
+    assert h.hedge_at(read, MiB, to_origin=True, now=100.5) == 101.0
+    _heard(h.liveness, other=100.2)  # Another peer answered after the request began.
+    assert h.hedge_at(read, MiB, to_origin=True, now=101.2) == 101.0
+
+
+def test_when_every_peer_is_quiet_the_read_waits_until_the_cap() -> None:
+    h = _policy()
+    read = _read(h.liveness)
+    _heard(h.liveness, other=99.0)  # Heard only before the request: everyone is quiet now.
+    assert h.hedge_at(read, MiB, to_origin=True, now=102.0) is None
+    assert h.hedge_at(read, MiB, to_origin=True, now=105.0) == 105.0  # The cap holds anyway.
+
+
+def test_an_owner_heard_on_another_request_is_not_quiet() -> None:
+    h = _policy()
+    read = _read(h.liveness)
+    # The owner streams another chunk to this node: it is alive, only busy.
+    _heard(h.liveness, owner=100.8, other=100.9)
+    assert h.hedge_at(read, MiB, to_origin=True, now=101.2) == 101.8
+    assert h.hedge_at(read, MiB, to_origin=True, now=101.9) == 101.8
+
+
+def test_a_stalled_body_is_judged_by_the_same_quiet_rule() -> None:
+    h = _policy()
+    read = _read(h.liveness)
+    read.answered("cache")
+    read.answered_at = read.body_at = read.last_at = 100.0
+    read.got = 1
+    h.liveness.heard("owner", 100.0)
+    assert h.hedge_at(read, MiB, to_origin=True, now=101.5) is None  # Nobody else heard.
+    _heard(h.liveness, other=101.2)
+    assert h.hedge_at(read, MiB, to_origin=True, now=101.5) == 101.0
+
+
+def test_progress_records_what_it_hears_per_peer() -> None:
+    live = PeerLiveness()
+    read = _read(live, peer="a:1")
+    assert live.last_heard("a:1") is None
+    read.answered("cache")
+    first = live.last_heard("a:1")
+    assert first is not None
+    read.received(10)
+    assert live.last_heard("a:1") >= first  # type: ignore[operator]
+    assert live.heard_other_since("b:1", 0.0) and not live.heard_other_since("a:1", 0.0)
+    live.forget({"b:1"})
+    assert live.last_heard("a:1") is None
+
+
+def test_the_origin_hedge_budget_is_a_share_of_the_pull_over_the_members() -> None:
+    budget = OriginHedgeBudget(share=0.05)
+    budget.grow(400 * MiB, members=4)  # 5 MiB for this node's pull.
+    assert not budget.take(8 * MiB)
+    assert budget.take(4 * MiB)
+    assert not budget.take(2 * MiB)  # 1 MiB left.
+    budget.grow(0, members=0)  # No members (never happens) does not divide by zero.
+
+
+def test_while_this_node_runs_late_a_silent_owner_is_not_hedged() -> None:
+    h = _policy()  # floor 1: a timer 0.25 s late means starved, for 1 s.
+    read = _read(h.liveness)
+    _heard(h.liveness, other=100.5)
+    h.note_wake(0.2, now=101.0)  # Late, but not by enough.
+    assert h.hedge_at(read, MiB, to_origin=True, now=101.1) == 101.0
+    h.note_wake(0.4, now=101.0)
+    assert h.hedge_at(read, MiB, to_origin=True, now=101.1) is None
+    assert h.hedge_at(read, MiB, to_origin=True, now=102.1) == 101.0  # A floor later.
+    assert h.hedge_at(read, MiB, to_origin=True, now=105.0) == 105.0  # The cap holds.
+
+
+def test_while_another_peer_is_late_too_a_silent_owner_is_not_hedged() -> None:
+    h = _policy()  # floor 1
+    read = _read(h.liveness)
+    _heard(h.liveness, other=100.5)
+    elsewhere = _read(h.liveness, peer="third", started=100.2)
+    h.liveness.asking(elsewhere)  # No headers from "third" either, for 0.9 s by 101.1.
+    h.liveness.asking(ReadProgress(started=100.0, peer="me"))  # Untracked (local): no say.
+    assert h.hedge_at(read, MiB, to_origin=True, now=101.1) is None
+    elsewhere.answered("cache")  # It answered: the owner is the only silent one.
+    assert h.hedge_at(read, MiB, to_origin=True, now=101.1) == 101.0
+    h.liveness.finished(elsewhere)
+    assert h.liveness.waiting_elsewhere("owner", 101.1) == 0.0
+
+
+def test_a_flowing_body_past_the_cap_is_hedged_only_if_it_would_take_a_cap_more() -> None:
+    h = _policy()  # floor 1, cap 5
+    read = ReadProgress(started=100.0, tracked=True, answered_at=100.0, source="cache",
+                        body_at=100.0, last_at=105.9, got=40 * MiB)
+    # 40 of 64 MiB in 6 s: 3.6 s to go, under the cap: finishing beats reading again.
+    # Only the stall bound (a floor after its last piece) holds it now.
+    assert h.hedge_at(read, 64 * MiB, to_origin=True, now=106.0) == 106.9
+    read.got = 4 * MiB  # 4 of 64 MiB in 6 s: 90 s to go at this rate: hedge.
+    assert h.hedge_at(read, 64 * MiB, to_origin=True, now=106.0) == 105.0

@@ -17,8 +17,9 @@ from bdn.digest import Digest, xxh3_128_hex
 from bdn.errors import IntegrityError, TransferError
 from bdn.http import HttpClient, HttpConfig
 from bdn.peer.client import PeerClient, PeerGone
-from bdn.peer.hedge import HedgeConfig, Hedging, ReadProgress
-from bdn.peer.race import ORIGIN, ChunkRace
+from bdn.peer.hedge import HedgeConfig, Hedging, OriginHedgeBudget, ReadProgress
+from bdn.peer.race import ORIGIN, ChunkRace, successor
+from bdn.ring import Ring
 
 DATA = b"chunk bytes " * 100
 REF = ChunkRef(Digest.parse("sha256:" + "ab" * 32), 0, len(DATA), len(DATA), xxh3_128_hex(DATA))
@@ -201,6 +202,107 @@ async def test_an_owner_without_headers_or_with_a_stalled_body_is_hedged(owner: 
     src = AnsweringSources(h)
     assert await ChunkRace(src, REF, [owner, ORIGIN]).run() == (DATA, ORIGIN)
     assert src.asked == [owner, ORIGIN] and h.stats.won == 1
+
+
+# -- where a hedge goes, and what it may cost ----------------------------------------------
+
+
+async def test_a_hedge_goes_to_the_successor_before_origin() -> None:
+    h = hedging()
+    src = AnsweringSources(h)
+    race = ChunkRace(src, REF, ["silent", "fast", ORIGIN], costly=["fast"])
+    assert await race.run() == (DATA, "fast")
+    assert src.asked == ["silent", "fast"] and h.stats.won == 1
+
+
+async def test_a_successor_is_costly_so_a_filling_owner_is_not_hedged_to_it() -> None:
+    h = hedging()  # cap = floor: a replica would be asked at once.
+    src = AnsweringSources(h)
+    task = asyncio.ensure_future(
+        ChunkRace(src, REF, ["filling", "fast", ORIGIN], costly=["fast"]).run())
+    await _until(lambda: h.stats.withheld == 1, "the hedge to the successor is held back")
+    src.done.set()
+    assert await task == (DATA, "filling") and src.asked == ["filling"]
+
+
+async def test_a_hedge_straight_to_origin_needs_the_pulls_budget() -> None:
+    h = hedging()
+    src = AnsweringSources(h)
+    budget = OriginHedgeBudget(left=len(DATA) - 1)  # One byte short of this chunk.
+    task = asyncio.ensure_future(
+        ChunkRace(src, REF, ["silent", ORIGIN], origin_budget=budget).run())
+    await _until(lambda: h.stats.over_budget == 1, "the hedge is refused by the budget")
+    assert src.asked == ["silent"] and h.budget.hedging == 0
+    src.done.set()
+    assert await task == (DATA, "silent")
+    budget = OriginHedgeBudget(left=len(DATA))
+    src = AnsweringSources(h)
+    assert await ChunkRace(src, REF, ["silent", ORIGIN], origin_budget=budget).run() == \
+        (DATA, ORIGIN)
+    assert budget.left == 0
+
+
+async def test_a_silent_owner_waits_while_no_peer_is_heard_and_is_hedged_once_one_is() -> None:
+    h = hedging(floor=0.01, cap=60.0)
+    src = AnsweringSources(h)
+    task = asyncio.ensure_future(ChunkRace(src, REF, ["silent", ORIGIN]).run())
+    await _until(lambda: h.stats.quiet == 1, "the silent owner is held: nobody answers")
+    assert src.asked == ["silent"]
+    h.liveness.heard("another-peer")  # The ring answers; this owner does not.
+    assert await task == (DATA, ORIGIN)
+    assert h.stats.won == 1
+
+
+def test_the_successor_is_the_owner_once_the_owner_leaves() -> None:
+    members = [f"10.0.0.{i}:7070" for i in range(1, 6)]
+    ring = Ring(members)
+    for index in range(50):
+        (owner,) = ring.owners(REF.digest, index)
+        after = successor(ring, REF.digest, index, [owner])
+        assert after != owner
+        assert after == Ring(set(members) - {owner}).owner(REF.digest, index)
+    assert successor(Ring(["a"]), REF.digest, 0, ["a"]) is None
+
+
+async def test_an_owner_still_filling_when_the_answer_bound_ends_is_asked_again_once() -> None:
+    h = hedging(floor=60.0, cap=60.0)
+    src = FakeSources(h)
+    calls: list[str] = []
+
+    async def slow_fill(ref: ChunkRef, source: str,
+                        progress: ReadProgress | None = None) -> bytes:
+        calls.append(source)
+        if source == ORIGIN:
+            return DATA
+        assert progress is not None
+        progress.tracked = True
+        progress.answered("origin")  # Filling from origin, then the bound runs out.
+        if calls.count(source) == 1:
+            raise TransferError("peer stalled after 0 of 1200 bytes")
+        return DATA
+
+    src.read_source = slow_fill  # type: ignore[method-assign]
+    assert await ChunkRace(src, REF, ["owner", ORIGIN]).run() == (DATA, "owner")
+    assert calls == ["owner", "owner"]
+    # Once only; and a peer that left the ring is not asked again.
+    calls.clear()
+
+    async def always_times_out(ref: ChunkRef, source: str,
+                               progress: ReadProgress | None = None) -> bytes:
+        calls.append(source)
+        if source == ORIGIN:
+            return DATA
+        assert progress is not None
+        progress.tracked = True
+        progress.answered("origin")
+        raise (PeerGone("gone") if source == "gone" else TransferError("stalled"))
+
+    src.read_source = always_times_out  # type: ignore[method-assign]
+    assert await ChunkRace(src, REF, ["owner", ORIGIN]).run() == (DATA, ORIGIN)
+    assert calls == ["owner", "owner", ORIGIN]
+    calls.clear()
+    assert await ChunkRace(src, REF, ["gone", ORIGIN]).run() == (DATA, ORIGIN)
+    assert calls == ["gone", ORIGIN]
 
 
 # -- the client's bounds ------------------------------------------------------------------
