@@ -171,6 +171,10 @@ class TierPull(Protocol):
 
     def reader(self, origin: RangeReader, entry: FileEntry, chunk_size: int) -> RangeReader: ...
 
+    def first_chunk(self, entry: FileEntry, chunk_size: int) -> int:
+        """The chunk of ``entry`` this node fetches first (see ``FileTask.first_chunk``)."""
+        ...
+
 
 class TierCounts(Protocol):
     """What a tier counted over one pull; :class:`PullResult` reports these."""
@@ -379,6 +383,7 @@ class _Pull:
                     partial_chunks=partial.partial_chunks,
                     on_chunk_progress=partial.mark_progress,
                     label=entry.path,
+                    first_chunk=self.tier.first_chunk(entry, chunk_size) if self.tier else 0,
                 )
             )
         finally:

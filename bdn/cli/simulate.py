@@ -49,9 +49,10 @@ _FLAGS: tuple[Flag, ...] = (
     ("--cpu-per-gb", {"metavar": "SECONDS", "default": "0",
                       "help": "agent CPU seconds per GB received, as measured by `bdn bench`; "
                       "caps a node's intake at 1/SECONDS GB/s (default 0: no cap)"}),
-    ("--chunk-order", {"metavar": "in-order|rotated", "default": "in-order",
-                       "help": "in-order: every node fetches chunk 0 first, as the agents do "
-                       "(default); rotated: node i of N starts at chunk i*M/N"}),
+    ("--chunk-order", {"metavar": "hashed|in-order|rotated", "default": "hashed",
+                       "help": "hashed: each node starts at a chunk picked from its name and "
+                       "the blob, as the agents do (default); in-order: every node starts at "
+                       "chunk 0; rotated: node i of N starts at chunk i*M/N"}),
     ("--seed", {"metavar": "S", "default": "0",
                 "help": "spreads node start times over 50 ms and picks the blob digest "
                 "(hence the owners); same seed, same figures (default 0)"}),

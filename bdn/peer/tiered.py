@@ -119,6 +119,15 @@ class PeerPull:
             origin_budget=self.origin_budget,
         )
 
+    def first_chunk(self, entry: FileEntry, chunk_size: int) -> int:
+        """A chunk picked from this node's address and the blob: the nodes of a burst
+        start at different chunks. Asked in the same order everywhere, the nodes that
+        ask first would be one hop from every owner, and with fan-out would pass on
+        every chunk (``bdn simulate --chunk-order``)."""
+        count = max(1, -(-entry.size // chunk_size))
+        me = self.tiers.self_addr or ""
+        return int(xxh3_128_hex(f"{me}/{entry.sha256}".encode())[:8], 16) % count
+
 
 @dataclass(slots=True)
 class TieredReader:

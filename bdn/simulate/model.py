@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import simpy
 
-from bdn.digest import Digest
+from bdn.digest import Digest, xxh3_128_hex
 from bdn.ring import Ring, RingConfig
 from bdn.simulate.network import FlowNetwork
 from bdn.simulate.policies import POLICIES, Fleet
@@ -40,15 +40,24 @@ def ring_owners(scenario: Scenario) -> list[int]:
     index = {name: i for i, name in enumerate(names)}
     # Only the first owner is asked (replicas stand in on failure), so one is enough.
     ring = Ring(names, RingConfig(replicas=1))
-    digest = Digest(hashlib.sha256(f"bdn-simulate:{scenario.seed}".encode()).hexdigest())
-    return [index[ring.owners(digest, c)[0]] for c in range(scenario.chunks)]
+    return [index[ring.owners(_digest(scenario), c)[0]] for c in range(scenario.chunks)]
 
 
 def _first_chunk(scenario: Scenario, node: int) -> int:
-    """Where ``node`` starts in the chunk list: 0 in order, else spread evenly by node."""
+    """Where ``node`` starts in the chunk list: 0 in order; spread evenly by node
+    (rotated); or picked from the node's name and the blob, as the agents pick it
+    (hashed, ``bdn.peer.tiered.PeerPull.first_chunk``)."""
     if scenario.chunk_order == "in-order":
         return 0
-    return (node * scenario.chunks) // scenario.nodes
+    if scenario.chunk_order == "rotated":
+        return (node * scenario.chunks) // scenario.nodes
+    return int(xxh3_128_hex(f"node-{node}/{_digest(scenario)}".encode())[:8], 16) \
+        % scenario.chunks
+
+
+def _digest(scenario: Scenario) -> Digest:
+    """The simulated blob's digest (the seed picks it, and with it the ring's owners)."""
+    return Digest(hashlib.sha256(f"bdn-simulate:{scenario.seed}".encode()).hexdigest())
 
 
 def simulate(scenario: Scenario) -> Result:

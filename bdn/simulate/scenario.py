@@ -26,10 +26,11 @@ Policy = Literal["naive", "ring", "fanout"]
 POLICY_NAMES: tuple[Policy, ...] = ("naive", "ring", "fanout")
 """In the order tables and plots list them."""
 
-ChunkOrder = Literal["in-order", "rotated"]
-CHUNK_ORDERS: tuple[ChunkOrder, ...] = ("in-order", "rotated")
-"""``in-order``: every node fetches chunk 0 first, as the transfer engine does;
-``rotated``: node ``i`` of ``N`` starts at chunk ``i * M // N`` and wraps."""
+ChunkOrder = Literal["hashed", "in-order", "rotated"]
+CHUNK_ORDERS: tuple[ChunkOrder, ...] = ("hashed", "in-order", "rotated")
+"""``hashed``: each node starts at a chunk picked from its name and the blob, as
+the agents do (``FileTask.first_chunk``); ``in-order``: every node fetches chunk 0
+first; ``rotated``: node ``i`` of ``N`` starts at chunk ``i * M // N``. All wrap."""
 
 MiB = 1024**2
 GB = 10**9
@@ -143,7 +144,7 @@ class Scenario:
     seed: int = 0
     start_spread_s: float = DEFAULT_START_SPREAD_S
     resolution_s: float | None = None
-    chunk_order: ChunkOrder = "in-order"
+    chunk_order: ChunkOrder = "hashed"
     owner_slots: int = DEFAULT_OWNER_SLOTS
     owner_queue: int = DEFAULT_OWNER_QUEUE
 

@@ -341,6 +341,8 @@ class TransferEngine:
         pending = deque(i for i, ok in enumerate(f.done) if not ok)
         if not pending:
             return
+        start = f.task.first_chunk
+        pending.rotate(-sum(1 for i in pending if i < start))  # First the chunks from ``start``.
         reader = f.task.reader
         if len(pending) > 1 and reader.supports_ranges is False:
             self.stats.range_fallbacks += 1

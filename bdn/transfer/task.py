@@ -121,6 +121,9 @@ class FileTask:
         durable: ``fdatasync`` the file once every chunk is written. It runs
             while the SHA-256 pass is still reading, so the disk flush that a
             store needs before publishing a name costs no extra wall time.
+        first_chunk: the chunk to start with; the rest follow in order and wrap
+            around. Pulls on different nodes start at different chunks so that
+            they do not all ask the same owners for the same chunks first.
     """
 
     reader: RangeReader
@@ -136,6 +139,7 @@ class FileTask:
     on_chunk_progress: Callable[[int, int], None] | None = None
     label: str = ""
     durable: bool = False
+    first_chunk: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,7 +99,7 @@ def test_plot_without_matplotlib_says_what_to_install(tmp_path: Path) -> None:
         (("--nodes", "4", "--model-size", "1GB", "--policy", "ring", "--cpu-per-gb", "-2"),
          ("--cpu-per-gb:",)),
         (("--nodes", "4", "--model-size", "1GB", "--policy", "ring", "--chunk-order", "x"),
-         ("--chunk-order: 'x' is not a chunk order", "in-order, rotated")),
+         ("--chunk-order: 'x' is not a chunk order", "hashed, in-order, rotated")),
         (("--model-size", "1GB", "--policy", "ring"), ("--nodes: is required",)),
         (("--nodes", "4", "--policy", "ring"), ("--model-size: is required",)),
         (("--nodes", "4", "--model-size", "1GB"), ("--policy: is required",)),

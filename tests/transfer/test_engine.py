@@ -193,6 +193,19 @@ async def test_connections_are_reused(setup: Setup) -> None:
     assert len(setup.server.stats.connections) == 1
 
 
+async def test_first_chunk_starts_the_file_and_the_rest_wrap_around(setup: Setup) -> None:
+    # Nodes of a burst start a blob at different chunks (bdn.peer.tiered), so the
+    # same few nodes do not ask every owner first; chunks already done are skipped.
+    config = TransferConfig(max_connections=1, max_connections_per_file=1, retry=FAST)
+    data = os.urandom(6 * CHUNK)
+    async with TransferEngine(config) as eng:
+        result = await eng.fetch(setup.task("rotated", data, first_chunk=4))
+    order = [start // CHUNK for obj, start, _ in setup.server.stats.ranges if obj == "rotated"]
+    assert order == [4, 5, 0, 1, 2, 3]
+    assert result.bytes_fetched == len(data)
+    assert (setup.tmp / "rotated.part").read_bytes() == data
+
+
 async def test_probe_fetches_first_chunk_first(setup: Setup, engine: TransferEngine) -> None:
     data = os.urandom(6 * CHUNK)
     await engine.fetch(setup.task("probe", data))
