@@ -189,20 +189,8 @@ def _azurite_process(module: Any, workdir: Path) -> Iterator[str]:
         raise BenchAbort("--source azure needs azurite: run `npm install --prefix .ci/node "
                          "azurite`", exit_code=2)
     workdir.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [binary, "--blobHost", "127.0.0.1", "--blobPort", "0", "--inMemoryPersistence",
-         "--silent", "--skipApiVersionCheck", "--disableTelemetry", "--loose"],
-        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        process_group=0)
-    try:
-        yield module._wait_listening(proc)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with module.running(binary, workdir) as endpoint:
+        yield endpoint
 
 
 async def _azure_twice(endpoint: str, module: Any, store_dir: Path

@@ -4,24 +4,41 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from bdn.agent.chunks import ChunkService
 from bdn.backends import open_store
 from bdn.cache import NodeCache
+from bdn.manifest import Manifest
 from tests.agent.test_chunks import FAST, _big, _ref
 from tests.test_pull import CHUNK, MODEL, mirror_model
 
 
-async def test_a_chunk_kept_to_pass_on_is_served_only_for_its_digest(tmp_path: Path) -> None:
+@asynccontextmanager
+async def chunk_service(tmp_path: Path, **kw: Any) -> AsyncIterator[tuple[ChunkService, Manifest]]:
+    """A chunk service over a mirrored test model's store, on real caches, and the manifest."""
     store_root, manifest = await mirror_model(tmp_path)
-    big = _big(manifest)
-    ref = _ref(big, manifest, 1)
-    want = MODEL[big.path][CHUNK : 2 * CHUNK]
     origin = open_store(f"file://{store_root}")
-    with NodeCache(tmp_path / "cache") as cache:
-        service = ChunkService(cache, origin, chunk_cache_dir=tmp_path / "chunks", retry=FAST,
-                               fanout=2)
+    try:
+        with NodeCache(tmp_path / "cache") as cache:
+            service = ChunkService(cache, origin, chunk_cache_dir=tmp_path / "chunks",
+                                   retry=FAST, **kw)
+            try:
+                yield service, manifest
+            finally:
+                await service.close()
+    finally:
+        await origin.close()
+
+
+async def test_a_chunk_kept_to_pass_on_is_served_only_for_its_digest(tmp_path: Path) -> None:
+    async with chunk_service(tmp_path, fanout=2) as (service, manifest):
+        big = _big(manifest)
+        ref = _ref(big, manifest, 1)
+        want = MODEL[big.path][CHUNK : 2 * CHUNK]
         relay = service.relay
         assert relay is not None
         assert await relay.open_now(ref) is None and not relay.in_flight(ref)
@@ -41,17 +58,11 @@ async def test_a_chunk_kept_to_pass_on_is_served_only_for_its_digest(tmp_path: P
         assert await relay.open_when_read(other, timeout=1) is None
         # Nothing here read origin.
         assert service.stats.origin_fetches == 0
-        await service.close()
-    await origin.close()
 
 
 async def test_a_failed_read_answers_its_waiters_with_nothing(tmp_path: Path) -> None:
-    store_root, manifest = await mirror_model(tmp_path)
-    ref = _ref(_big(manifest), manifest, 2)
-    origin = open_store(f"file://{store_root}")
-    with NodeCache(tmp_path / "cache") as cache:
-        service = ChunkService(cache, origin, chunk_cache_dir=tmp_path / "chunks", retry=FAST,
-                               fanout=1)
+    async with chunk_service(tmp_path, fanout=1) as (service, manifest):
+        ref = _ref(_big(manifest), manifest, 2)
         relay = service.relay
         assert relay is not None
         relay.begin(ref)
@@ -66,30 +77,17 @@ async def test_a_failed_read_answers_its_waiters_with_nothing(tmp_path: Path) ->
                 assert not second.ok
         with relay.sending(ref) as again:
             assert again.ok
-        await service.close()
-    await origin.close()
 
 
 async def test_fanout_off_keeps_nothing(tmp_path: Path) -> None:
-    store_root, _ = await mirror_model(tmp_path)
-    origin = open_store(f"file://{store_root}")
-    with NodeCache(tmp_path / "cache") as cache:
-        service = ChunkService(cache, origin, chunk_cache_dir=tmp_path / "chunks", retry=FAST)
+    async with chunk_service(tmp_path) as (service, _):
         assert service.relay is None and service.fanout.k == 0
-        await service.close()
-    await origin.close()
 
 
 async def test_no_relay_copy_is_wanted_where_nobody_can_be_redirected(tmp_path: Path) -> None:
     # An owner sends a chunk itself to its first K requesters: in a ring of at most
     # K + 1 nodes nobody is redirected, so a relay copy would be a wasted disk write.
-    store_root, _ = await mirror_model(tmp_path)
-    origin = open_store(f"file://{store_root}")
-    with NodeCache(tmp_path / "cache") as cache:
-        service = ChunkService(cache, origin, chunk_cache_dir=tmp_path / "chunks", retry=FAST,
-                               fanout=2)
+    async with chunk_service(tmp_path, fanout=2) as (service, _):
         relay = service.relay
         assert relay is not None
         assert [relay.wanted(n) for n in (1, 2, 3, 4, 8)] == [False, False, False, True, True]
-        await service.close()
-    await origin.close()

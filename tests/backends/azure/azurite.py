@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,13 +77,25 @@ def azurite() -> Iterator[Azurite]:
         pytest.skip("azurite is not installed: run `npm install --prefix .ci/node azurite` "
                     "(.ci/run does) to run the Azure tests")
     workdir = tempfile.mkdtemp(prefix="bdn-azurite-")
+    try:
+        with running(binary, Path(workdir)) as endpoint:
+            yield Azurite(endpoint=endpoint)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextmanager
+def running(binary: str, workdir: Path) -> Iterator[str]:
+    """Azurite's blob service on a free loopback port, in memory, with ``workdir`` as
+    its working directory; yields its endpoint, and stops it on the way out (also
+    used by ``bdn bench mirror --source azure``)."""
     proc = subprocess.Popen(
         [binary, "--blobHost", "127.0.0.1", "--blobPort", "0", "--inMemoryPersistence",
          "--silent", "--skipApiVersionCheck", "--disableTelemetry", "--loose"],
-        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        process_group=0)
     try:
-        endpoint = _wait_listening(proc)
-        yield Azurite(endpoint=endpoint)
+        yield _wait_listening(proc)
     finally:
         proc.terminate()
         try:
@@ -90,7 +103,6 @@ def azurite() -> Iterator[Azurite]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _wait_listening(proc: subprocess.Popen[str], timeout: float = 30.0) -> str:
