@@ -52,6 +52,17 @@ partial file becomes the cached blob by a rename, so an open handle on it stays 
 
 
 @dataclass(frozen=True, slots=True)
+class InOrder:
+    """How :func:`fill_blobs` fetches each blob for a reader that streams it in order
+    (``FileTask.first_chunk`` and ``chunks_in_flight``): chunks in order from
+    ``first_chunk`` (the reader's, not the tier's node-specific start), at most
+    ``chunks_in_flight`` at once, so the one it needs next is not slowed by many later ones."""
+
+    first_chunk: int = 0
+    chunks_in_flight: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class PullOptions:
     """How a pull runs.
 
@@ -85,8 +96,9 @@ class PullOptions:
     def with_workers(self, requested: int | None) -> PullOptions:
         """These options with ``requested`` data-plane workers (``None``: one per CPU
         this process may use, :func:`bdn.transfer.cores.available_cpus`), unless the
-        caller already chose a count other than 1 in ``transfer.workers``."""
-        if self.transfer.workers != 1 or requested == 1:
+        caller already chose a count in ``transfer.workers`` (1 included): that
+        choice sticks, and ``None`` there means none was made."""
+        if self.transfer.workers is not None:
             return self
         transfer = dataclasses.replace(self.transfer, workers=resolve_workers(requested))
         return dataclasses.replace(self, transfer=transfer)
@@ -286,6 +298,7 @@ class _Pull:
     result: PullResult
     fetched: set[Digest] = field(default_factory=set)
     on_chunk: ChunkDone | None = None
+    order: InOrder | None = None
     trust: Trust = field(init=False)
 
     def __post_init__(self) -> None:
@@ -369,6 +382,9 @@ class _Pull:
         on_done: Callable[[int], None] = partial.mark_done
         if self.on_chunk is not None:
             on_done = self._tell_chunks(partial, entry, self.on_chunk)
+        first, in_flight = (self.tier.first_chunk(entry, chunk_size) if self.tier else 0), None
+        if self.order is not None:  # A reader streams the blob: in its order, not the tier's.
+            first, in_flight = self.order.first_chunk, self.order.chunks_in_flight
         try:
             done = await engine.fetch(
                 FileTask(
@@ -383,7 +399,8 @@ class _Pull:
                     partial_chunks=partial.partial_chunks,
                     on_chunk_progress=partial.mark_progress,
                     label=entry.path,
-                    first_chunk=self.tier.first_chunk(entry, chunk_size) if self.tier else 0,
+                    first_chunk=first,
+                    chunks_in_flight=in_flight,
                 )
             )
         finally:
@@ -429,19 +446,21 @@ async def fill_blobs(
     options: PullOptions = DEFAULT_PULL_OPTIONS,
     tiers: Tier | None = None,
     on_chunk: ChunkDone | None = None,
+    order: InOrder | None = None,
 ) -> None:
     """Bring ``blobs`` (entries of ``manifest``) into the node cache, with no tree.
 
     The same path as :func:`pull_manifest`'s (cache, then ``tiers``, then origin,
     every chunk verified, single-flight per blob); ``on_chunk`` sees each chunk as
-    it is verified, so a reader may serve it before the blob is complete.
+    it is verified, so a reader may serve it before the blob is complete, and
+    ``order`` makes the chunks come in the order that reader needs them.
 
     Raises:
         As :func:`pull_manifest`, but never MountConflict.
     """
     result = PullResult(manifest.id, Path(), len(blobs), sum(e.size for e in blobs))
     tier = tiers.start_pull() if tiers is not None else None
-    run = _Pull(manifest, store, cache, options, tier, result, on_chunk=on_chunk)
+    run = _Pull(manifest, store, cache, options, tier, result, on_chunk=on_chunk, order=order)
     await run.fill_cache(None, None, blobs=blobs)
 
 

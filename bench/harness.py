@@ -286,16 +286,34 @@ def write_ceiling(
     return time.perf_counter() - start
 
 
-def warm_up_writes(directory: Path, nbytes: int) -> None:
+_SOURCE_BUFFER = bytearray(8 * MiB)
+
+
+def warm_up_writes(directory: Path, nbytes: int, sources: Sequence[Path] = ()) -> None:
     """Write ``nbytes`` into ``directory`` untimed, then delete them.
 
-    The first large write after the data is generated runs several times
-    slower than every later one (measured 1.9 s against 0.35 s for 2 GiB on a
-    2-core VM, where fresh guest memory is backed on first touch). Without
-    this, whichever contender runs first would pay for the machine's warm-up.
+    A large write into memory that was freed a few seconds earlier runs
+    several times slower than one into memory just used: on this VM, 2 GiB of
+    page cache written after a 6 s pause took 2.4-4.7 s at 1.7-3.4 CPU-s/GB,
+    and 0.6-0.9 s at 0.4-0.7 right after a warm-up (the host takes freed guest
+    pages back and backs them again on first touch). Then everything still
+    dirty is written back (``sync``): a run that starts while the kernel is
+    flushing the generated data or an earlier tool's output pays for that
+    write-back too (the same page-cache write measured 1.2-3.1 s without the
+    sync and 1.36 s with it, in one bench run). Run right before every timed
+    run, so no contender pays for what ran before it.
+
+    ``sources`` (the files the origin serves) are read through once, so the
+    origin sends every contender its bytes from the page cache: this VM's
+    proactive reclaim pages out files left unread for a few seconds.
     """
+    for source in sources:
+        with source.open("rb", buffering=0) as f:
+            while f.readinto(_SOURCE_BUFFER):
+                pass
     directory.mkdir(parents=True, exist_ok=True)
     try:
         write_ceiling([(directory / "warm-up", nbytes)])
     finally:
         remove_outputs(directory)
+    os.sync()

@@ -209,8 +209,15 @@ def measure_cold(
             for key, durable in (("ceiling", False), ("ceiling_fsync", True))
         },
     }
-    warm_up_writes(out, n)
-    measure_rounds(section, runners, repeat=options.repeat, console=console)
+    measure_rounds(
+        section,
+        runners,
+        repeat=options.repeat,
+        console=console,
+        prepare=functools.partial(
+            warm_up_writes, out, n, sorted(p for p in model.store_dir.rglob("*") if p.is_file())
+        ),
+    )
     section.note_ceiling()
     return section
 

@@ -231,13 +231,16 @@ def measure_rounds(
     *,
     repeat: int,
     console: Console,
+    prepare: Callable[[], None] | None = None,
 ) -> None:
     """Run each row of ``section`` that has a runner ``repeat`` times, in rounds.
 
     The order rotates each round so no tool always runs first (the coldest
     machine) or last (after the most write-back). A runner gets its row (to
     see earlier runs) and raises ``ToolFailed`` to mark the row failed; rows
-    already holding an error (tool not available) are not run.
+    already holding an error (tool not available) are not run. ``prepare``
+    runs, untimed, right before every run, so each starts from the same
+    machine state (see :func:`bench.harness.warm_up_writes`).
     """
     keys = [r.key for r in section.results if r.key in runners]
     for round_ in range(repeat):
@@ -246,6 +249,8 @@ def measure_rounds(
             row = section.get(key)
             if row.error is not None:
                 continue
+            if prepare is not None:
+                prepare()
             try:
                 timed = runners[key](row)
             except ToolFailed as err:

@@ -284,8 +284,13 @@ def _measure(
         c.key: functools.partial(_run_once, c, w=w, nginx=nginx, out=out, options=options)
         for c in rows
     }
-    warm_up_writes(out, w.nbytes)
-    measure_rounds(section, runners, repeat=options.repeat, console=console)
+    measure_rounds(
+        section,
+        runners,
+        repeat=options.repeat,
+        console=console,
+        prepare=functools.partial(warm_up_writes, out, w.nbytes, [f.path for f in w.files]),
+    )
     section.note_ceiling()
     return section
 

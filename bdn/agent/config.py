@@ -90,7 +90,9 @@ class AgentConfig:
         token: the peer bearer token; ``None`` only on a loopback listen.
         membership: how peers are found and probed.
         ring: replication factor and vnodes of the chunk ring.
-        pull: transfer limits of the agent's pulls.
+        pull: transfer limits of the agent's pulls. Its ``transfer.workers``
+            left ``None`` is resolved at start from ``settings.workers``
+            (``--workers`` / ``BDN_WORKERS``; default: the CPUs the agent may use).
         chunk_cache_bytes: byte budget of the owner-side chunk cache.
         background_fill_rate: bytes per second a pull requested with
             ``"background": true`` may take (``None``: no cap).

@@ -197,7 +197,19 @@ class PullRegistry:
         self._running[request.key] = job
         self._metrics.pulls_running.inc()
         job.task = asyncio.create_task(self._run(job), name=job.id)
+        job.task.add_done_callback(lambda _: self._ended(job))
         return job
+
+    def _ended(self, job: PullJob) -> None:
+        """The pull's task is done. A task cancelled before its first step never ran
+        :meth:`_run`, whose ``finally`` books the end: do it here, or the pull would
+        stay ``running`` for good and hold its mount location."""
+        if self._running.get(job.request.key) is not job:
+            return  # :meth:`_run` finished it.
+        _shut_down(job)
+        job.seconds = time.monotonic() - job.started
+        log.warning("pull cancelled by shutdown before it started", extra={"pull_id": job.id})
+        self._finish(job, "failed")
 
     async def wait(self, timeout: float | None) -> bool:
         """Wait up to ``timeout`` seconds for the running pulls; True when none is left."""
@@ -240,8 +252,7 @@ class PullRegistry:
             )
             job.state = outcome = "succeeded"
         except asyncio.CancelledError:
-            job.state, job.error_type = "failed", TransferError.__name__
-            job.error = "the agent shut down before the pull finished; pull again"
+            _shut_down(job)
             log.warning("pull cancelled by shutdown", extra=extra)
             raise
         except BdnError as err:
@@ -277,3 +288,9 @@ class PullRegistry:
             del self._jobs[old]
         if self._on_finish is not None:
             self._on_finish(job)
+
+
+def _shut_down(job: PullJob) -> None:
+    """Mark ``job`` failed because the agent cancelled it (a drain or a stop)."""
+    job.state, job.error_type = "failed", TransferError.__name__
+    job.error = "the agent shut down before the pull finished; pull again"

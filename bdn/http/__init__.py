@@ -24,7 +24,7 @@ URL redaction are decided once:
 
 from __future__ import annotations
 
-from bdn.http.client import HttpClient
+from bdn.http.client import HttpClient, widen_reads
 from bdn.http.policy import (
     DEFAULT_HTTP_CONFIG,
     MAX_RETRY_AFTER,
@@ -58,4 +58,5 @@ __all__ = [
     "redact_url",
     "retrying",
     "translate_client_error",
+    "widen_reads",
 ]

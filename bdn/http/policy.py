@@ -70,6 +70,8 @@ class HttpConfig:
             under two minutes).
         read_bufsize: bytes aiohttp buffers per response before applying
             backpressure; large values mean fewer, larger reads.
+        socket_read_size: bytes one socket read may return to a body being
+            streamed (:func:`bdn.http.client.widen_reads`); asyncio reads 256 KiB.
         user_agent: ``User-Agent`` header.
         trust_env: honour ``HTTP(S)_PROXY``/``NO_PROXY`` and ``.netrc``.
     """
@@ -78,6 +80,7 @@ class HttpConfig:
     connect_timeout: float = 10.0
     stall_timeout: float = 20.0
     read_bufsize: int = 4 * MiB
+    socket_read_size: int = 4 * MiB
     user_agent: str = field(default_factory=lambda: f"bdn/{_version()}")
     trust_env: bool = False
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from bdn.errors import BdnError, HTTPStatusError, RangeError, TransferError
-from bdn.http.client import HttpClient
+from bdn.http.client import HttpClient, widen_reads
 from bdn.http.policy import HttpConfig
 from bdn.http.status import (
     FOREIGN_ERRORS,
@@ -29,7 +29,13 @@ from bdn.http.status import (
     status_reason,
 )
 
-__all__ = ["HttpRangeReader", "HttpRangeSpec", "parse_content_range", "range_header"]
+__all__ = [
+    "HttpRangeReader",
+    "HttpRangeSpec",
+    "parse_content_range",
+    "range_header",
+    "worker_client",
+]
 
 _CONTENT_RANGE = re.compile(r"\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*", re.IGNORECASE)
 
@@ -122,6 +128,7 @@ class HttpRangeReader:
         try:
             async with session.get(url, headers=request_headers) as resp:
                 skip = self._check_response(resp, start, end, safe)
+                widen_reads(resp, self.client.config.socket_read_size)
                 content = resp.content
                 remaining = want
                 try:
@@ -211,11 +218,18 @@ class HttpRangeSpec:
         return f"HttpRangeSpec({redact_url(self.url)!r}, {self.size})"
 
     def open(self, resources: dict[object, object]) -> HttpRangeReader:
-        key = ("bdn.http.HttpClient", self.config)
-        client = resources.get(key)
-        if not isinstance(client, HttpClient):
-            client = resources[key] = HttpClient(self.config)
-        return HttpRangeReader(client, self.url, self.size, headers=self.headers)
+        return HttpRangeReader(worker_client(resources, self.config), self.url, self.size,
+                               headers=self.headers)
+
+
+def worker_client(resources: dict[object, object], config: HttpConfig) -> HttpClient:
+    """The :class:`HttpClient` for ``config`` in a worker's ``resources`` (made on first
+    use), so every reader a worker rebuilds shares one connection pool per config."""
+    key = ("bdn.http.HttpClient", config)
+    client = resources.get(key)
+    if not isinstance(client, HttpClient):
+        client = resources[key] = HttpClient(config)
+    return client
 
 
 def _unusable(resp: aiohttp.ClientResponse, safe: str, why: str) -> HTTPStatusError:

@@ -7,8 +7,15 @@ fill per blob however many downloads ask), in a background task, and each
 download streams **chunk by chunk as the fill verifies them**: the fill tells
 the :class:`_Feed` of every verified chunk and where its partial file is, and
 the download sends that chunk from the partial file. So the first bytes wait
-for the first chunk, not the whole file. Chunks a download needs out of order
-are waited for; once the blob is committed, the rest comes from the cached file.
+for the first chunk, not the whole file. The fill runs in the download's order
+(:class:`bdn.pull.InOrder`): from the chunk the first download asked for (not
+the peer tier's node-specific start), at most :data:`STREAM_CHUNKS_IN_FLIGHT`
+chunks at once, so the chunk a download waits on is always the oldest in
+flight instead of one of eight sharing the bandwidth; then it wraps around to
+the chunks before, for the node cache. A chunk is sent only once all of it is
+verified (xxh3 per chunk: no smaller unit is checked). Chunks a download needs
+out of order are waited for; once the blob is committed, the rest comes from
+the cached file.
 
 A download gets :class:`Span` s (an open file, an offset, a length) that the
 endpoint hands to ``sendfile``, so no byte is copied through Python (reading a
@@ -41,13 +48,19 @@ from bdn.cache import NodeCache
 from bdn.digest import Digest, new_xxh3
 from bdn.errors import CacheError, IntegrityError
 from bdn.manifest import FileEntry, Manifest
-from bdn.pull import DEFAULT_PULL_OPTIONS, PullOptions, Tier, fill_blobs
+from bdn.pull import DEFAULT_PULL_OPTIONS, InOrder, PullOptions, Tier, fill_blobs
 from bdn.transfer.verify import hash_fd
 
 log = logging.getLogger(__name__)
 
 PIECE = 4 * 1024 * 1024
 """Bytes per piece when a span is read into memory (:meth:`BlobReader.read`)."""
+
+STREAM_CHUNKS_IN_FLIGHT = 4
+"""Chunks of one blob a streaming fill fetches at once (:class:`bdn.pull.InOrder`): the
+download waits on the oldest, which shares the bandwidth with at most three later ones
+(eight before). Not fewer: a lone download from an origin whose connections are slow one
+by one (an object store, ~100 MB/s each) would be capped at that many streams."""
 
 TOUCH_EVERY = 60.0
 """Seconds between LRU touches of one blob by downloads (each touch is an index commit)."""
@@ -91,8 +104,10 @@ class BlobReader:
     """Reads byte ranges of manifest blobs for the Hub endpoint. Use from one event loop."""
 
     def __init__(self, store: BlobStore, cache: NodeCache, *,
-                 options: PullOptions = DEFAULT_PULL_OPTIONS, tiers: Tier | None = None) -> None:
+                 options: PullOptions = DEFAULT_PULL_OPTIONS, tiers: Tier | None = None,
+                 chunks_in_flight: int = STREAM_CHUNKS_IN_FLIGHT) -> None:
         self._store = store
+        self._in_flight = chunks_in_flight
         self._cache = cache
         self._options = options
         self._tiers = tiers
@@ -188,7 +203,7 @@ class BlobReader:
     async def _chunk(self, manifest: Manifest, entry: FileEntry, index: int) -> BinaryIO:
         """An open file holding chunk ``index`` verified: the fill's partial file or the
         committed blob."""
-        feed = self._feed(manifest, entry)
+        feed = self._feed(manifest, entry, index)
         refills = 0
         while True:
             if index in feed.done and feed.part is not None:
@@ -211,18 +226,20 @@ class BlobReader:
                         f"{entry.path}: blob {entry.sha256} left the node cache right after "
                         "each fill; the cache budget is too small for it, raise "
                         "--max-cache-bytes")
-                feed = self._feed(manifest, entry)  # Evicted or damaged: fill again.
+                feed = self._feed(manifest, entry, index)  # Evicted or damaged: fill again.
                 continue
             await feed.changed()
 
-    def _feed(self, manifest: Manifest, entry: FileEntry) -> _Feed:
-        """The running fill of ``entry``'s blob, started if there is none."""
+    def _feed(self, manifest: Manifest, entry: FileEntry, index: int) -> _Feed:
+        """The running fill of ``entry``'s blob, started (in order from chunk ``index``, the
+        one the download needs first) if there is none."""
         key = (entry.sha256, manifest.chunk_size)
         feed = self._feeds.get(key)
         if feed is not None and feed.task is not None and not feed.task.done():
             return feed
         feed = _Feed()
-        feed.task = asyncio.create_task(self._fill(manifest, entry, feed, key),
+        order = InOrder(index, self._in_flight)
+        feed.task = asyncio.create_task(self._fill(manifest, entry, feed, key, order),
                                         name=f"bdn-hub-fill-{entry.sha256.hex[:12]}")
         # Retrieved here too, so a fill no download waits on any more is not logged as lost.
         feed.task.add_done_callback(lambda t: t.cancelled() or t.exception())
@@ -230,11 +247,11 @@ class BlobReader:
         return feed
 
     async def _fill(self, manifest: Manifest, entry: FileEntry, feed: _Feed,
-                    key: tuple[Digest, int]) -> None:
+                    key: tuple[Digest, int], order: InOrder) -> None:
         try:
             await fill_blobs(manifest, [entry], store=self._store, cache=self._cache,
                              options=self._options, tiers=self._tiers,
-                             on_chunk=feed.chunk_done)
+                             on_chunk=feed.chunk_done, order=order)
         except Exception as err:
             log.warning("%s: filling blob %s failed: %s", entry.path, entry.sha256, err)
             raise

@@ -62,7 +62,9 @@ class MirrorOptions:
         workers: CPUs the mirror keeps busy copying and hashing
             (``BDN_WORKERS``/``--workers``); ``None``: the CPUs this process
             may use. The engine gets two threads per CPU (one hashing while
-            the other waits on the disk), replacing its ``io_threads``.
+            the other waits on the disk), replacing its ``io_threads``, and
+            as many data-plane processes, unless ``transfer.workers`` already
+            names a count (that choice sticks).
         spool_dir: where files are staged for stores that cannot rename into
             place (``s3://``); default: the system temp dir.
         hf_endpoint: the Hugging Face Hub (``HF_ENDPOINT``); ``None`` means
@@ -105,8 +107,11 @@ class MirrorOptions:
         return 8 if spooled else max(8, self.cpus())
 
     def transfer_config(self) -> TransferConfig:
-        """The engine's limits with ``io_threads`` two per CPU (see ``workers``)."""
-        return dataclasses.replace(self.transfer, io_threads=min(128, 2 * self.cpus()))
+        """The engine's limits with ``io_threads`` two per CPU and one data-plane
+        process per CPU (see ``workers``)."""
+        cpus = self.cpus()
+        workers = self.transfer.workers if self.transfer.workers is not None else cpus
+        return dataclasses.replace(self.transfer, io_threads=min(128, 2 * cpus), workers=workers)
 
 
 DEFAULT_MIRROR_OPTIONS = MirrorOptions()

@@ -46,7 +46,7 @@ from bdn.agent.protocol import (
     chunk_path,
 )
 from bdn.errors import TransferError
-from bdn.http import HttpClient, raise_for_status, translate_client_error
+from bdn.http import HttpClient, raise_for_status, translate_client_error, widen_reads
 from bdn.peer.fanout import REDIRECT_HEADER
 from bdn.peer.hedge import ReadProgress
 
@@ -180,6 +180,7 @@ class PeerClient:
                 raise Redirected(peer, holder)
             raise_for_status(resp.status, url, resp.headers)
             progress.answered(resp.headers.get(CHUNK_SOURCE_HEADER))
+            widen_reads(resp, self.http.config.socket_read_size)
             return await self._body(resp, peer, ref.end - ref.start, url,
                                     _Bounds(answer_by, self.stall_timeout), progress)
 

@@ -34,8 +34,9 @@ hashed back from the destination. The engine knows readers only through that
 seam, never a concrete backend.
 
 This module schedules; the values it takes and returns are in
-:mod:`bdn.transfer.task`, the positioned writes in :mod:`bdn.transfer.writes`
-and the read-back hashing in :mod:`bdn.transfer.verify`.
+:mod:`bdn.transfer.task`, the positioned writes in :mod:`bdn.transfer.writes`,
+the read-back hashing in :mod:`bdn.transfer.verify`, the one-stream path in
+:mod:`bdn.transfer.sequential` and the worker lanes in :mod:`bdn.transfer.remote`.
 """
 
 from __future__ import annotations
@@ -47,14 +48,17 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
-from bdn.backends.base import LocalCopyReader, ReaderSpec, ReopenableReader
+from bdn.backends.base import LocalCopyReader
 from bdn.digest import new_xxh3
 from bdn.errors import IntegrityError, TransferError
 from bdn.http import retrying
 from bdn.transfer.aio import closing, run_all
 from bdn.transfer.context import reraise
-from bdn.transfer.plane import Lane, ProcessPlane, RangesIgnored
+from bdn.transfer.plane import Lane, ProcessPlane
 from bdn.transfer.ratelimit import RateLimiter
+from bdn.transfer.remote import RangesUnsupported as _RangesUnsupported
+from bdn.transfer.remote import remote_chunk_once, spec_for
+from bdn.transfer.sequential import fetch_sequential
 from bdn.transfer.state import FileState as _File
 from bdn.transfer.task import (
     DEFAULT_TRANSFER_CONFIG,
@@ -65,7 +69,6 @@ from bdn.transfer.task import (
     validate_task,
 )
 from bdn.transfer.verify import copy_and_hash, hash_range
-from bdn.transfer.worker import Job
 from bdn.transfer.writes import ChunkWriter, IoPool, SharedFd, close_opened, fdatasync, open_dest
 
 __all__ = [
@@ -78,10 +81,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class _RangesUnsupported(Exception):
-    """The probe chunk saw the server ignore Range; switch the file to one stream."""
 
 
 class TransferEngine:
@@ -110,8 +109,9 @@ class TransferEngine:
         self._io = IoPool(config.io_threads)
         # The data plane's other lanes: worker processes (not with a rate cap,
         # which is one token bucket on this loop).
-        self._plane = (ProcessPlane(config.workers - 1)
-                       if config.workers > 1 and self._limiter is None else None)
+        workers = config.workers or 1  # None: not chosen, so this loop alone.
+        self._plane = (ProcessPlane(workers - 1)
+                       if workers > 1 and self._limiter is None else None)
         self._local_load = 0  # Network chunk attempts running on this loop.
 
     async def __aenter__(self) -> TransferEngine:
@@ -223,7 +223,7 @@ class TransferEngine:
         fd = await self._open(task, label)
         n = len(bounds)
         f = _File(task, label, bounds, SharedFd(fd), [None] * n, [False] * n, [0] * n, [0] * n)
-        f.spec = self._spec_for(task)
+        f.spec = spec_for(self.config, task) if self._plane is not None else None
         want_sha = task.compute_sha256 or task.expected_sha256 is not None
         try:
             await self._resume(f)
@@ -254,16 +254,6 @@ class TransferEngine:
             bytes_fetched=f.bytes_fetched,
             retries=f.retries,
         )
-
-    def _spec_for(self, task: FileTask) -> ReaderSpec | None:
-        """How worker processes rebuild ``task``'s reader, when they may fetch its chunks:
-        there are workers, the file is big enough and the reader can be rebuilt."""
-        if self._plane is None or task.size < self.config.worker_min_bytes:
-            return None
-        reader = task.reader
-        if isinstance(reader, LocalCopyReader) or not isinstance(reader, ReopenableReader):
-            return None
-        return reader.reopen_spec()
 
     async def _open(self, task: FileTask, label: str) -> int:
         """Open and preallocate ``task.dest`` in the pool; a cancelled open leaks no fd."""
@@ -348,7 +338,8 @@ class TransferEngine:
             self.stats.range_fallbacks += 1
             await self._sequential(f)
             return
-        workers = min(self.config.max_connections_per_file, len(pending))
+        workers = min(self.config.max_connections_per_file, len(pending),
+                      f.task.chunks_in_flight or len(pending))
         jobs: list[Awaitable[None]] = []
         if len(pending) > 1 and reader.supports_ranges is None:
             # Probe: run the first chunk alone until its response shows whether
@@ -449,49 +440,8 @@ class TransferEngine:
     async def _remote_chunk_once(
         self, f: _File, index: int, probe: asyncio.Future[None] | None, lane: Lane
     ) -> None:
-        """One attempt of a chunk in a worker process (the caller holds a slot).
-
-        The worker writes and hashes; this loop keeps the books exactly as
-        :meth:`_network_chunk_once` does: each landed segment extends the kept
-        prefix and the progress, and the digest is accepted here.
-        """
-        plane, spec = self._plane, f.spec
-        assert plane is not None and spec is not None
-        dest = str(f.task.dest)
-        start, end = f.bounds[index]
-        begin = start + f.kept[index]
-        last = begin
-        reader = f.task.reader
-
-        def landed(pos: int, fetched: int) -> None:
-            nonlocal last
-            self._fetched(f, fetched)
-            delta, last = pos - last, pos
-            f.reported[index] += delta
-            self._progress(delta)
-            if pos < end:  # A whole chunk is kept only once verified (f.done).
-                f.kept[index] = pos - start
-                if f.task.on_chunk_progress is not None:
-                    f.task.on_chunk_progress(index, pos - start)
-
-        def ranges(supported: bool | None) -> None:
-            reader.supports_ranges = supported
-            if probe is not None and not probe.done() and supported is not False:
-                probe.set_result(None)
-
-        def job(job_id: int) -> Job:
-            return Job(job_id, spec, dest, start, begin, end, self.config.segment_size,
-                       probe is not None)
-
-        try:
-            digest = await plane.run(lane, job, landed, ranges)
-        except RangesIgnored:
-            raise _RangesUnsupported from None
-        try:
-            self._accept(f, index, digest)
-        except IntegrityError:
-            self._forget(f, index)  # The chunk failed: from its start next time.
-            raise
+        """One attempt of a chunk in a worker process (:mod:`bdn.transfer.remote`)."""
+        await remote_chunk_once(self, f, index, probe, lane)
 
     async def _local_chunk_once(self, f: _File, index: int, reader: LocalCopyReader) -> None:
         """A chunk of a local file: kernel copy plus a read-back check, no user-space copy.
@@ -515,69 +465,5 @@ class TransferEngine:
     # ------------------------------------------------------------------ sequential
 
     async def _sequential(self, f: _File) -> None:
-        """Fetch every pending chunk from one stream; see the module docstring.
-
-        The retry budget restarts whenever an attempt verified at least one more
-        chunk, so a long file over a flaky link still completes.
-        """
-        while not all(f.done):
-            before = f.done.count(True)
-            try:
-                await retrying(
-                    self.config.retry,
-                    lambda: self._stream_once(f),
-                    describe=f"{f.label}: single stream",
-                    on_retry=self._retried(f),
-                )
-            except Exception as err:
-                if f.done.count(True) > before and self.config.retry.should_retry(err):
-                    continue
-                reraise(err, f"{f.where(f.done.index(False))} (single stream)", f.task.dest)
-
-    async def _stream_once(self, f: _File) -> None:
-        """One attempt of the single stream, from the first unverified chunk to the end.
-
-        Verified chunks met on the way are skipped; a corrupt chunk does not stop
-        the stream (later chunks may still verify) but fails the attempt at the end.
-        """
-        index = f.done.index(False)
-        offset = f.bounds[index][0]
-        writer: ChunkWriter | None = None
-        corrupt: IntegrityError | None = None
-        async with self._slots:
-            self.stats.requests += 1
-            try:
-                async with closing(f.task.reader.open_range(offset, f.task.size)) as stream:
-                    async for piece in stream:
-                        self._fetched(f, len(piece))
-                        await self._throttle(len(piece))
-                        view = memoryview(piece)
-                        while view:
-                            if index == len(f.bounds):
-                                raise TransferError("reader yielded more bytes than requested")
-                            start, end = f.bounds[index]
-                            take = min(len(view), end - offset)
-                            if not f.done[index]:
-                                writer = writer or self._writer(f, start, end)
-                                await writer.feed(view[:take])
-                            view = view[take:]
-                            offset += take
-                            if offset < end:
-                                continue
-                            if writer is not None:
-                                digest = await writer.finish()
-                                try:
-                                    self._accept(f, index, digest)
-                                except IntegrityError as err:
-                                    await writer.abort()  # Undo its progress.
-                                    corrupt = corrupt or err
-                                writer = None
-                            index += 1
-            except BaseException:
-                if writer is not None:
-                    await writer.abort()
-                raise
-        if offset != f.task.size:
-            raise TransferError(f"stream ended at byte {offset} of {f.task.size}")
-        if corrupt is not None:
-            raise corrupt
+        """Fetch every pending chunk from one stream (:mod:`bdn.transfer.sequential`)."""
+        await fetch_sequential(self, f)

@@ -56,8 +56,10 @@ class TransferConfig:
         workers: processes of the data plane. 1: every chunk is received on
             the engine's own event loop, as before; N > 1: the loop plus N - 1
             worker processes (:mod:`bdn.transfer.plane`) for readers that can be
-            rebuilt in another process. ``bdn pull`` resolves ``--workers`` /
-            ``BDN_WORKERS`` (default: the CPUs it may use) into this number.
+            rebuilt in another process. ``None``: not chosen by the caller; the
+            engine runs as with 1, and a pull (``PullOptions.with_workers``)
+            resolves it from ``--workers`` / ``BDN_WORKERS`` (default: the CPUs
+            it may use). A number set here is the caller's choice and sticks.
         worker_min_bytes: a file with fewer bytes left to fetch stays on the
             engine's loop (starting a worker costs ~0.3 CPU-s of imports).
     """
@@ -69,13 +71,14 @@ class TransferConfig:
     retry: RetryPolicy = RETRY_DATA
     verify_resumed_chunks: bool = True
     rate_limit: RateCap | None = None
-    workers: int = 1
+    workers: int | None = None
     worker_min_bytes: int = 64 * MiB
 
     def __post_init__(self) -> None:
         for name in ("max_connections", "max_connections_per_file", "segment_size", "io_threads",
                      "workers"):
-            if getattr(self, name) < 1:
+            value = getattr(self, name)
+            if value is not None and value < 1:
                 raise ValueError(f"TransferConfig.{name} must be >= 1")
 
     @property
@@ -124,6 +127,13 @@ class FileTask:
         first_chunk: the chunk to start with; the rest follow in order and wrap
             around. Pulls on different nodes start at different chunks so that
             they do not all ask the same owners for the same chunks first.
+        chunks_in_flight: at most this many chunks of the file are fetched at
+            once (never more than ``max_connections_per_file``); as chunks are
+            started in order from ``first_chunk``, the oldest one in flight is
+            always the next one in order. A caller that reads the file in order
+            while it fills (the Hub endpoint) sets it low, so the chunk it needs
+            next does not share the bandwidth with many later ones. ``None``:
+            ``max_connections_per_file``.
     """
 
     reader: RangeReader
@@ -140,6 +150,7 @@ class FileTask:
     label: str = ""
     durable: bool = False
     first_chunk: int = 0
+    chunks_in_flight: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +203,8 @@ def validate_task(task: FileTask) -> list[tuple[int, int]]:
             f"{task.label or task.dest}: {len(task.expected_chunks)} chunk digests for "
             f"{len(bounds)} chunks of {task.chunk_size} bytes"
         )
+    if task.chunks_in_flight is not None and task.chunks_in_flight < 1:
+        raise ValueError(f"{task.label or task.dest}: chunks_in_flight must be >= 1")
     if task.done_chunks:
         if task.expected_chunks is None:
             raise ValueError("done_chunks needs expected_chunks to verify against")

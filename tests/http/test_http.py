@@ -37,6 +37,7 @@ from bdn.http import (
     range_header,
     redact_url,
     retrying,
+    widen_reads,
 )
 from tests.httpserver import FaultPlan, FaultServer
 
@@ -430,3 +431,22 @@ async def test_reader_abandoned_stream_releases_connection(
     assert first
     await stream.aclose()  # type: ignore[attr-defined]
     assert await _read_all(reader, 5, 50) == DATA[5:50]
+
+
+async def test_widen_reads_lets_one_socket_read_return_more(
+    client: HttpClient, fault_server: FaultServer
+) -> None:
+    """A streamed body's socket may return ``socket_read_size`` bytes per read, not
+    asyncio's 256 KiB."""
+    url = fault_server.put("obj", DATA)
+    session = await client.session()
+    async with session.get(url) as resp:
+        transport = resp.connection.transport if resp.connection else None
+        assert transport is not None
+        assert transport.max_size == 256 * 1024  # type: ignore[attr-defined]
+        widen_reads(resp, client.config.socket_read_size)
+        assert transport.max_size == client.config.socket_read_size  # type: ignore[attr-defined]
+        assert client.config.socket_read_size == 4 * 1024 * 1024
+        assert await resp.read() == DATA
+    reader = HttpRangeReader(client, url, len(DATA))
+    assert await _read_all(reader, 0, len(DATA)) == DATA

@@ -10,6 +10,7 @@ from bdn.config.secrets import SecretResolver
 from bdn.config.settings import Settings
 from bdn.config.weights import WeightsEntry
 from bdn.mirror import MirrorOptions, run_mirror
+from bdn.transfer import TransferConfig
 from bdn.transfer.cores import available_cpus
 from tests.fixtures import make_model, pattern_bytes
 
@@ -26,6 +27,15 @@ def test_workers_default_from_cpus_and_can_be_set() -> None:
 def test_bdn_workers_reaches_the_mirror() -> None:
     settings = Settings.from_env({"BDN_WORKERS": "1"})
     assert MirrorOptions.from_settings(settings).transfer_config().io_threads == 2
+    assert MirrorOptions.from_settings(settings).transfer_config().workers == 1
+
+
+def test_the_data_plane_gets_one_process_per_cpu_unless_the_caller_chose() -> None:
+    assert MirrorOptions(workers=3).transfer_config().workers == 3
+    assert MirrorOptions().transfer_config().workers == available_cpus()
+    chosen = MirrorOptions(workers=6, transfer=TransferConfig(workers=1))
+    assert chosen.transfer_config().workers == 1  # An explicit one sticks.
+    assert chosen.transfer_config().io_threads == 12
 
 
 async def test_one_worker_and_many_give_the_same_manifest(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 from bdn.config.settings import Settings, parse_workers
 from bdn.errors import ConfigError
 from bdn.pull import PullOptions
-from bdn.transfer import TransferConfig
+from bdn.transfer import TransferConfig, TransferEngine
 from bdn.transfer.cores import available_cpus, cgroup_cpu_limit, resolve_workers
 
 AFFINITY = len(os.sched_getaffinity(0))
@@ -83,3 +83,20 @@ def test_pull_options_take_the_setting_unless_the_caller_chose() -> None:
     assert PullOptions().with_workers(1).transfer.workers == 1
     chosen = PullOptions(transfer=TransferConfig(workers=2))
     assert chosen.with_workers(8).transfer.workers == 2
+
+
+def test_an_explicit_single_worker_sticks() -> None:
+    """``transfer.workers == 1`` is a choice (in-process only), not "unset": neither the
+    automatic count nor ``BDN_WORKERS`` overrides it; ``None`` is what "unset" means."""
+    alone = PullOptions(transfer=TransferConfig(workers=1))
+    assert alone.with_workers(None).transfer.workers == 1
+    assert alone.with_workers(8).transfer.workers == 1
+    assert TransferConfig().workers is None
+    assert PullOptions().with_workers(None).transfer.workers == available_cpus()
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        TransferConfig(workers=0)
+
+
+async def test_an_engine_whose_workers_were_not_chosen_stays_in_process() -> None:
+    async with TransferEngine(TransferConfig()) as engine:
+        assert engine._plane is None

@@ -8,16 +8,22 @@ server has only a weak ETag or none) so that a server whose object changed
 after it was listed answers 412 instead of the new bytes. That 412 becomes a
 permanent :class:`~bdn.errors.SourceError` that says what changed and what to
 do: a mirror never stitches two versions of one file together.
+
+A reader whose URL is fixed (an ``https://`` source) can be rebuilt in a
+data-plane worker process (:class:`PinnedSpec`), pin and 412 included; one
+that signs each range (Azure) stays in its process, with the credential.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 
 from bdn.errors import HTTPStatusError, SourceError
-from bdn.http import HttpClient, HttpRangeReader
+from bdn.http import HttpClient, HttpConfig, HttpRangeReader, redact_url
+from bdn.http.ranges import worker_client
 
-__all__ = ["PinnedReader", "changed_error", "pin_headers"]
+__all__ = ["PinnedReader", "PinnedSpec", "changed_error", "pin_headers"]
 
 
 def pin_headers(etag: str | None, last_modified: str | None) -> dict[str, str]:
@@ -48,7 +54,8 @@ class PinnedReader:
 
     Args:
         http: the shared client (a callable, so a source may create it lazily).
-        url: makes the GET URL for one range (may sign it); never logged whole.
+        url: the GET URL, or what makes it for one range (may sign it); never
+            logged whole. Only a reader with a fixed URL has a :meth:`reopen_spec`.
         size: the object's size as listed.
         where: what :meth:`describe` and errors name (no credentials).
         etag, last_modified: the listed version; both ``None`` reads unpinned
@@ -57,17 +64,29 @@ class PinnedReader:
         headers: sent with every GET (e.g. ``Authorization``; never logged).
     """
 
-    def __init__(self, http: Callable[[], HttpClient], url: Callable[[], str], size: int, *,
-                 where: str, etag: str | None = None, last_modified: str | None = None,
+    def __init__(self, http: Callable[[], HttpClient], url: str | Callable[[], str], size: int,
+                 *, where: str, etag: str | None = None, last_modified: str | None = None,
                  supports_ranges: bool | None = None,
                  headers: dict[str, str] | None = None) -> None:
         self._http = http
-        self._url = url
+        self._fixed_url = url if isinstance(url, str) else None
+        self._url: Callable[[], str] = (lambda: url) if isinstance(url, str) else url
         self._size = size
         self._where = where
+        self._pin = (etag, last_modified)
         self._version = etag or last_modified
-        self._headers = {**(headers or {}), **pin_headers(etag, last_modified)}
+        self._given_headers = dict(headers or {})
+        self._headers = {**self._given_headers, **pin_headers(etag, last_modified)}
         self.supports_ranges = supports_ranges
+
+    def reopen_spec(self) -> PinnedSpec | None:
+        """How a data-plane worker rebuilds this reader (``ReopenableReader``); ``None``
+        for a reader that signs each range, whose signing stays in this process."""
+        if self._fixed_url is None:
+            return None
+        etag, modified = self._pin
+        return PinnedSpec(self._fixed_url, self._size, self._http().config, self._where,
+                          etag, modified, dict(self._given_headers))
 
     async def open_range(self, start: int, end: int
                          ) -> AsyncIterator[bytes | bytearray | memoryview]:
@@ -93,3 +112,28 @@ class PinnedReader:
 
     async def close(self) -> None:
         """Nothing to release: connections belong to the shared HttpClient."""
+
+
+@dataclass(frozen=True, slots=True)
+class PinnedSpec:
+    """A picklable :class:`PinnedReader` with a fixed URL (``bdn.backends.base.ReaderSpec``):
+    the worker's reader pins the same version and turns a 412 into the same error.
+    ``headers`` may hold credentials; the ``repr`` leaves them and the query out."""
+
+    url: str
+    size: int
+    config: HttpConfig
+    where: str
+    etag: str | None
+    last_modified: str | None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"PinnedSpec({redact_url(self.url)!r}, {self.size})"
+
+    def open(self, resources: dict[object, object]) -> PinnedReader:
+        client = worker_client(resources, self.config)
+        return PinnedReader(lambda: client, self.url, self.size, where=self.where,
+                            etag=self.etag, last_modified=self.last_modified,
+                            headers=self.headers)
+

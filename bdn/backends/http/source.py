@@ -126,7 +126,7 @@ class HttpsSource:
         """Ranged GETs pinned to the listed version; one stream when ranges are refused."""
         etag, modified = self._pins.get(obj.path, (obj.etag, None))
         url = self._url(_quoted(obj.path, self._files))
-        return PinnedReader(lambda: self._http, lambda: url, obj.size, where=url, etag=etag,
+        return PinnedReader(lambda: self._http, url, obj.size, where=url, etag=etag,
                             last_modified=modified, supports_ranges=self._ranges.get(obj.path),
                             headers=self._headers)
 

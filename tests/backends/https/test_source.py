@@ -7,6 +7,7 @@ class reads any URL; only the config parser insists on https://)."""
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from bdn.backends import open_source
+from bdn.backends.base import RangeReader, ReopenableReader
+from bdn.backends.http.pinned import PinnedReader
 from bdn.backends.http.source import HttpsSource, https_source_from_entry
 from bdn.backends.local.store import FileStore
 from bdn.config.secrets import SecretResolver
@@ -22,6 +25,7 @@ from bdn.errors import ConfigError, SourceError, SourceNotFound
 from bdn.http import HttpClient
 from bdn.mirror.run import MirrorOptions, _mirror
 from bdn.store import Store
+from bdn.transfer import FileTask, TransferConfig, TransferEngine
 from bench.nginx import Nginx
 from tests.httpserver import FaultPlan, FaultServer
 
@@ -122,3 +126,42 @@ def test_folder_needs_literal_allow_patterns(http: HttpClient) -> None:
         with pytest.raises(ConfigError, match="name each file in allow_patterns"):
             open_source(WeightsEntry(source="https://example.com/m/", allow_patterns=patterns),
                         secrets=SecretResolver(None, {}), http=http)
+
+
+def _engine_task(reader: RangeReader, size: int, dest: Path) -> FileTask:
+    return FileTask(reader, size, dest, 64 * 1024, label="model.bin")
+
+
+async def test_a_worker_process_reads_the_pinned_version(
+        nginx: Nginx, http: HttpClient, tmp_path: Path) -> None:
+    """The reader crosses into a data-plane worker with its pin: the bytes of the listed
+    version come through, and a file replaced since the listing is the same one-line
+    error there as here, never the new bytes."""
+    path = nginx.root / "m" / "model.bin"
+    data = os.urandom(300_000)
+    path.write_bytes(data)
+    src = HttpsSource(nginx.url("m/model.bin"), http=http,
+                      authorization=f"Bearer {TOKEN}")
+    [obj] = await src.list()
+    reader = src.reader(obj)
+    assert isinstance(reader, ReopenableReader)
+    spec = reader.reopen_spec()
+    assert spec is not None and TOKEN not in repr(spec)
+    assert pickle.loads(pickle.dumps(spec)).headers["Authorization"] == f"Bearer {TOKEN}"
+    # One chunk at a time and a tie goes to a worker: every chunk runs in the worker.
+    config = TransferConfig(max_connections_per_file=1, workers=2, worker_min_bytes=0)
+    async with TransferEngine(config) as engine:
+        await engine.fetch(_engine_task(reader, obj.size, tmp_path / "ok"))
+        assert len(engine.worker_pids()) == 1
+        assert (tmp_path / "ok").read_bytes() == data
+        path.write_bytes(os.urandom(300_000))
+        os.utime(path, (1_000_000_000, 1_000_000_000))  # a new mtime: nginx's ETag changes
+        with pytest.raises(SourceError, match="changed upstream while it was being mirrored"):
+            await engine.fetch(_engine_task(reader, obj.size, tmp_path / "changed"))
+        assert len(engine.worker_pids()) == 1  # The worker answered; it did not die.
+
+
+def test_a_reader_that_signs_each_range_stays_in_its_process(http: HttpClient) -> None:
+    signed = PinnedReader(lambda: http, lambda: "https://example.com/x?sig=fresh", 10,
+                          where="example.com/x", etag='"v1"')
+    assert signed.reopen_spec() is None
