@@ -98,6 +98,13 @@ def _add_herd(sub: argparse._SubParsersAction) -> None:
     h.add_argument("--chunk-size", metavar="SIZE",
                    help="the model's chunk size (default: the mirror's); e.g. 8MiB for "
                         "many chunks")
+    h.add_argument("--owner-fault", choices=("frozen", "slow"),
+                   help="instead of ring/fanout/naive: the settled ring all alive, then with "
+                        "its first agent frozen (SIGSTOP) or slow (chunk answers "
+                        "--owner-delay late); the other N - 1 agents pull in both; aims "
+                        "frozen <= 2x, slow <= 1.3x the all-alive wall time")
+    h.add_argument("--owner-delay", type=float, default=5.0, metavar="SECONDS",
+                   help="with --owner-fault slow: seconds each chunk request waits (default 5)")
     h.add_argument("--json", action="store_true", help="print results as JSON on stdout")
     h.add_argument("--no-install", action="store_true",
                    help="never apt-get install nginx; exit 2 naming the command instead")

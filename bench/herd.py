@@ -34,10 +34,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import resource
 import secrets
 import shutil
+import signal
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -61,6 +63,7 @@ from bench.harness import (
     timeout_for,
     warm_up_writes,
 )
+from bench.herd_delay import DelayRelay
 from bench.herd_fleet import (
     ORIGIN_PORT_NETNS,
     Node,
@@ -83,6 +86,7 @@ from bench.herd_report import (
     HerdCase,
     HerdReport,
     HerdRun,
+    OwnerFault,
     StartMode,
     parse_nodes,
 )
@@ -114,6 +118,8 @@ class Fleet:
     pull_timeout: float
     agent_flags: tuple[str, ...] = ()
     fanout: int = 0
+    owner_fault: OwnerFault | None = None
+    owner_delay: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,12 +131,23 @@ class _Burst:
     log_offset: int
 
 
-async def _burst(agents: Sequence[FleetAgent], fleet: Fleet, members: int) -> _Burst:
+async def _burst(agents: Sequence[FleetAgent], fleet: Fleet, members: int,
+                 variant: Variant = "ring") -> _Burst:
+    """Pulls on every agent once each sees ``members``; with an owner fault (see
+    :class:`~bench.herd_report.HerdBenchOptions`) on all but the first, which is
+    frozen first in the ``frozen`` case (and thawed after the pulls)."""
     await wait_ready(agents, members, READY_TIMEOUT_S)
+    pullers = agents[1:] if fleet.owner_fault is not None else agents
     offset = fleet.origin.log_offset()
-    started_at = time.time()
-    seconds, statuses = await pull_all(agents, fleet.model.manifest_id, fleet.pull_timeout)
-    return _Burst(seconds, started_at, statuses, await agent_counters(agents), offset)
+    if variant == "frozen":
+        agents[0].signal(signal.SIGSTOP)
+    try:
+        started_at = time.time()
+        seconds, statuses = await pull_all(pullers, fleet.model.manifest_id, fleet.pull_timeout)
+    finally:
+        if variant == "frozen":
+            agents[0].signal(signal.SIGCONT)
+    return _Burst(seconds, started_at, statuses, await agent_counters(pullers), offset)
 
 
 async def _burst_together(agents: Sequence[FleetAgent], fleet: Fleet, launched: float,
@@ -153,26 +170,38 @@ def run_case(fleet: Fleet, n: int, variant: Variant, start: StartMode = "settled
     area = fleet.area / f"{variant}-{n}"
     agents: list[FleetAgent] = []
     cpu_before = _children_cpu()
+    with contextlib.ExitStack() as stack:
+        nodes = fleet.nodes_for(n)
+        if variant == "slow":  # Its peers reach the first agent through the relay.
+            relay = stack.enter_context(DelayRelay(nodes[0].listen, fleet.owner_delay))
+            nodes[0] = dataclasses.replace(nodes[0], advertise=relay.address)
+        return _run_case(fleet, n, variant, start, area, nodes, agents, cpu_before)
+
+
+def _run_case(fleet: Fleet, n: int, variant: Variant, start: StartMode, area: Path,
+              nodes: list[Node], agents: list[FleetAgent], cpu_before: float) -> HerdRun:
+    """:func:`run_case` once its nodes are placed (a slow owner's relay runs around it)."""
     try:
         offset, started_at, launched = fleet.origin.log_offset(), time.time(), time.perf_counter()
-        agents = start_agents(fleet.nodes_for(n), variant, area, fleet.sockets, fleet.token_file,
-                              (*fleet.agent_flags, *variant_flags(variant, fleet.fanout)))
+        agents += start_agents(nodes, variant, area, fleet.sockets, fleet.token_file,
+                               (*fleet.agent_flags, *variant_flags(variant, fleet.fanout)))
         members = n if in_ring(variant) else 1
         try:
             burst = asyncio.run(
                 _burst_together(agents, fleet, launched, started_at, offset)
-                if start == "together" else _burst(agents, fleet, members))
+                if start == "together" else _burst(agents, fleet, members, variant))
         except (aiohttp.ClientError, OSError) as err:
             raise ToolFailed(f"talking to the agents failed: {err}") from err
         stop_agents(agents)
         cpu = _children_cpu() - cpu_before  # The agents have exited and been reaped.
         tally = fleet.origin.tally_since(burst.log_offset)
+        pullers = agents[1:] if fleet.owner_fault is not None else agents
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-            for _ in pool.map(fleet.model.verify_tree, [mount(a) for a in agents]):
+            for _ in pool.map(fleet.model.verify_tree, [mount(a) for a in pullers]):
                 pass
         from_peers = sum(int(s.get("bytes_from_peers") or 0) for s in burst.statuses)
         busy = tally.last_blob_end - burst.started_at if tally.last_blob_end else None
-        changes = sum(ring_changes_since(a, burst.started_at) for a in agents)
+        changes = sum(ring_changes_since(a, burst.started_at) for a in pullers)
         hedges = {k.removeprefix("hedges_"): v for k, v in burst.counters.items()
                   if k.startswith("hedges_") and v}
         c = burst.counters
@@ -276,6 +305,15 @@ def _notes(options: HerdBenchOptions, facts: MachineFacts) -> list[str]:
         f"{format_bytes(_warm_up_bytes(o, facts))} written and deleted untimed before the "
         "first burst (first-touch memory); ring and naive alternate which goes first each round",
     ]
+    if o.owner_fault is not None:
+        notes[2] = (
+            "all alive: the ring (--fanout 0) settles, then every agent but the first pulls; "
+            + ("frozen: the same, with the first agent stopped (SIGSTOP) once the ring "
+               "settled, resumed after the pulls" if o.owner_fault == "frozen" else
+               f"slow: the same, with every chunk request to the first agent held "
+               f"{o.owner_delay:g} s by a relay it advertises (its health probes pass at "
+               "once)")
+            + "; CPU-s/GB over the N - 1 copies pulled")
     notes.append(
         "start together: agents launched and each pull sent as soon as its agent's pod "
         "socket answers; wall time from the launch (agent start-up included)"
@@ -400,7 +438,8 @@ def run_herd_bench(
             f"origin: nginx serving the store, logging bytes sent to {served.origin.access_log}")
         timeout = timeout_for(max(options.fleet_sizes) * model.nbytes) + served.extra_timeout
         fleet = Fleet(model, served.origin, wd / "runs", sockets, _token_file(wd),
-                      served.nodes_for, timeout, options.agent_flags, options.fanout)
+                      served.nodes_for, timeout, options.agent_flags, options.fanout,
+                      options.owner_fault, options.owner_delay)
         report = HerdReport(facts, options, served.title, notes=_notes(options, facts))
         report.cases = measure(fleet, options, console)
         report.notes.append(
@@ -429,6 +468,8 @@ def options_from_args(args: argparse.Namespace) -> HerdBenchOptions:
         fanout=args.fanout,
         chunk_size=parse_size(args.chunk_size, field="--chunk-size")
         if args.chunk_size is not None else None,
+        owner_fault=getattr(args, "owner_fault", None),
+        owner_delay=getattr(args, "owner_delay", 5.0),
     )
 
 

@@ -32,10 +32,11 @@ from bdn.fleet import AgentSpec, FleetAgent, FleetError, agent_env, free_ports
 from bench.harness import ToolFailed
 from bench.netns import NetnsPlan, exec_argv
 
-Variant = Literal["ring", "fanout", "naive"]
+Variant = Literal["ring", "fanout", "naive", "frozen", "slow"]
 """``ring``: every agent lists all in ``--peers``, fan-out off (``--fanout 0``);
 ``fanout``: the same ring with ``--fanout K`` (:mod:`bdn.peer.fanout`); ``naive``:
-each agent alone."""
+each agent alone; ``frozen``, ``slow``: the ring with its first agent stopped
+(SIGSTOP) or its chunk answers delayed (``--owner-fault``)."""
 
 
 def in_ring(variant: Variant) -> bool:
@@ -70,11 +71,18 @@ class Node:
     listen: str
     store: str
     argv_prefix: tuple[str, ...] = ()
+    advertise: str | None = None
+    """The address peers reach it at, when not ``listen`` (a relay in front of it)."""
+
+    @property
+    def address(self) -> str:
+        return self.advertise or self.listen
 
     def spec(self, area: Path, sockets: Path) -> AgentSpec:
         """The agent of this node in case directory ``area`` (its socket in ``sockets``)."""
         return AgentSpec(self.name, self.listen, self.store, area / self.name,
-                         sockets / f"{area.name}-{self.name}.sock", self.argv_prefix)
+                         sockets / f"{area.name}-{self.name}.sock", self.argv_prefix,
+                         advertise=self.advertise)
 
 
 def loopback_nodes(n: int, origin: str) -> list[Node]:
@@ -134,7 +142,7 @@ def start_agents(nodes: Sequence[Node], variant: Variant, area: Path, sockets: P
                  token_file: Path, extra: Sequence[str] = ()) -> list[FleetAgent]:
     """Start one agent per node, with flags ``extra`` too; the caller must
     :func:`bdn.fleet.stop_agents` them (even on failure)."""
-    peers = [node.listen for node in nodes] if in_ring(variant) else []
+    peers = [node.address for node in nodes] if in_ring(variant) else []
     agents: list[FleetAgent] = []
     for node in nodes:
         spec = node.spec(area, sockets)

@@ -28,6 +28,11 @@ Mode = Literal["loopback", "netns"]
 StartMode = Literal["settled", "together"]
 START_MODES: tuple[StartMode, ...] = ("settled", "together")
 VARIANTS: tuple[Variant, ...] = ("ring", "fanout", "naive")
+OwnerFault = Literal["frozen", "slow"]
+OWNER_FAULTS: tuple[OwnerFault, ...] = ("frozen", "slow")
+OWNER_AIMS: dict[OwnerFault, float] = {"frozen": 2.0, "slow": 1.3}
+"""The issue's aims with one owner faulty: the pulls within this many times the
+all-alive ring's wall time (same run, same pullers)."""
 
 DEFAULT_NODES: dict[Mode, tuple[int, ...]] = {"loopback": (2, 4, 8), "netns": (2, 4)}
 """Fleet sizes when ``--nodes`` is not given (the shaped run is slower per node)."""
@@ -63,6 +68,11 @@ class HerdBenchOptions:
             not run (``ring`` always runs with ``--fanout 0``).
         chunk_size: the model's chunk size (``None``: the mirror's default); small
             chunks make many chunks, which is where fan-out shows.
+        owner_fault: run the settled ring twice instead, all alive and with its
+            first agent ``frozen`` (SIGSTOP once the ring settled) or ``slow`` (its
+            chunk answers ``owner_delay`` seconds late, through a relay); the other
+            N - 1 agents pull in both (``None``: the usual ring/fanout/naive cases).
+        owner_delay: seconds a slow owner holds each chunk request.
     """
 
     nodes: tuple[int, ...] | None = None
@@ -78,10 +88,15 @@ class HerdBenchOptions:
     hedge_after: str | None = None
     fanout: int = 4
     chunk_size: int | None = None
+    owner_fault: OwnerFault | None = None
+    owner_delay: float = 5.0
 
     @property
     def variants(self) -> tuple[Variant, ...]:
-        """The cases run at every N: ``fanout`` only with K > 0."""
+        """The cases run at every N: ``fanout`` only with K > 0; with an owner fault,
+        the ring and the ring with that fault."""
+        if self.owner_fault is not None:
+            return ("ring", self.owner_fault)
         return tuple(v for v in VARIANTS if v != "fanout" or self.fanout > 0)
 
     @property
@@ -115,6 +130,17 @@ class HerdBenchOptions:
             raise ConfigError("must be 0 (no fanout case) or more", field="--fanout")
         if self.start not in START_MODES:
             raise ConfigError(f"must be one of {', '.join(START_MODES)}", field="--start")
+        if self.owner_fault is not None and self.owner_fault not in OWNER_FAULTS:
+            raise ConfigError(f"must be one of {', '.join(OWNER_FAULTS)}",
+                              field="--owner-fault")
+        if self.owner_fault == "slow" and self.netns:
+            raise ConfigError("the slow owner's relay runs on loopback; drop --netns",
+                              field="--owner-fault")
+        if self.owner_fault is not None and self.start != "settled":
+            raise ConfigError("an owner fault is injected once the ring settled; use "
+                              "--start settled", field="--owner-fault")
+        if not self.owner_delay > 0:
+            raise ConfigError("must be positive seconds", field="--owner-delay")
         for name in ("origin_mbps", "peer_mbps"):
             if not getattr(self, name) > 0:
                 raise ConfigError("must be a positive rate in MB/s",
@@ -331,8 +357,48 @@ class HerdReport:
             return None
         return ring.best / naive.best
 
+    def fault_ratio(self, n: int) -> float | None:
+        """With an owner fault: its wall time over the all-alive ring's (best runs)."""
+        fault = self.options.owner_fault
+        ring, faulty = self.case(n, "ring"), self.case(n, fault) if fault else None
+        if ring is None or faulty is None or faulty.best is None or not ring.best:
+            return None
+        return faulty.best / ring.best
+
+    def owner_table(self) -> Table | None:
+        """All-alive ring against the ring with one faulty owner, per N (``None``:
+        no owner fault ran)."""
+        fault = self.options.owner_fault
+        if fault is None:
+            return None
+        table = Table(title=f"one owner {fault} vs all alive, the other N - 1 agents "
+                            "pulling, same run", title_justify="left", header_style="bold")
+        for name in ("N", "case", "wall s", f"{fault}÷alive", "aim", "origin×", "hedges",
+                     "CPU-s/GB"):
+            table.add_column(name, justify="left" if name in ("N", "case") else "right")
+        for n in self.options.fleet_sizes:
+            for v in self.options.variants:
+                case = self.case(n, v)
+                best = case.best_run if case is not None else None
+                if case is None or best is None:
+                    table.add_row(str(n), v, "failed" if case and case.error else "—",
+                                  *["—"] * 5)
+                    continue
+                cpu = _cpu_per_gb(best, n - 1, case.model_bytes)
+                faulty = v == fault
+                table.add_row(
+                    str(n), "all alive" if v == "ring" else v, _secs(case, self.options.repeat),
+                    _ratio(self.fault_ratio(n)) if faulty else "",
+                    f"<= {OWNER_AIMS[fault]:g}x" if faulty else "",
+                    _ratio(case.origin_ratio),
+                    " ".join(f"{k}={c}" for k, c in sorted(best.hedges.items())) or "none",
+                    "—" if cpu is None else f"{cpu:.2f}")
+        return table
+
     def aim_lines(self) -> list[tuple[HerdAim, float | None, bool]]:
-        out = []
+        out: list[tuple[HerdAim, float | None, bool]] = []
+        if self.options.owner_fault is not None:
+            return out
         for aim in AIMS:
             if self.options.mode not in aim.modes:
                 continue
@@ -363,8 +429,10 @@ class HerdReport:
             "nodes": [
                 {
                     "nodes": n,
-                    **{v: c.to_dict() for v in VARIANTS if (c := self.case(n, v)) is not None},
+                    **{v: c.to_dict() for v in self.options.variants
+                       if (c := self.case(n, v)) is not None},
                     "wall_ratio": self.wall_ratio(n),
+                    "fault_ratio": self.fault_ratio(n),
                 }
                 for n in o.fleet_sizes
             ],
@@ -412,7 +480,8 @@ class HerdReport:
             table.add_column(name, justify="left" if name == "N" else "right")
         for n in self.options.fleet_sizes:
             ring, naive = self.case(n, "ring"), self.case(n, "naive")
-            assert ring is not None and naive is not None
+            if ring is None or naive is None:
+                continue  # An owner-fault run: its own table.
             best = ring.best_run
             table.add_row(
                 str(n), _secs(ring, self.options.repeat), _secs(naive, self.options.repeat),
@@ -434,7 +503,11 @@ class HerdReport:
             "failed over to origin, and ring membership changes during the burst; agents' "
             "origin×: their own bdn_origin_bytes_total ÷ model size (a cross-check)"
         )
-        console.print(self.table())
+        owners = self.owner_table()
+        if owners is None:
+            console.print(self.table())
+        else:
+            console.print(owners)
         fan = self.fanout_table()
         if fan is not None:
             console.print("peak egress: chunk bytes the busiest agent sent to peers "

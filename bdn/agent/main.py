@@ -60,6 +60,7 @@ from bdn.hub.app import HubContext, hub_app
 from bdn.peer.client import PeerClient
 from bdn.peer.hedge import HedgeConfig, Hedging
 from bdn.peer.tiered import TierConfig
+from bdn.pull import PullOptions
 from bdn.ring import Ring
 
 log = logging.getLogger("agent")
@@ -114,11 +115,15 @@ class Agent:
         self.hedging = hedging
         if hedging is not None:
             self.metrics.watch_hedges(lambda: hedging.stats)
+            # A silent owner's health decides a costly hedge; probes teach the deadline.
+            hedging.prober, membership.on_answer = membership.probe, hedging.observe_probe
+            self._closers.append(hedging.close)
         tiers = TierConfig(ring=membership.current_ring, self_addr=cfg.advertise,
                            peers=self.peer_client, local=chunks, hedging=hedging,
                            relay=chunks.relay)
+        options = self._pull_options(store.uri)
         self.pulls = pulls = PullRegistry(
-            PullContext(store, cache, s.secrets(), cfg.pull.trusting(s.trusted_stores, store.uri),
+            PullContext(store, cache, s.secrets(), options,
                         tiers, cfg.background_fill_rate,
                         trees_roots=cfg.allowed_trees_roots,
                         protected=protected_dirs(s.cache_dir, s.store_uri)),
@@ -132,9 +137,9 @@ class Agent:
         # the pod socket opens once they agree on the ring (bdn.agent.membership).
         await membership.start()
         await self._serve_pods(ctx)
-        await self._serve_hub(store, cache, tiers)
+        await self._serve_hub(store, cache, tiers, options)
         self._tasks.append(asyncio.create_task(self._scan_caches_forever(), name="bdn-scan"))
-        self._log_started(store.uri, membership)
+        self._log_started(store.uri, membership, options)
 
     def _open_http_clients(self) -> tuple[HttpClient, HttpClient]:
         """The HTTP clients for peers and for health probes. The store has its own,
@@ -185,7 +190,8 @@ class Agent:
         self.metrics.registry.register(MembershipCollector(lambda: membership.stats))
         return membership
 
-    def _log_started(self, store_uri: str, membership: Membership) -> None:
+    def _log_started(self, store_uri: str, membership: Membership,
+                     options: PullOptions) -> None:
         cfg = self.config
         log.info(
             "agent started",
@@ -196,6 +202,7 @@ class Agent:
                 "store": store_uri,
                 "cache": str(cfg.settings.cache_dir),
                 "members": sorted(membership.ring.members),
+                "workers": options.transfer.workers,
             },
         )
 
@@ -217,13 +224,20 @@ class Agent:
         pod_runner = await self._runner(pod_app(ctx))
         await web.SockSite(pod_runner, self._socket.sock).start()
 
-    async def _serve_hub(self, store: CountingStore, cache: NodeCache, tiers: TierConfig) -> None:
+    def _pull_options(self, store_uri: str) -> PullOptions:
+        """The options of every pull the agent runs (pods' and the Hub endpoint's): the
+        configured ones, trusting the agent's store, with the data-plane worker count
+        resolved once (``--workers`` / ``BDN_WORKERS``, default: the CPUs it may use)."""
+        s = self.config.settings
+        return self.config.pull.trusting(s.trusted_stores, store_uri).with_workers(s.workers)
+
+    async def _serve_hub(self, store: CountingStore, cache: NodeCache, tiers: TierConfig,
+                         options: PullOptions) -> None:
         """The Hub-compatible read endpoint (:mod:`bdn.hub`) on ``--hf-listen``, if set, with
-        the pulls' store, cache, trust and peer tier, so its bytes take the pulls' path."""
+        the pulls' store, cache, options and peer tier, so its bytes take the pulls' path."""
         cfg, s = self.config, self.config.settings
         if cfg.hf_listen is None:
             return
-        options = cfg.pull.trusting(s.trusted_stores, store.uri)
         app = hub_app(HubContext(store, cache, s.secrets(), options, tiers,
                                  upstream=cfg.hf_upstream))
         await listen_tcp(await self._runner(app), cfg.hf_listen, flag="--hf-listen")

@@ -180,6 +180,9 @@ class Membership:
         self._resolver = resolver
         self._on_change = on_change
         self._heard = heard
+        self.on_answer: Callable[[str, float], None] | None = None
+        """Called with a peer and the round trip of each probe it answered (hedging
+        learns its deadline from them before any chunk was read)."""
         self._candidates: set[str] = set(config.static_peers)
         self._alive: set[str] = set()
         self._silent: set[str] = set()  # Candidates whose last probe got no answer.
@@ -260,7 +263,7 @@ class Membership:
         loop = asyncio.get_running_loop()
         began = loop.time()
         peers = sorted(self.candidates)
-        answers = await asyncio.gather(*(self._prober(p) for p in peers))
+        answers = await asyncio.gather(*(self._timed_probe(p) for p in peers))
         took = loop.time() - began
         tolerance = STARVED_LAG_FRACTION * self.config.probe_timeout
         starved = late > tolerance or took > self.config.probe_timeout + tolerance
@@ -283,6 +286,22 @@ class Membership:
             del self._misses[gone]
             self._starved_excuses.pop(gone, None)
         self._set_alive(alive)
+
+    async def _timed_probe(self, peer: str) -> bool | None:
+        """One probe of ``peer``; an answer and its round trip go to :attr:`on_answer`."""
+        began = time.monotonic()
+        answer = await self._prober(peer)
+        if answer is True and self.on_answer is not None:
+            self.on_answer(peer, time.monotonic() - began)
+        return answer
+
+    async def probe(self, peer: str, timeout: float) -> bool:
+        """Whether ``peer`` answers a health probe within ``timeout`` seconds (hedging
+        asks a silent chunk owner this, :mod:`bdn.peer.hedge`)."""
+        try:
+            return await asyncio.wait_for(self._prober(peer), timeout) is True
+        except TimeoutError:
+            return False
 
     def _excuse(self, peer: str, starved: bool) -> bool:
         """Whether a missed probe of member ``peer`` is not held against it: it was

@@ -266,7 +266,9 @@ class _HedgeStatsCollector(Collector):
             "origin, so a hedge would only read it twice), quiet (the owner was silent "
             "past its deadline but so was every other peer: a starved node, not hedged "
             "then), over_budget (not sent straight to origin: the pull's origin-hedge "
-            "budget was spent).",
+            "budget was spent), alive (a silent owner answered a health probe, so a "
+            "hedge that could read origin waited longer for it), unresponsive (a silent "
+            "owner answered no probe either: hedged at once).",
             labels=["outcome"],
         )
         hedges.add_metric(["won"], s.won)
@@ -275,6 +277,8 @@ class _HedgeStatsCollector(Collector):
         hedges.add_metric(["withheld"], s.withheld)
         hedges.add_metric(["quiet"], s.quiet)
         hedges.add_metric(["over_budget"], s.over_budget)
+        hedges.add_metric(["alive"], s.alive)
+        hedges.add_metric(["unresponsive"], s.unresponsive)
         yield hedges
 
 

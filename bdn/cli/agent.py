@@ -9,6 +9,7 @@ stays fast).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -115,6 +116,11 @@ _FLAGS_AFTER_PEERS: tuple[Flag, ...] = (
                           "agree on chunk owners (0: do not wait; default 10)"}),
     ("--drain-timeout", {"metavar": "SECONDS", "type": float, "default": 30.0,
                          "help": "on SIGTERM, wait this long for running pulls (default 30)"}),
+    ("--workers", {"metavar": "N|auto",
+                   "help": "data-plane processes of the agent's pulls (env BDN_WORKERS; "
+                   "default auto: the CPUs this process may use, cgroup limit included; "
+                   "1: the agent's own process). Chunks read through the peer tier, as "
+                   "every chunk of an agent pull is today, stay in the agent's process"}),
 )
 
 _POSITIVE_SECONDS = ("peer_timeout", "probe_interval", "dns_interval", "drain_timeout")
@@ -159,10 +165,13 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
         MembershipConfig,
         parse_peer_list,
     )
+    from bdn.config.settings import parse_workers
     from bdn.ring import RingConfig
 
     flags = FlagOrEnv(args, ENV_TWINS)
     conf = settings(args)
+    if args.workers is not None:  # Else BDN_WORKERS, read into the settings.
+        conf = dataclasses.replace(conf, workers=parse_workers(args.workers, field="--workers"))
     listen, advertise = _addresses(flags)
     peers_text, dns = _peer_sources(args)
     peer_port = flags.integer("peer_port", listen[1])

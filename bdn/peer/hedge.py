@@ -10,9 +10,11 @@ The owner answers a request's headers at once (an *early answer*, see
 chunk or is filling it from origin; the requester's :class:`ReadProgress`
 records that and every body piece, and :meth:`Hedging.hedge_at` decides on it:
 
-- no headers within the answer deadline: ``floor`` (``--hedge-after``), or
-  ``slack`` times the p95 of recent answers when that is longer (a loaded
-  node answers everyone late; a frozen owner is the one that does not): the
+- no headers within the answer deadline, learned (:meth:`Hedging.answer_deadline`):
+  ``slack`` times the p95 of recent answer latencies (chunk headers, else health
+  probes), within ``[min_deadline, cap]``, and ``floor`` (``--hedge-after``)
+  until enough were seen (a loaded node answers everyone late; a frozen owner
+  is the one that does not): the
   owner is frozen, overloaded or behind a slow network (or older, and
   filling): hedge, *if* the owner has been quiet that long while other peers
   were heard and no request to another peer has waited half as long for its
@@ -24,15 +26,26 @@ records that and every body piece, and :meth:`Hedging.hedge_at` decides on it:
   this node's own loop runs late (a hedge timer fired more than
   ``STARVED_LAG_FRACTION`` of the floor, at least ``MIN_STARVED_LAG``, after it
   was due, within the last floor), nothing is hedged for silence: the answers
-  may be in its sockets, unread, and a shared machine starves everyone;
+  may be in its sockets, unread, and a shared machine starves everyone.
+  A hedge that may cost an origin read (``to_origin``) for silence needs one
+  more proof, from a health probe sent once the owner went quiet (the agent's
+  membership prober, :attr:`Hedging.prober`): an owner that does not answer
+  it within the answer deadline is *unresponsive* (frozen, dead) and hedged at
+  once; one that answers is *alive*, only slow (a starved loop or a queue of
+  disk work), and waits ``max(floor, ALIVE_FACTOR x deadline)`` from when it
+  went quiet, bounded by ``cap``: its bytes are coming, and the hedge would
+  read them from origin again. So a learned deadline can be short (a frozen
+  owner costs one deadline and one probe) without turning starved-but-live
+  owners into origin reads;
 - filling from origin, nothing sent yet: never hedge to origin, which would
   only read the same bytes from origin a second time (in a cold burst every
   owner is filling, and hedges to origin were the herd); a replica may be
   asked once the fill runs past ``cap``. The request's own bound (the
   client's answer timeout) ends a fill that never finishes;
 - sending: hedge to origin only when the body stalls for ``floor`` (judged
-  the same way: quiet while others are heard) or runs past ``cap`` and, at its
-  rate so far, would need more than ``cap`` again to finish (``bdn demo`` under
+  the same way: quiet while others are heard, and a health probe) or runs past
+  ``ALIVE_FACTOR`` caps and, at its rate so far, would need more than ``cap``
+  again to finish: its owner is alive, sending (``bdn demo`` under
   heavy load hedged 64 MiB bodies 20-90% done past the cap, each one more origin
   read at the successor) (a body
   that flows is nearly always cheaper to finish than to read again from
@@ -69,12 +82,16 @@ answered first), ``lost`` (the first request did, or the hedge failed).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 __all__ = [
+    "ALIVE_FACTOR",
     "DEFAULT_HEDGE_FRACTION",
     "ORIGIN_HEDGE_SHARE",
     "PRIOR_BYTES_PER_SECOND",
@@ -102,6 +119,14 @@ MIN_SAMPLE_BYTES = 4 * MiB
 small (last) chunk does not read as a slow rate for full-size ones."""
 
 
+MIN_DEADLINE_TIMEOUTS = 0.125
+"""The lowest learned answer deadline, in peer timeouts (0.25 s at 2 s): below it,
+ordinary scheduling jitter of a busy node would read as silence."""
+
+ALIVE_FACTOR = 4.0
+"""An owner that answers a health probe while silent on a chunk is hedged at a
+cost to origin only after this many answer deadlines (at least ``floor``)."""
+
 DEFAULT_FLOOR_TIMEOUTS = 1.0
 """The default hedge floor, in peer timeouts. A live owner on a CPU-starved node
 can take seconds to send its first byte, and hedging such a read repeats the
@@ -128,7 +153,10 @@ class HedgeConfig:
     """When chunk reads are hedged.
 
     Attributes:
-        floor: the shortest deadline, in seconds (``--hedge-after``).
+        floor: the deadline before enough latencies were seen, and the shortest
+            wait for a body stall or an alive owner, in seconds (``--hedge-after``).
+        min_deadline: the shortest learned answer deadline (``None``: ``floor``;
+            above ``floor`` it is ``floor``).
         cap: the longest deadline, in seconds: a read slower than this is
             hedged however slow the ring has been lately.
         slack: multiplier on the learned p95 time, so ordinary jitter is not hedged.
@@ -147,21 +175,31 @@ class HedgeConfig:
     min_samples: int = 5
     fraction: float = DEFAULT_HEDGE_FRACTION
     min_hedges: int = 4
+    min_deadline: float | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.floor <= self.cap:
             raise ValueError("HedgeConfig needs 0 < floor <= cap")
+        if self.min_deadline is not None and not self.min_deadline > 0:
+            raise ValueError("HedgeConfig.min_deadline must be > 0")
         if self.window < 1 or self.min_samples < 1 or self.min_hedges < 0:
             raise ValueError("HedgeConfig.window and min_samples must be >= 1, min_hedges >= 0")
         if not 0 <= self.fraction <= 1 or self.slack < 1:
             raise ValueError("HedgeConfig needs 0 <= fraction <= 1 and slack >= 1")
 
+    @property
+    def lowest(self) -> float:
+        """The shortest learned answer deadline (``min_deadline``, at most ``floor``)."""
+        return self.floor if self.min_deadline is None else min(self.min_deadline, self.floor)
+
     @classmethod
     def for_peer_timeout(cls, peer_timeout: float, floor: float | None = None) -> HedgeConfig:
         """Defaults scaled to ``--peer-timeout``: floor = ``DEFAULT_FLOOR_TIMEOUTS`` times it
-        (or ``floor``), cap = 5x it (or the floor, if higher)."""
+        (or ``floor``), cap = 5x it (or the floor, if higher), the lowest learned
+        deadline ``MIN_DEADLINE_TIMEOUTS`` times it."""
         low = DEFAULT_FLOOR_TIMEOUTS * peer_timeout if floor is None else floor
-        return cls(floor=low, cap=max(low, 5 * peer_timeout))
+        return cls(floor=low, cap=max(low, 5 * peer_timeout),
+                   min_deadline=MIN_DEADLINE_TIMEOUTS * peer_timeout)
 
 
 class DeadlineEstimator:
@@ -250,6 +288,12 @@ class HedgeStats:
     over_budget: int = 0
     """Chunks not hedged straight to origin: the pull's origin-hedge budget was
     spent (once per chunk)."""
+    alive: int = 0
+    """Silent owners that answered a health probe, so a hedge that could cost an
+    origin read waited longer for them (once per read)."""
+    unresponsive: int = 0
+    """Silent owners that did not answer a health probe either: hedged at once
+    (once per read)."""
 
 
 class PeerLiveness:
@@ -263,6 +307,26 @@ class PeerLiveness:
     def __init__(self) -> None:
         self._last: dict[str, float] = {}
         self._pending: dict[int, ReadProgress] = {}  # Requests in flight, by id().
+        self._probe_ok: dict[str, float] = {}  # Peer -> when a health probe last answered.
+        self._probe_failed: dict[str, float] = {}  # Peer -> when an unanswered probe was sent.
+
+    def probe_answered(self, peer: str, at: float | None = None) -> None:
+        """``peer`` answered a health probe (now, or at ``at``)."""
+        self._probe_ok[peer] = time.monotonic() if at is None else at
+
+    def probe_failed(self, peer: str, sent: float) -> None:
+        """A health probe of ``peer`` sent at ``sent`` got no answer in time."""
+        self._probe_failed[peer] = sent
+
+    def probe_state(self, peer: str, since: float) -> str | None:
+        """What health probes say of ``peer`` since ``since``: ``ALIVE`` (one was
+        answered then), ``UNRESPONSIVE`` (one sent then got no answer), ``None``
+        (none was sent then: ask)."""
+        if self._probe_ok.get(peer, float("-inf")) >= since:
+            return ALIVE
+        if self._probe_failed.get(peer, float("-inf")) >= since:
+            return UNRESPONSIVE
+        return None
 
     def heard(self, peer: str, at: float | None = None) -> None:
         """``peer`` sent something (now, or at ``at``)."""
@@ -292,8 +356,16 @@ class PeerLiveness:
 
     def forget(self, keep: frozenset[str] | set[str]) -> None:
         """Drop peers not in ``keep`` (ring members), so the table stays small."""
-        for peer in [p for p in self._last if p not in keep]:
-            del self._last[peer]
+        for table in (self._last, self._probe_ok, self._probe_failed):
+            for peer in [p for p in table if p not in keep]:
+                del table[peer]
+
+
+ALIVE = "alive"
+UNRESPONSIVE = "unresponsive"
+
+Prober = Callable[[str, float], Awaitable[bool]]
+"""``prober(peer, timeout)``: whether ``peer`` answers a health probe within ``timeout``."""
 
 
 @dataclass(slots=True)
@@ -337,6 +409,8 @@ class ReadProgress:
     peer: str | None = None
     """The peer asked; with ``liveness``, what it sends is recorded there too."""
     liveness: PeerLiveness | None = None
+    judged: str | None = None
+    """What a health probe said of the silent owner, once counted (``ALIVE``...)."""
 
     def answered(self, source: str | None) -> None:
         """The headers arrived; ``source`` is ``X-BDN-Chunk-Source`` (``None``: absent)."""
@@ -367,11 +441,12 @@ class ReadProgress:
         now = time.monotonic()
         if not self.tracked:
             return f"{now - self.started:.2f}s"
+        probe = f", owner {self.judged}" if self.judged else ""
         if self.answered_at is None:
-            return f"no answer after {now - self.started:.2f}s"
+            return f"no answer after {now - self.started:.2f}s{probe}"
         quiet = now - (self.last_at or self.answered_at)
         return (f"answered in {self.answered_at - self.started:.2f}s from "
-                f"{self.source or 'an older owner'}, {self.got} bytes, quiet {quiet:.2f}s")
+                f"{self.source or 'an older owner'}, {self.got} bytes, quiet {quiet:.2f}s{probe}")
 
     def body_seconds(self) -> float:
         """Seconds the body took, from when the owner had the bytes (the headers, or
@@ -393,11 +468,25 @@ class Hedging:
     """When a hedge timer of this node last fired late enough to call it starved."""
 
     answers: deque[float] = field(init=False)
+    """Recent chunk answer latencies (headers), seconds: what the deadline learns."""
+    probe_rtts: deque[float] = field(init=False)
+    """Recent health-probe round trips: the deadline's evidence before chunk answers."""
+    prober: Prober | None = None
+    """Asks a silent owner's health before a hedge that may cost an origin read
+    (the agent sets it to its membership's prober; ``None``: no such check)."""
+    _probing: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.estimator = DeadlineEstimator(self.config)
         self.budget = HedgeBudget(self.config.fraction, self.config.min_hedges)
         self.answers = deque(maxlen=self.config.window)
+        self.probe_rtts = deque(maxlen=self.config.window)
+
+    def observe_probe(self, peer: str, seconds: float, at: float | None = None) -> None:
+        """``peer`` answered a health probe in ``seconds`` (its answer came at ``at``)."""
+        if seconds >= 0:
+            self.probe_rtts.append(seconds)
+        self.liveness.probe_answered(peer, at)
 
     def observe(self, read: ReadProgress, nbytes: int) -> None:
         """Learn from a successful peer read: its answer latency and its body's rate."""
@@ -406,11 +495,22 @@ class Hedging:
         self.estimator.observe(read.body_seconds(), nbytes)
 
     def answer_deadline(self) -> float:
-        """Seconds a peer may take to send its headers before it is hedged."""
+        """Seconds a peer may take to send its headers before it is hedged: ``slack``
+        times the p95 of the last ``window`` chunk answers (else of health-probe
+        round trips, any number of them once a prober is set), within ``[lowest, cap]``;
+        ``floor`` before either."""
         cfg = self.config
-        if len(self.answers) < cfg.min_samples:
+        if len(self.answers) >= cfg.min_samples:
+            seen = self.answers
+        elif self.probe_rtts and self.prober is not None:
+            # Any probe will do: a costly hedge needs a failed probe anyway, so a
+            # deadline learned from few costs at most a probe more (a ring that just
+            # settled has answered a round or two, and its first chunks are the ones
+            # a frozen owner holds up).
+            seen = self.probe_rtts
+        else:
             return cfg.floor
-        return min(cfg.cap, max(cfg.floor, cfg.slack * p95(self.answers)))
+        return min(cfg.cap, max(cfg.lowest, cfg.slack * p95(seen)))
 
     def note_wake(self, late: float, now: float | None = None) -> None:
         """A hedge timer fired ``late`` seconds after it was due (see the module)."""
@@ -433,8 +533,12 @@ class Hedging:
         if not read.tracked:
             return read.started + self.estimator.deadline(nbytes)
         if read.answered_at is None:
+            # Past the cap a costly hedge still needs the owner to be the odd one out:
+            # when every peer is silent this node is starved (measured: bdn demo under
+            # load hedged four chunks at once at the cap, 11 s with no peer heard).
             return self._when_quiet(read, read.started, self.answer_deadline(),
-                                    read.started + cfg.cap, now)
+                                    read.started + cfg.cap, now, costly=to_origin,
+                                    hard_cap=not to_origin)
         if read.filling:
             return None if to_origin else read.started + cfg.cap
         begun = read.body_at if read.source == "origin" else read.answered_at
@@ -443,18 +547,21 @@ class Hedging:
         if not to_origin:
             return min(begun + self.estimator.deadline(nbytes), last + cfg.floor)
         now = time.monotonic() if now is None else now
-        latest = begun + cfg.cap
+        latest = begun + ALIVE_FACTOR * cfg.cap
         if read.got and now >= latest:
             rest = (now - begun) * (nbytes - read.got) / read.got  # At its rate so far.
             if rest <= cfg.cap:
                 latest = now + cfg.floor  # Flowing, and soon done: look again later.
-        return self._when_quiet(read, last, cfg.floor, latest, now)
+        return self._when_quiet(read, last, cfg.floor, latest, now, costly=True)
 
     def _when_quiet(self, read: ReadProgress, since: float, wait: float, latest: float,
-                    now: float | None) -> float | None:
+                    now: float | None, *, costly: bool = False,
+                    hard_cap: bool = True) -> float | None:
         """Hedge once the owner has been quiet ``wait`` seconds from ``since`` while
         another peer was heard and this node was not starved; ``None`` while everyone
-        is quiet (or this node starved); ``latest`` in any case.
+        is quiet (or this node starved); ``latest`` in any case (``hard_cap``), else
+        ``latest`` only once the owner is the odd one out. A ``costly`` hedge also
+        asks a health probe (:meth:`_probed`).
 
         A read that names no peer (or has no liveness) is judged on its own times.
         """
@@ -465,11 +572,86 @@ class Hedging:
         quiet = since if heard is None else max(since, heard)
         due = min(quiet + wait, latest)
         now = time.monotonic() if now is None else now
-        if now >= latest:
+        probing = costly and self.prober is not None
+        if now >= latest and (hard_cap or not probing):
             return latest
         if now < due:
             return due
-        if (self.starved(now) or not live.heard_other_since(read.peer, quiet)
-                or live.waiting_elsewhere(read.peer, now) > wait / 2):
+        odd_one_out = not (self.starved(now) or not live.heard_other_since(read.peer, quiet)
+                           or live.waiting_elsewhere(read.peer, now) > wait / 2)
+        if not probing:
+            return due if odd_one_out else None
+        if not odd_one_out and (now < latest or self.starved(now)):
             return None
-        return due
+        # The owner is the odd one out, or past the cap while every peer is quiet:
+        # a probe decides (there, an alive owner is waited for: this node is starved).
+        return self._probed(read, read.peer, live, quiet, wait, latest, now,
+                            wait_if_alive=not odd_one_out)
+
+    def _probed(self, read: ReadProgress, peer: str, live: PeerLiveness, quiet: float,
+                wait: float, latest: float, now: float, *,
+                wait_if_alive: bool = False) -> float | None:
+        """When a silent owner's costly hedge is due, going by a health probe sent
+        after it went quiet at ``quiet``: now if it did not answer, after
+        ``max(floor, ALIVE_FACTOR * wait)`` if it did (never, ``wait_if_alive``),
+        and while none was sent, one is sent and the read looks again once it has
+        had its time to answer."""
+        state = live.probe_state(peer, quiet)
+        if state is not None and read.judged != state:
+            read.judged = state
+            if state == ALIVE:
+                self.stats.alive += 1
+            else:
+                self.stats.unresponsive += 1
+        if state == UNRESPONSIVE:
+            return min(now, latest)
+        if state == ALIVE:
+            if wait_if_alive:
+                return None
+            return min(quiet + max(self.config.floor, ALIVE_FACTOR * wait), latest)
+        timeout = self.probe_timeout(wait)
+        self._probe(peer, timeout)
+        return now + timeout + PROBE_LOOK_AGAIN
+
+    def probe_timeout(self, wait: float) -> float:
+        """How long a silent owner's health probe may take: the answer deadline
+        ``wait``, or ``PROBE_SLACK`` times the p95 of recent probe round trips when
+        that is longer (a loaded node answers probes late too), at most ``floor``."""
+        if len(self.probe_rtts) < self.config.min_samples:
+            return wait
+        return max(wait, min(self.config.floor, PROBE_SLACK * p95(self.probe_rtts)))
+
+    def _probe(self, peer: str, timeout: float) -> None:
+        """Send ``peer`` one health probe unless one is in flight; its outcome lands
+        in :attr:`liveness` (:meth:`PeerLiveness.probe_state`)."""
+        if peer in self._probing or self.prober is None:
+            return
+        self._probing[peer] = asyncio.ensure_future(self._run_probe(peer, self.prober, timeout))
+
+    async def _run_probe(self, peer: str, prober: Prober, timeout: float) -> None:
+        sent = time.monotonic()
+        ok = False
+        try:
+            with contextlib.suppress(Exception):
+                ok = await asyncio.wait_for(prober(peer, timeout), timeout)
+            if ok:
+                self.observe_probe(peer, time.monotonic() - sent)
+            else:
+                self.liveness.probe_failed(peer, sent)
+        finally:
+            self._probing.pop(peer, None)
+
+    async def close(self) -> None:
+        """Cancel the health probes in flight (idempotent)."""
+        tasks = list(self._probing.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+PROBE_LOOK_AGAIN = 0.01
+"""Seconds after a probe's own timeout that a read looks again at what it said."""
+
+PROBE_SLACK = 3.0
+"""A silent owner's probe may take this many p95 probe round trips (see
+:meth:`Hedging.probe_timeout`)."""

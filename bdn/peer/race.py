@@ -125,6 +125,10 @@ class ChunkRace:
                 if not self._queue:
                     raise last_err or BdnError(f"no source for chunk {self.ref.index}")
                 self._start(self._queue.popleft())
+                # Let the request begin first: a peer read says it reports progress
+                # (ReadProgress.tracked) only then, and an untracked read is judged on
+                # its age against the floor (a frozen owner's chunk waited out 2 s).
+                await asyncio.sleep(0)
             wait = self._wait(hedging) if hedging is not None else None
             due = time.monotonic() + wait if wait is not None else 0.0
             done, _ = await asyncio.wait(
@@ -180,7 +184,10 @@ class ChunkRace:
         at = self._hedge_at(hedging)
         # Not by time now: look again soon, the answer (or whether other peers
         # are heard) may have changed by then (bounded by the request's own timeouts).
-        at = max(now + hedging.config.floor / 4 if at is None else at, self._retry_at)
+        # Soon is a fraction of the learned deadline: at a quarter of the floor, a
+        # frozen owner's chunk waited out 0.5 s steps after a 0.25 s deadline.
+        again = min(hedging.config.floor / 4, hedging.answer_deadline() / 2)
+        at = max(now + again if at is None else at, self._retry_at)
         return max(0.0, at - now)
 
     def _consider_hedge(self, hedging: Hedging) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from bdn.agent.config import MembershipConfig
@@ -301,3 +302,34 @@ async def test_a_node_starved_for_good_still_drops_a_dead_peer() -> None:
         rounds += 1
         assert rounds <= (STARVED_EXCUSES + 1) * cfg.misses_to_leave
     assert rounds == (STARVED_EXCUSES + 1) * cfg.misses_to_leave
+
+
+class StuckProber(FakeProber):
+    """Like :class:`FakeProber`, but a probe of ``stuck`` never ends by itself (a
+    frozen peer that accepted the connection)."""
+
+    def __init__(self, alive: set[str], stuck: str) -> None:
+        super().__init__(alive)
+        self.stuck = stuck
+        self.forever = asyncio.Event()
+
+    async def __call__(self, addr: str) -> bool | None:
+        if addr == self.stuck:
+            await self.forever.wait()
+        return await super().__call__(addr)
+
+
+async def test_answered_probes_are_reported_and_hedging_can_ask_one_with_its_own_bound() -> None:
+    peers = (SELF, "10.0.0.2:7070", "10.0.0.3:7070")
+    prober = StuckProber({"10.0.0.2:7070"}, stuck="10.0.0.9:7070")
+    m = Membership(MembershipConfig(static_peers=peers), self_addr=SELF,
+                   ring_config=RingConfig(), prober=prober)
+    answered: list[tuple[str, float]] = []
+    m.on_answer = lambda peer, rtt: answered.append((peer, rtt))
+    await m.refresh()
+    # Only the answer is reported (a silent candidate says nothing about round trips).
+    assert [p for p, _ in answered] == ["10.0.0.2:7070"] and answered[0][1] >= 0
+    assert await m.probe("10.0.0.2:7070", 5.0)
+    assert not await m.probe("10.0.0.3:7070", 5.0)  # It answers: unhealthy.
+    # A peer that never answers is given up on at the caller's bound, not the prober's.
+    assert not await m.probe("10.0.0.9:7070", 0.01)

@@ -9,6 +9,7 @@ about N x for the naive agents.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
@@ -16,12 +17,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from bdn.errors import ConfigError
-from bdn.fleet import AgentSpec, FleetAgent, agent_env
+from bdn.fleet import AgentSpec, FleetAgent, agent_env, free_ports
 from bench.harness import GiB, MiB
 from bench.herd import options_from_args, run_herd_bench
+from bench.herd_delay import DelayRelay
 from bench.herd_fleet import agent_argv, netns_nodes, ring_changes_since
 from bench.herd_origin import OriginTally, origin_config, tally_log
 from bench.herd_report import HerdBenchOptions, HerdCase, HerdReport, HerdRun, parse_nodes
@@ -70,6 +74,9 @@ def test_defaults_follow_the_mode() -> None:
         ({"size": 7}, "--size"),
         ({"origin_mbps": 0.0}, "--origin-mbps"),
         ({"peer_mbps": -1.0}, "--peer-mbps"),
+        ({"owner_fault": "slow", "netns": True}, "--owner-fault"),
+        ({"owner_fault": "frozen", "start": "together"}, "--owner-fault"),
+        ({"owner_fault": "slow", "owner_delay": 0.0}, "--owner-delay"),
     ],
 )
 def test_check_rejects_unusable_values(changes: dict[str, object], flag: str) -> None:
@@ -326,6 +333,53 @@ def test_report_ratios_aims_and_json() -> None:
     loop.render(out)
     assert [a.metric for a, _, _ in loop.aim_lines()] == ["origin"]
     assert "N = 4 not run" in out.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_an_owner_fault_is_reported_against_the_all_alive_ring_of_the_same_run() -> None:
+    model = 1000
+    alive = HerdRun(2.0, OriginTally(1010, 1000, 9, 5.0), 1.5, 1000, 3000)
+    frozen = HerdRun(3.0, OriginTally(1010, 1000, 9, 5.0), 2.5, 1000, 3000,
+                     hedges={"unresponsive": 2, "won": 2})
+    options = HerdBenchOptions(nodes=(4,), owner_fault="frozen")
+    assert options.variants == ("ring", "frozen")
+    report = HerdReport(_facts(), options, "t",
+                        [HerdCase(4, "ring", model, [alive]), HerdCase(4, "frozen", model,
+                                                                        [frozen])])
+    assert report.fault_ratio(4) == pytest.approx(1.5)
+    assert report.aim_lines() == []  # The ring/naive aims are not this run's.
+    out = quiet_console()
+    report.render(out)
+    text = out.file.getvalue()  # type: ignore[attr-defined]
+    assert "1.500x" in text and "<= 2x" in text and "unresponsive=2 won=2" in text
+    assert json.loads(json.dumps(report.to_dict()))["nodes"][0]["fault_ratio"] == 1.5
+
+
+async def test_the_slow_owner_relay_delays_chunk_requests_only() -> None:
+    hits: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        return web.Response(body=b"x" * 10, headers={"X-BDN-Chunk-Source": "cache"})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    (port,) = free_ports(1)
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        with DelayRelay(f"127.0.0.1:{port}", delay=3600.0) as relay:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"http://{relay.address}/healthz") as resp:
+                    assert (resp.status, await resp.read()) == (200, b"x" * 10)
+                held = asyncio.ensure_future(session.get(f"http://{relay.address}/v1/chunks/a/0"))
+                while relay.delayed == 0:
+                    await asyncio.sleep(0.01)
+                assert not held.done() and hits == ["/healthz"]  # Held, not forwarded.
+                held.cancel()
+                await asyncio.gather(held, return_exceptions=True)
+    finally:
+        await runner.cleanup()
 
 
 # -- a tiny real run --------------------------------------------------------------------------

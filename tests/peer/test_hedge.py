@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
 from bdn.peer.hedge import (
+    ALIVE_FACTOR,
     MIN_SAMPLE_BYTES,
     PRIOR_BYTES_PER_SECOND,
     DeadlineEstimator,
@@ -132,9 +136,12 @@ def test_a_body_is_hedged_when_it_stalls_or_runs_past_its_deadline() -> None:
     read.body_at, read.last_at, read.got = 100.5, 100.6, 1
     assert h.hedge_at(read, 64 * MiB, to_origin=True) == 101.6  # Stall bound from the last byte.
     read.last_at = 104.9
-    # Flowing: to a replica past the learned deadline; to origin only past the cap.
+    # Flowing: to a replica past the learned deadline; to origin only past
+    # ALIVE_FACTOR caps (its owner is alive, sending), if it would need a cap more.
     assert h.hedge_at(read, 64 * MiB, to_origin=False) == 102.0
-    assert h.hedge_at(read, 64 * MiB, to_origin=True) == 105.0
+    assert h.hedge_at(read, 64 * MiB, to_origin=True) == 105.9  # Only the stall bound.
+    read.last_at = 130.0
+    assert h.hedge_at(read, 64 * MiB, to_origin=True) == 100.0 + ALIVE_FACTOR * 5.0
 
 
 def test_the_answer_deadline_follows_how_late_peers_answer_now() -> None:
@@ -264,11 +271,141 @@ def test_while_another_peer_is_late_too_a_silent_owner_is_not_hedged() -> None:
 
 
 def test_a_flowing_body_past_the_cap_is_hedged_only_if_it_would_take_a_cap_more() -> None:
-    h = _policy()  # floor 1, cap 5
+    h = _policy()  # floor 1, cap 5: a body flows to origin's cost for ALIVE_FACTOR caps.
     read = ReadProgress(started=100.0, tracked=True, answered_at=100.0, source="cache",
-                        body_at=100.0, last_at=105.9, got=40 * MiB)
-    # 40 of 64 MiB in 6 s: 3.6 s to go, under the cap: finishing beats reading again.
-    # Only the stall bound (a floor after its last piece) holds it now.
-    assert h.hedge_at(read, 64 * MiB, to_origin=True, now=106.0) == 106.9
-    read.got = 4 * MiB  # 4 of 64 MiB in 6 s: 90 s to go at this rate: hedge.
-    assert h.hedge_at(read, 64 * MiB, to_origin=True, now=106.0) == 105.0
+                        body_at=100.0, last_at=109.9, got=4 * MiB)
+    # Before then only the stall bound (a floor after its last piece) holds it.
+    assert h.hedge_at(read, 64 * MiB, to_origin=True, now=110.0) == 110.9
+    read.last_at = 120.9
+    # 60 of 64 MiB in 21 s: 1.4 s to go, under the cap: finishing beats reading again.
+    read.got = 60 * MiB
+    assert h.hedge_at(read, 64 * MiB, to_origin=True, now=121.0) == 121.9
+    read.got = 4 * MiB  # 4 of 64 MiB in 21 s: 315 s to go at this rate: hedge.
+    assert h.hedge_at(read, 64 * MiB, to_origin=True, now=121.0) == 120.0
+
+
+# -- the learned answer deadline, and a health probe before a costly hedge ----------------
+
+
+def _learning(**kw: float) -> Hedging:
+    cfg = {"floor": 2.0, "cap": 10.0, "min_samples": 3, "slack": 1.5, "min_deadline": 0.25,
+           "window": 8, **kw}
+    return Hedging(HedgeConfig(**cfg))  # type: ignore[arg-type]
+
+
+def _answered(h: Hedging, *latencies: float) -> None:
+    for latency in latencies:
+        h.observe(ReadProgress(started=0.0, tracked=True, answered_at=latency), MiB)
+
+
+def test_the_answer_deadline_is_learned_below_the_floor_and_within_its_bounds() -> None:
+    h = _learning()
+    assert h.answer_deadline() == 2.0  # Nothing seen yet: the floor is the prior.
+    _answered(h, 0.01, 0.02)
+    assert h.answer_deadline() == 2.0  # Not enough yet.
+    _answered(h, 0.4)
+    assert h.answer_deadline() == pytest.approx(0.6)  # 1.5 x p95, under the floor now.
+    _answered(h, *[0.001] * 8)  # The window forgets the slow one; min_deadline holds.
+    assert h.answer_deadline() == 0.25
+    _answered(h, *[30.0] * 8)  # A ring that answers late everywhere: the cap holds.
+    assert h.answer_deadline() == 10.0
+
+
+def test_probe_round_trips_teach_the_deadline_before_any_chunk_answer() -> None:
+    h = _learning()
+    h.observe_probe("p:1", 0.2)
+    assert h.answer_deadline() == 2.0  # No prober: no costly hedge waits on a probe.
+    h.prober = _Prober(True)
+    assert h.answer_deadline() == pytest.approx(0.3)  # One round trip is enough then.
+    for rtt in (0.3, 0.4):
+        h.observe_probe("p:1", rtt)
+    assert h.answer_deadline() == pytest.approx(0.6)
+    assert h.liveness.probe_state("p:1", since=0.0) == "alive"
+    _answered(h, 0.1, 0.1, 0.1)  # Chunk answers, once enough, take over.
+    assert h.answer_deadline() == 0.25
+
+
+def test_defaults_learn_down_to_an_eighth_of_the_peer_timeout() -> None:
+    cfg = HedgeConfig.for_peer_timeout(2.0)
+    assert (cfg.floor, cfg.lowest) == (2.0, 0.25)
+    assert HedgeConfig.for_peer_timeout(2.0, floor=0.1).lowest == 0.1  # Never above the floor.
+    assert HedgeConfig(floor=1.0).lowest == 1.0  # Without min_deadline: the floor.
+
+
+class _Prober:
+    """Answers health probes as told (``None``: never, within any timeout)."""
+
+    def __init__(self, answer: bool | None) -> None:
+        self.answer = answer
+        self.asked: list[tuple[str, float]] = []
+
+    async def __call__(self, peer: str, timeout: float) -> bool:
+        self.asked.append((peer, timeout))
+        if self.answer is None:
+            await asyncio.sleep(3600)
+        return bool(self.answer)
+
+
+async def _silent_owner_verdict(answer: bool | None) -> tuple[Hedging, _Prober, float | None]:
+    """A silent owner past its learned deadline while another peer answers: what a
+    costly hedge waits for once a health probe of it has had its say."""
+    h = _learning()
+    _answered(h, 0.1, 0.1, 0.1)  # Deadline 0.25 s.
+    prober = _Prober(answer)
+    h.prober = prober
+    now = time.monotonic()
+    read = _read(h.liveness, started=now - 0.5)
+    _heard(h.liveness, other=now - 0.1)
+    look = h.hedge_at(read, MiB, to_origin=True, now=now)
+    assert look is not None and look > now  # Not yet: a probe was sent.
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert [p for p, _ in prober.asked] == ["owner"]
+    # The replica rule needs no probe.
+    assert h.hedge_at(read, MiB, to_origin=False, now=now) == now - 0.25
+    for _ in range(200):
+        if not h._probing:
+            break
+        await asyncio.sleep(0.01)
+    return h, prober, h.hedge_at(read, MiB, to_origin=True, now=time.monotonic())
+
+
+async def test_a_silent_owner_that_answers_no_probe_is_hedged_at_once() -> None:
+    h, prober, at = await _silent_owner_verdict(None)
+    assert at is not None and at <= time.monotonic()
+    assert prober.asked[0][1] == 0.25  # The probe had one answer deadline.
+    assert (h.stats.unresponsive, h.stats.alive) == (1, 0)
+
+
+async def test_a_silent_owner_that_answers_its_probe_is_waited_for_longer() -> None:
+    h, prober, at = await _silent_owner_verdict(True)
+    # Quiet since the read began (0.5 s before): max(floor 2, 4 x 0.25) from then.
+    assert at is not None and at > time.monotonic() + 1.0
+    assert (h.stats.alive, h.stats.unresponsive) == (1, 0)
+    assert len(prober.asked) == 1  # Judged once; no probe per look.
+    await h.close()
+
+
+async def test_without_a_prober_a_silent_owner_is_hedged_on_the_quiet_rule_alone() -> None:
+    h = _learning()
+    _answered(h, 0.1, 0.1, 0.1)
+    read = _read(h.liveness, started=100.0)
+    _heard(h.liveness, other=100.2)
+    assert h.hedge_at(read, MiB, to_origin=True, now=100.3) == 100.25
+
+
+async def test_past_the_cap_with_every_peer_quiet_only_an_unresponsive_owner_is_hedged() -> None:
+    for answer, hedged in ((True, False), (None, True)):
+        h = _learning(cap=1.0, floor=1.0)
+        h.prober = _Prober(answer)
+        now = time.monotonic()
+        read = _read(h.liveness, started=now - 2.0)  # Past the cap; no other peer heard.
+        look = h.hedge_at(read, MiB, to_origin=True, now=now)
+        assert look is not None and look > now  # A probe decides.
+        for _ in range(300):
+            await asyncio.sleep(0.01)
+            if not h._probing:
+                break
+        at = h.hedge_at(read, MiB, to_origin=True)
+        assert (at is not None and at <= time.monotonic()) is hedged, answer
+        await h.close()

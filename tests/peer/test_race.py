@@ -253,6 +253,49 @@ async def test_a_silent_owner_waits_while_no_peer_is_heard_and_is_hedged_once_on
     assert h.stats.won == 1
 
 
+async def test_a_silent_owner_is_judged_by_the_learned_deadline_and_a_probe_not_the_floor(
+) -> None:
+    # Floor and cap an hour: only the learned deadline (from a probe round trip) and a
+    # probe the owner fails can hedge it; the floor would hold the race for an hour.
+    h = hedging(floor=3600.0, cap=3600.0, min_deadline=0.01)
+    probed: list[str] = []
+
+    async def frozen(peer: str, timeout: float) -> bool:
+        probed.append(peer)
+        await asyncio.Event().wait()  # Accepts, never answers.
+        return True
+
+    h.prober = frozen
+    h.observe_probe("another-peer", 0.001)
+    src = AnsweringSources(h)
+    task = asyncio.ensure_future(ChunkRace(src, REF, ["silent", "fast", ORIGIN],
+                                           costly=["fast"]).run())
+    await _until(lambda: src.asked == ["silent"], "the owner is asked")
+    h.liveness.heard("another-peer")  # The ring answers; this owner does not.
+    assert await task == (DATA, "fast")
+    assert probed == ["silent"] and (h.stats.unresponsive, h.stats.won) == (1, 1)
+
+
+async def test_a_silent_owner_that_answers_its_probe_is_not_hedged_at_a_cost() -> None:
+    h = hedging(floor=3600.0, cap=3600.0, min_deadline=0.01)
+
+    async def alive(peer: str, timeout: float) -> bool:
+        return True
+
+    h.prober = alive
+    h.observe_probe("another-peer", 0.001)
+    src = AnsweringSources(h)
+    task = asyncio.ensure_future(ChunkRace(src, REF, ["silent", "fast", ORIGIN],
+                                           costly=["fast"]).run())
+    await _until(lambda: src.asked == ["silent"], "the owner is asked")
+    h.liveness.heard("another-peer")
+    await _until(lambda: h.stats.alive == 1, "the probe says the owner is alive")
+    assert src.asked == ["silent"] and not task.done()  # Waits the alive bound (an hour).
+    src.done.set()
+    assert await task == (DATA, "silent")
+    await h.close()
+
+
 def test_the_successor_is_the_owner_once_the_owner_leaves() -> None:
     members = [f"10.0.0.{i}:7070" for i in range(1, 6)]
     ring = Ring(members)
