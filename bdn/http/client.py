@@ -151,8 +151,8 @@ def widen_reads(resp: aiohttp.ClientResponse, size: int) -> None:
 
     asyncio's selector transport reads at most 256 KiB per event-loop turn, so
     a fast body costs one wake-up, one parser call and one buffer per 256 KiB.
-    Reading up to 4 MiB when that much is waiting cut a loopback pull's CPU
-    per GB by a fifth (docs/DESIGN.md, "Data plane"). The read size is a
+    Reading up to 4 MiB when that much is waiting cut a loopback fetch's CPU
+    per GB by about a third (docs/DESIGN.md, "Data plane: cost per byte"). The read size is a
     plain attribute of CPython's selector transport; a transport without one
     (TLS, another event loop) is left as it is.
     """
