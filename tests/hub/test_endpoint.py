@@ -10,12 +10,16 @@ repos, and the Hub's answers to bad requests.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -107,21 +111,93 @@ def test_hf_hub_download_streams_one_file_from_a_cold_cache(
     assert headers["ETag"].startswith('"') and len(headers["ETag"]) == 42
 
 
+class CuttingProxy:
+    """A loopback TCP proxy to the endpoint that cuts the first response to a GET whose
+    request line names ``path`` after ``after`` bytes, as a dropped connection would;
+    it records every request head it forwards."""
+
+    def __init__(self, upstream: str, path: str, after: int) -> None:
+        parsed = urllib.parse.urlsplit(upstream)
+        self._upstream = (parsed.hostname or "127.0.0.1", parsed.port or 80)
+        self._path, self._after = path, after
+        self._armed = threading.Lock()  # Held once the cut is spent.
+        self.requests: list[str] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self._listener.getsockname()[1]}{parsed.path}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # Closed.
+            upstream = socket.create_connection(self._upstream)
+            left: list[int] = []  # Response bytes still to pass before the cut, once armed.
+            threading.Thread(target=self._requests, args=(client, upstream, left),
+                             daemon=True).start()
+            threading.Thread(target=self._responses, args=(client, upstream, left),
+                             daemon=True).start()
+
+    def _requests(self, client: socket.socket, upstream: socket.socket, left: list[int]) -> None:
+        with contextlib.suppress(OSError):
+            while data := client.recv(1 << 16):
+                head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1")
+                if head.startswith(("GET ", "HEAD ")):
+                    self.requests.append(head)
+                    line = head.split("\r\n", 1)[0]
+                    if (line.startswith("GET ") and self._path in line
+                            and self._armed.acquire(blocking=False)):
+                        left.append(self._after)  # Before the request goes on: no race.
+                upstream.sendall(data)
+            upstream.shutdown(socket.SHUT_WR)
+
+    def _responses(self, client: socket.socket, upstream: socket.socket, left: list[int]) -> None:
+        with contextlib.suppress(OSError):
+            while data := upstream.recv(1 << 16):
+                if left:
+                    if len(data) >= left[0]:
+                        client.sendall(data[: left[0]])
+                        break  # The cut: both sides closed below, mid-body.
+                    left[0] -= len(data)
+                client.sendall(data)
+        for sock in (client, upstream):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
 def test_interrupted_download_resumes_with_a_range(
-        hub: str, mirrored: Mirrored, tmp_path: Path) -> None:
+        hub: str, mirrored: Mirrored, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connection drops 25 MB into the 87 MB shard; the client asks again from the
+    last piece it wrote (it writes 10 MiB at a time: ``Range: bytes=N-``) and the
+    endpoint sends exactly the rest."""
+    import huggingface_hub.constants as hf_constants
+
     source = mirrored.model_dir / "model.safetensors"
-    digest = sha256(source)
-    # What a killed download leaves: the first bytes in blobs/<etag>.incomplete.
-    blobs = tmp_path / "hf" / f"models--{REPO.replace('/', '--')}" / "blobs"
-    blobs.mkdir(parents=True)
-    (blobs / f"{digest}.incomplete").write_bytes(source.read_bytes()[:5_000_000])
-    path = Path(hf.hf_hub_download(REPO, "model.safetensors", cache_dir=tmp_path / "hf"))
-    assert sha256(path) == digest
+    proxy = CuttingProxy(hub, "model.safetensors", after=25_000_000)
+    monkeypatch.setattr(hf_constants, "ENDPOINT", proxy.endpoint)
+    monkeypatch.setattr(hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        proxy.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    try:
+        path = Path(hf.hf_hub_download(REPO, "model.safetensors", cache_dir=tmp_path / "hf"))
+    finally:
+        proxy.close()
+    assert sha256(path) == sha256(source)
+    gets = [h.lower() for h in proxy.requests
+            if h.startswith("GET ") and "model.safetensors" in h.split("\r\n", 1)[0]]
+    assert len(gets) == 2 and "range:" not in gets[0], gets
+    resumed_at = int(gets[1].split("range: bytes=", 1)[1].split("-", 1)[0])
+    assert 0 < resumed_at < 25_000_000
     # The range it resumed with, asked directly: 206 and exactly those bytes.
     status, headers, body = request(f"{hub}/{REPO}/resolve/main/model.safetensors",
-                                    headers={"Range": "bytes=5000000-5000099"})
-    assert status == 206 and body == source.read_bytes()[5_000_000:5_000_100]
-    assert headers["Content-Range"] == f"bytes 5000000-5000099/{source.stat().st_size}"
+                                    headers={"Range": f"bytes={resumed_at}-{resumed_at + 99}"})
+    assert status == 206 and body == source.read_bytes()[resumed_at : resumed_at + 100]
+    assert headers["Content-Range"] == (
+        f"bytes {resumed_at}-{resumed_at + 99}/{source.stat().st_size}")
 
 
 def test_model_info_and_list_repo_files(hub: str, mirrored: Mirrored) -> None:
