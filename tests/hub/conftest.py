@@ -109,21 +109,29 @@ class HubThread:
         self.loop.close()
 
 
-@pytest.fixture
-def hub(mirrored: Mirrored, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A fresh endpoint and node cache; ``huggingface_hub`` pointed at it. Yields HF_ENDPOINT."""
+def point_hf_client(monkeypatch: pytest.MonkeyPatch, endpoint: str,
+                    home: Path | None = None) -> None:
+    """Point ``huggingface_hub`` at ``endpoint`` (``HF_ENDPOINT`` and the constants it
+    read at import), with its own ``HF_HOME`` when ``home`` is given."""
     import huggingface_hub.constants as hf_constants
 
-    settings = Settings(store_uri=f"file://{mirrored.store}", cache_dir=tmp_path / "node",
-                        environ=ENV)
-    server = HubThread(settings)
-    endpoint = server.start()
     monkeypatch.setenv("HF_ENDPOINT", endpoint)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    if home is not None:
+        monkeypatch.setenv("HF_HOME", str(home))
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setattr(hf_constants, "ENDPOINT", endpoint)
     monkeypatch.setattr(hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE",
                         endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+
+
+@pytest.fixture
+def hub(mirrored: Mirrored, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh endpoint and node cache; ``huggingface_hub`` pointed at it. Yields HF_ENDPOINT."""
+    settings = Settings(store_uri=f"file://{mirrored.store}", cache_dir=tmp_path / "node",
+                        environ=ENV)
+    server = HubThread(settings)
+    endpoint = server.start()
+    point_hf_client(monkeypatch, endpoint, tmp_path / "hf-home")
     try:
         yield endpoint
     finally:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hub.conftest import PRIVATE, REPO, TOKEN, Mirrored
+from tests.hub.conftest import PRIVATE, REPO, TOKEN, Mirrored, point_hf_client
 
 hf = pytest.importorskip("huggingface_hub")
 # The module-level helpers (hf.model_info, ...) are bound to an HfApi made at import,
@@ -175,13 +175,9 @@ def test_interrupted_download_resumes_with_a_range(
     """The connection drops 25 MB into the 87 MB shard; the client asks again from the
     last piece it wrote (it writes 10 MiB at a time: ``Range: bytes=N-``) and the
     endpoint sends exactly the rest."""
-    import huggingface_hub.constants as hf_constants
-
     source = mirrored.model_dir / "model.safetensors"
     proxy = CuttingProxy(hub, "model.safetensors", after=25_000_000)
-    monkeypatch.setattr(hf_constants, "ENDPOINT", proxy.endpoint)
-    monkeypatch.setattr(hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                        proxy.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    point_hf_client(monkeypatch, proxy.endpoint)
     try:
         path = Path(hf.hf_hub_download(REPO, "model.safetensors", cache_dir=tmp_path / "hf"))
     finally:

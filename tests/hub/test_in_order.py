@@ -37,7 +37,7 @@ from bdn.hub.blobs import STREAM_CHUNKS_IN_FLIGHT
 from bdn.manifest import FileEntry
 from bdn.pull import Tier
 from bdn.store import blob_key
-from tests.hub.conftest import CHUNK, ENV, REPO, Mirrored
+from tests.hub.conftest import CHUNK, ENV, REPO, Mirrored, point_hf_client
 
 hf = pytest.importorskip("huggingface_hub")
 
@@ -97,8 +97,6 @@ class _ObservingStore:
 def _endpoint(mirrored: Mirrored, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
               tiers: Tier | None = None) -> Iterator[_ObservingStore]:
     """The endpoint over the observed store (fresh node cache), ``huggingface_hub`` on it."""
-    import huggingface_hub.constants as hf_constants
-
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -115,13 +113,7 @@ def _endpoint(mirrored: Mirrored, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         return int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
 
     port = asyncio.run_coroutine_threadsafe(start(), loop).result(60)
-    endpoint = f"http://127.0.0.1:{port}/hf"
-    monkeypatch.setenv("HF_ENDPOINT", endpoint)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    monkeypatch.setattr(hf_constants, "ENDPOINT", endpoint)
-    monkeypatch.setattr(hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                        endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    point_hf_client(monkeypatch, f"http://127.0.0.1:{port}/hf", tmp_path / "hf-home")
     try:
         yield store
     finally:
