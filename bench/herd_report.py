@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -371,10 +372,27 @@ class HerdReport:
         fault = self.options.owner_fault
         if fault is None:
             return None
-        table = Table(title=f"one owner {fault} vs all alive, the other N - 1 agents "
-                            "pulling, same run", title_justify="left", header_style="bold")
-        for name in ("N", "case", "wall s", f"{fault}÷alive", "aim", "origin×", "hedges",
-                     "CPU-s/GB"):
+        def row(n: int, v: Variant, case: HerdCase, best: HerdRun) -> list[str]:
+            cpu = _cpu_per_gb(best, n - 1, case.model_bytes)
+            faulty = v == fault
+            return [str(n), "all alive" if v == "ring" else v, _secs(case, self.options.repeat),
+                    _ratio(self.fault_ratio(n)) if faulty else "",
+                    f"<= {OWNER_AIMS[fault]:g}x" if faulty else "",
+                    _ratio(case.origin_ratio),
+                    " ".join(f"{k}={c}" for k, c in sorted(best.hedges.items())) or "none",
+                    "—" if cpu is None else f"{cpu:.2f}"]
+
+        return self._case_table(
+            f"one owner {fault} vs all alive, the other N - 1 agents pulling, same run",
+            ("N", "case", "wall s", f"{fault}÷alive", "aim", "origin×", "hedges", "CPU-s/GB"),
+            row)
+
+    def _case_table(self, title: str, columns: tuple[str, ...],
+                    row: Callable[[int, Variant, HerdCase, HerdRun], list[str]]) -> Table:
+        """A table with one ``row`` per fleet size and case that ran; a case without a
+        finished run gets "failed" or "—" in its cells."""
+        table = Table(title=title, title_justify="left", header_style="bold")
+        for name in columns:
             table.add_column(name, justify="left" if name in ("N", "case") else "right")
         for n in self.options.fleet_sizes:
             for v in self.options.variants:
@@ -382,17 +400,9 @@ class HerdReport:
                 best = case.best_run if case is not None else None
                 if case is None or best is None:
                     table.add_row(str(n), v, "failed" if case and case.error else "—",
-                                  *["—"] * 5)
+                                  *["—"] * (len(columns) - 3))
                     continue
-                cpu = _cpu_per_gb(best, n - 1, case.model_bytes)
-                faulty = v == fault
-                table.add_row(
-                    str(n), "all alive" if v == "ring" else v, _secs(case, self.options.repeat),
-                    _ratio(self.fault_ratio(n)) if faulty else "",
-                    f"<= {OWNER_AIMS[fault]:g}x" if faulty else "",
-                    _ratio(case.origin_ratio),
-                    " ".join(f"{k}={c}" for k, c in sorted(best.hedges.items())) or "none",
-                    "—" if cpu is None else f"{cpu:.2f}")
+                table.add_row(*row(n, v, case, best))
         return table
 
     def aim_lines(self) -> list[tuple[HerdAim, float | None, bool]]:
@@ -450,26 +460,18 @@ class HerdReport:
         (what fan-out spreads); ``None`` when no fanout case ran."""
         if "fanout" not in self.options.variants:
             return None
-        table = Table(title=f"ring vs fanout (K = {self.options.fanout}) vs naive, same run",
-                      title_justify="left", header_style="bold")
-        for name in ("N", "case", "wall s", "origin×", "peak egress", "peak÷model",
-                     "redirects", "passed on by holders", "CPU-s/GB"):
-            table.add_column(name, justify="left" if name in ("N", "case") else "right")
-        for n in self.options.fleet_sizes:
-            for v in self.options.variants:
-                case = self.case(n, v)
-                best = case.best_run if case is not None else None
-                if case is None or best is None:
-                    table.add_row(str(n), v, "failed" if case and case.error else "—",
-                                  *["—"] * 6)
-                    continue
-                cpu = _cpu_per_gb(best, n, case.model_bytes)
-                table.add_row(
-                    str(n), v, _secs(case, self.options.repeat), _ratio(case.origin_ratio),
+        def row(n: int, v: Variant, case: HerdCase, best: HerdRun) -> list[str]:
+            cpu = _cpu_per_gb(best, n, case.model_bytes)
+            return [str(n), v, _secs(case, self.options.repeat), _ratio(case.origin_ratio),
                     format_bytes(best.peak_egress), _ratio(best.peak_egress / case.model_bytes),
                     str(best.redirects), format_bytes(best.holder_bytes),
-                    "—" if cpu is None else f"{cpu:.2f}")
-        return table
+                    "—" if cpu is None else f"{cpu:.2f}"]
+
+        return self._case_table(
+            f"ring vs fanout (K = {self.options.fanout}) vs naive, same run",
+            ("N", "case", "wall s", "origin×", "peak egress", "peak÷model", "redirects",
+             "passed on by holders", "CPU-s/GB"),
+            row)
 
     def table(self) -> Table:
         """One row per fleet size: ring and naive side by side (legend in :meth:`render`)."""
