@@ -10,7 +10,7 @@ between).
 Every request takes an early answer (``X-BDN-Early-Answer: 1``): the owner
 sends the headers at once, with ``X-BDN-Chunk-Source`` saying whether it
 holds the chunk or is filling it from origin, and the body when it can. A
-:class:`~bdn.peer.hedge.ReadProgress` passed in records both as they come,
+:class:`~bdn.peer.progress.ReadProgress` passed in records both as they come,
 for the hedging decision (:mod:`bdn.peer.race`). An older owner ignores the
 request header and answers once it holds the chunk; the bounds cover both.
 
@@ -48,7 +48,7 @@ from bdn.agent.protocol import (
 from bdn.errors import TransferError
 from bdn.http import HttpClient, raise_for_status, translate_client_error, widen_reads
 from bdn.peer.fanout import REDIRECT_HEADER
-from bdn.peer.hedge import ReadProgress
+from bdn.peer.progress import ReadProgress
 
 DEFAULT_PEER_TIMEOUT = 2.0
 """Seconds to connect to a peer before counting it as down and going to origin."""

@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Protocol
 from bdn.agent.protocol import ChunkRef
 from bdn.digest import Digest
 from bdn.errors import BdnError, TransferError
-from bdn.peer.hedge import Hedging, OriginHedgeBudget, ReadProgress
+from bdn.peer.hedge import Hedging, OriginHedgeBudget
+from bdn.peer.progress import ReadProgress
 from bdn.ring import Ring
 
 if TYPE_CHECKING:

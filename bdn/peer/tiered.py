@@ -45,7 +45,8 @@ from bdn.peer.fanout import (
     PEER_LOAD_HEADER,
     REDIRECTED_HEADER,
 )
-from bdn.peer.hedge import Hedging, OriginHedgeBudget, ReadProgress
+from bdn.peer.hedge import Hedging, OriginHedgeBudget
+from bdn.peer.progress import ReadProgress
 from bdn.peer.race import ORIGIN, ChunkRace, successor
 from bdn.ring import Ring
 

@@ -16,7 +16,7 @@ from bdn.agent.membership import (
 )
 from bdn.digest import Digest
 from bdn.http import HttpClient, HttpConfig
-from bdn.peer.hedge import PeerLiveness
+from bdn.peer.progress import PeerLiveness
 from bdn.ring import RingConfig
 from tests.e2e.agents import free_ports
 from tests.httpserver import FaultServer

@@ -16,10 +16,9 @@ from bdn.peer.hedge import (
     HedgeConfig,
     Hedging,
     OriginHedgeBudget,
-    PeerLiveness,
-    ReadProgress,
     p95,
 )
+from bdn.peer.progress import PeerLiveness, ReadProgress
 
 MiB = 1024 * 1024
 

@@ -17,7 +17,8 @@ from bdn.digest import Digest, xxh3_128_hex
 from bdn.errors import IntegrityError, TransferError
 from bdn.http import HttpClient, HttpConfig
 from bdn.peer.client import PeerClient, PeerGone
-from bdn.peer.hedge import HedgeConfig, Hedging, OriginHedgeBudget, ReadProgress
+from bdn.peer.hedge import HedgeConfig, Hedging, OriginHedgeBudget
+from bdn.peer.progress import ReadProgress
 from bdn.peer.race import ORIGIN, ChunkRace, successor
 from bdn.ring import Ring
 
