@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
-from bdn.fleet import free_ports
+from bench.threaded_app import ThreadedApp
 
 CHUNK_PREFIX = "/v1/chunks/"
 """Requests under this path are delayed (the peer wire of :mod:`bdn.agent.protocol`)."""
@@ -36,7 +36,7 @@ HOP_HEADERS = frozenset({"connection", "keep-alive", "transfer-encoding", "host"
 
 
 @dataclass
-class DelayRelay:
+class DelayRelay(ThreadedApp):
     """Forwards HTTP to ``upstream`` (``host:port``), chunk requests ``delay`` seconds
     late; ``with DelayRelay(...) as relay`` serves on ``relay.address`` until the end.
     ``delayed`` counts the chunk requests it held."""
@@ -55,39 +55,22 @@ class DelayRelay:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def __enter__(self) -> DelayRelay:
-        if not self.port:
-            (self.port,) = free_ports(1)
-        self._thread = threading.Thread(target=self._loop.run_forever, name="bench-delay-relay",
-                                        daemon=True)
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=30)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(timeout=30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-        self._loop.close()
+    def _app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._relay)
+        return app
 
     async def _start(self) -> None:
         self._closing = asyncio.Event()
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
             auto_decompress=False)
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._relay)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        await super()._start()
 
     async def _stop(self) -> None:
         if self._closing is not None:
             self._closing.set()  # Held requests end now, not after their delay.
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await super()._stop()
         if self._session is not None:
             await self._session.close()
 

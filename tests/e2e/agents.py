@@ -38,7 +38,8 @@ from bdn.manifest import Manifest
 from bdn.mirror import MirrorOptions, run_mirror
 from bdn.store import Store
 from bench.mirror_server_process import parse_metrics as parse_metrics  # the tests use it too
-from tests.e2e.threaded_app import UPSTREAM_DOWN, ThreadedApp, answer, forward
+from bench.threaded_app import ThreadedApp
+from tests.e2e.threaded_app import UPSTREAM_DOWN, answer, forward
 from tests.fixtures import bdn_env, make_model
 from tests.httpserver import FaultServer
 

@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from bdn.peer.client import DEFAULT_PEER_TIMEOUT
+from bench.threaded_app import ThreadedApp
 from tests.e2e.agents import (
     AgentProcess,
     free_ports,
@@ -35,7 +36,7 @@ from tests.e2e.test_herd import (
     published_model,
     pull_all,
 )
-from tests.e2e.threaded_app import UPSTREAM_DOWN, ThreadedApp, answer, forward
+from tests.e2e.threaded_app import UPSTREAM_DOWN, answer, forward
 from tests.httpserver import FaultServer
 
 pytestmark = pytest.mark.stress

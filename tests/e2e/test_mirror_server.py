@@ -24,8 +24,8 @@ from aiohttp import web
 from bdn.backends import open_store
 from bdn.store import Store
 from bench.mirror_server import MirrorServerProcess, start_mirror_server
+from bench.threaded_app import ThreadedApp
 from tests.conftest import MotoS3
-from tests.e2e.threaded_app import ThreadedApp
 from tests.fixtures import bdn_env, make_model, pattern_bytes
 
 TOKEN = "e2e-mirror-token-7d2c91"
