@@ -103,6 +103,7 @@ __all__ = [
     "HedgeStats",
     "Hedging",
     "OriginHedgeBudget",
+    "Prober",
 ]
 
 MiB = 1024 * 1024

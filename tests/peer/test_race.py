@@ -17,7 +17,7 @@ from bdn.digest import Digest, xxh3_128_hex
 from bdn.errors import IntegrityError, TransferError
 from bdn.http import HttpClient, HttpConfig
 from bdn.peer.client import PeerClient, PeerGone
-from bdn.peer.hedge import HedgeConfig, Hedging, OriginHedgeBudget
+from bdn.peer.hedge import HedgeConfig, Hedging, OriginHedgeBudget, Prober
 from bdn.peer.progress import ReadProgress
 from bdn.peer.race import ORIGIN, ChunkRace, successor
 from bdn.ring import Ring
@@ -254,11 +254,28 @@ async def test_a_silent_owner_waits_while_no_peer_is_heard_and_is_hedged_once_on
     assert h.stats.won == 1
 
 
+async def _silent_owner_with_a_costly_successor(
+    prober: Prober,
+) -> tuple[Hedging, AnsweringSources, asyncio.Future[tuple[bytes | bytearray | memoryview, str]]]:
+    """A race for a silent owner, then a successor that may cost origin, then origin,
+    with ``prober`` answering for the owner. Floor and cap are an hour, so only the
+    learned deadline (from one probe round trip) and the probe can hedge it. Returns
+    once the owner was asked and another peer was heard (this owner is the odd one out)."""
+    h = hedging(floor=3600.0, cap=3600.0, min_deadline=0.01)
+    h.prober = prober
+    h.observe_probe("another-peer", 0.001)
+    src = AnsweringSources(h)
+    task = asyncio.ensure_future(ChunkRace(src, REF, ["silent", "fast", ORIGIN],
+                                           costly=["fast"]).run())
+    await _until(lambda: src.asked == ["silent"], "the owner is asked")
+    h.liveness.heard("another-peer")  # The ring answers; this owner does not.
+    return h, src, task
+
+
 async def test_a_silent_owner_is_judged_by_the_learned_deadline_and_a_probe_not_the_floor(
 ) -> None:
     # Floor and cap an hour: only the learned deadline (from a probe round trip) and a
     # probe the owner fails can hedge it; the floor would hold the race for an hour.
-    h = hedging(floor=3600.0, cap=3600.0, min_deadline=0.01)
     probed: list[str] = []
 
     async def frozen(peer: str, timeout: float) -> bool:
@@ -266,30 +283,16 @@ async def test_a_silent_owner_is_judged_by_the_learned_deadline_and_a_probe_not_
         await asyncio.Event().wait()  # Accepts, never answers.
         return True
 
-    h.prober = frozen
-    h.observe_probe("another-peer", 0.001)
-    src = AnsweringSources(h)
-    task = asyncio.ensure_future(ChunkRace(src, REF, ["silent", "fast", ORIGIN],
-                                           costly=["fast"]).run())
-    await _until(lambda: src.asked == ["silent"], "the owner is asked")
-    h.liveness.heard("another-peer")  # The ring answers; this owner does not.
+    h, _, task = await _silent_owner_with_a_costly_successor(frozen)
     assert await task == (DATA, "fast")
     assert probed == ["silent"] and (h.stats.unresponsive, h.stats.won) == (1, 1)
 
 
 async def test_a_silent_owner_that_answers_its_probe_is_not_hedged_at_a_cost() -> None:
-    h = hedging(floor=3600.0, cap=3600.0, min_deadline=0.01)
-
     async def alive(peer: str, timeout: float) -> bool:
         return True
 
-    h.prober = alive
-    h.observe_probe("another-peer", 0.001)
-    src = AnsweringSources(h)
-    task = asyncio.ensure_future(ChunkRace(src, REF, ["silent", "fast", ORIGIN],
-                                           costly=["fast"]).run())
-    await _until(lambda: src.asked == ["silent"], "the owner is asked")
-    h.liveness.heard("another-peer")
+    h, src, task = await _silent_owner_with_a_costly_successor(alive)
     await _until(lambda: h.stats.alive == 1, "the probe says the owner is alive")
     assert src.asked == ["silent"] and not task.done()  # Waits the alive bound (an hour).
     src.done.set()
