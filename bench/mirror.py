@@ -220,13 +220,21 @@ def run_mirror_bench(
                 _run_cp_sync, src=src, files=files, dest=wd / "cp-sync-copy"
             ),
         }
-        warm_up_writes(wd / "warm-up", options.nbytes)
-        measure_rounds(section, runners, repeat=options.repeat, console=console)
+        measure_rounds(
+            section,
+            runners,
+            repeat=options.repeat,
+            console=console,
+            prepare=functools.partial(
+                warm_up_writes, wd / "warm-up", options.nbytes, [f.path for f in files]
+            ),
+        )
         report.sections.append(section)
     report.notes.append(
         "each run mirrors into a fresh file:// store on the workdir's "
         "filesystem; blobs verified (size + xxh3-128, sha256 once) outside "
-        "the timing; an untimed warm-up write of the same size precedes the runs"
+        "the timing; an untimed warm-up write of the same size, a read of the "
+        "source and a sync precede every run"
     )
     if "expected 0" in again.note:
         report.notes.append("an unchanged re-mirror transferred bytes; dedup is not working")
