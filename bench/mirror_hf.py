@@ -183,7 +183,10 @@ def _section(
     repeat: int,
     console: Console,
     error: str | None = None,
+    prepare: Callable[[], None] | None = None,
 ) -> Section:
+    """The section of one repo: bdn mirror against ``snapshot_download``, ``repeat``
+    rounds, ``prepare`` (untimed) before every run."""
     again = Result("again", "bdn re-mirror, unchanged", "info", nbytes, error=error)
     section = Section(
         title,
@@ -203,7 +206,8 @@ def _section(
         ],
     )
     if error is None:
-        measure_rounds(section, runners_for(again), repeat=repeat, console=console)
+        measure_rounds(section, runners_for(again), repeat=repeat, console=console,
+                       prepare=prepare)
     return section
 
 
@@ -322,7 +326,6 @@ def _workloads(
     files += describe_files([src / "config.json"])
     console.print("hashing the synthetic repo for the Hub server (untimed)")
     server.commit_dir(SYNTHETIC_REPO, src)
-    warm_up_writes(wd / "warm-up", options.nbytes)
     title = (
         f"hf -> file mirror, synthetic {options.shards} x {format_bytes(options.shard_size)} shards"
     )
@@ -332,6 +335,9 @@ def _workloads(
         _runners(server, SYNTHETIC_REPO, src, files, wd),
         repeat=options.repeat,
         console=console,
+        prepare=functools.partial(
+            warm_up_writes, wd / "warm-up", options.nbytes, [f.path for f in files]
+        ),
     )
 
 
